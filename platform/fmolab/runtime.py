@@ -1,0 +1,82 @@
+"""Process environment: one work folder for every generated and temporary file, and Ray start-up.
+
+Ray, Blender, MLflow, torch and matplotlib otherwise write to /tmp and the home directory. Calling
+:func:`use_work_dir` first points them all below ``<work_dir>`` (``FMOLAB_HOME`` overrides).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger("fmolab")
+
+# AF_UNIX socket paths are limited to 107 bytes; Ray puts sockets ~70 characters below its temp dir.
+_MAX_RAY_TMP = 40
+
+
+def use_work_dir(work_dir: str | os.PathLike) -> Path:
+    """Create ``work_dir`` and point temp/cache variables below it; returns its absolute path."""
+    work = Path(work_dir).absolute()
+    tmp = work / "tmp"
+    cache = work / "cache"
+    for d in (work, tmp, cache):
+        d.mkdir(parents=True, exist_ok=True)
+    os.environ["FMOLAB_HOME"] = str(work)
+    os.environ["TMPDIR"] = str(tmp)  # Python tempfile, Blender, MLflow temp artifacts
+    os.environ.setdefault("XDG_CACHE_HOME", str(cache))
+    os.environ.setdefault("MPLCONFIGDIR", str(cache / "matplotlib"))
+    os.environ.setdefault("TORCH_HOME", str(cache / "torch"))
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ["RAY_TMPDIR"] = str(ray_temp_dir(work))
+    import tempfile
+
+    tempfile.tempdir = None  # re-read TMPDIR
+    return work
+
+
+def ray_temp_dir(work: Path) -> Path:
+    """``<work>/ray``, reached through a short link in /tmp when the real path is too long for sockets."""
+    real = work / "ray"
+    real.mkdir(parents=True, exist_ok=True)
+    if len(str(real)) <= _MAX_RAY_TMP:
+        return real
+    link = Path("/tmp") / f"fmolab-ray-{hashlib.sha1(str(real).encode()).hexdigest()[:10]}"
+    if not link.is_symlink() or os.readlink(link) != str(real):
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(real)
+    return link
+
+
+def init_ray(address: str = "", num_cpus: int = 0, work_dir: str | os.PathLike | None = None):
+    """Connect to ``address`` or start a local Ray whose files live in the work folder."""
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    work = use_work_dir(work_dir or os.environ.get("FMOLAB_HOME", "fmolab-work"))
+    address = address or os.environ.get("RAY_ADDRESS", "")
+    # Workers inherit the work folder and tracking URI, wherever they run.
+    env_vars = {"FMOLAB_HOME": str(work)}
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        env_vars["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
+    kwargs: dict = dict(runtime_env={"env_vars": env_vars}, log_to_driver=True, logging_level=logging.WARNING)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(
+            num_cpus=num_cpus or os.cpu_count(),
+            include_dashboard=False,
+            _temp_dir=str(ray_temp_dir(work)),
+            **kwargs,
+        )
+    # Ray Data's own progress bars would interleave with ours.
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+    except Exception:  # older/newer Ray without these knobs
+        pass
+    return ray
