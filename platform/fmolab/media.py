@@ -1,0 +1,102 @@
+"""Pictures: animated previews (ground truth | prediction | alpha) and loss-curve plots."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from fmolab.shards import encode_webp
+
+
+def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Float ``[..., C, H, W]`` in [0,1] -> uint8 ``[..., H, W, C]``."""
+    x = images.detach().float().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    x = np.moveaxis(x, -3, -1)
+    return (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def checkerboard(h: int, w: int, cell: int = 8) -> np.ndarray:
+    """Grey checkerboard ``[3,H,W]`` in [0,1], the usual backdrop that makes transparency visible."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    board = ((yy // cell + xx // cell) % 2) * 0.25 + 0.6
+    return np.repeat(board[None], 3, 0).astype(np.float32)
+
+
+def flatten_rgba(rgba: torch.Tensor) -> torch.Tensor:
+    """RGBA ``[...,4,H,W]`` composited over a checkerboard -> RGB ``[...,3,H,W]``."""
+    h, w = rgba.shape[-2:]
+    board = torch.from_numpy(checkerboard(h, w)).to(rgba)
+    alpha = rgba[..., 3:4, :, :]
+    return rgba[..., :3, :, :] * alpha + board * (1 - alpha)
+
+
+def comparison_strip(columns: Sequence[torch.Tensor], gap: int = 2) -> torch.Tensor:
+    """Animate columns side by side: each ``[T,3,H,W]`` (or ``[3,H,W]``, held still) -> ``[T,3,H,W']``."""
+    t = max(c.shape[0] if c.dim() == 4 else 1 for c in columns)
+    cols = [c if c.dim() == 4 else c[None].expand(t, -1, -1, -1) for c in columns]
+    cols = [c if c.shape[0] == t else c[torch.linspace(0, c.shape[0] - 1, t).round().long()] for c in cols]
+    h = cols[0].shape[-2]
+    spacer = torch.ones(t, 3, h, gap)
+    parts: list[torch.Tensor] = []
+    for c in cols:
+        parts += [c.float().cpu(), spacer]
+    return torch.cat(parts[:-1], dim=-1)
+
+
+def prediction_animation(inputs_rgb: Sequence[torch.Tensor], frames: torch.Tensor | None, renders: torch.Tensor) -> torch.Tensor:
+    """One sample: input image(s) | ground truth | prediction | predicted alpha, as ``[T,3,H,W]``."""
+    alpha = renders[:, 3:4].expand(-1, 3, -1, -1)
+    cols = list(inputs_rgb)
+    if frames is not None:
+        cols.append(flatten_rgba(frames))
+    cols += [flatten_rgba(renders), alpha]
+    return comparison_strip(cols)
+
+
+def save_animation(path: str | Path, frames: torch.Tensor | np.ndarray, quality: int = 85) -> Path:
+    """Write ``[T,3|4,H,W]`` floats (or ``[T,H,W,C]`` uint8) as an animated WebP."""
+    arr = frames if isinstance(frames, np.ndarray) and frames.dtype == np.uint8 else to_uint8(frames)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encode_webp(arr, quality=quality))
+    return path
+
+
+def stack_rows(rows: Sequence[torch.Tensor], gap: int = 2) -> torch.Tensor:
+    """Stack several ``[T,3,H,W]`` strips vertically (padded to the widest)."""
+    width = max(r.shape[-1] for r in rows)
+    padded = [torch.nn.functional.pad(r, (0, width - r.shape[-1]), value=1.0) for r in rows]
+    out: list[torch.Tensor] = []
+    for r in padded:
+        out += [r, torch.ones(r.shape[0], 3, gap, width)]
+    return torch.cat(out[:-1], dim=-2)
+
+
+def plot_curves(series: dict[str, Sequence[tuple[int, float]]], path: str | Path, title: str = "",
+                ylabel: str = "loss", logy: bool = True) -> Path:
+    """Overlay named curves ``{label: [(step, value), ...]}`` in one PNG (thesis figs. 4.6-4.9 style)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for label, points in series.items():
+        if points:
+            steps, values = zip(*points)
+            ax.plot(steps, values, label=label, linewidth=1.4)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    if logy and all(v > 0 for pts in series.values() for _, v in pts):
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

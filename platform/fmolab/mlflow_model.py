@@ -1,0 +1,40 @@
+"""The MLflow pyfunc model of fmolab, logged "from code": nothing is unpickled when it loads.
+
+``predict(inputs)`` takes stacked input images ``[B, C, H, W]`` float32 in [0, 1] (C and the layout as
+the training input format: e.g. frame 1 + frame 2 for double blur) and returns RGBA renders
+``[B, T, 4, H, W]`` at ``T = params["num_frames"]`` equally spaced times of the exposure.
+"""
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.models import set_model
+
+
+class FMOModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        from fmolab.config import config_from_dict
+        from fmolab.data import in_channels
+        from fmolab.models import build_model
+
+        with open(context.artifacts["config"]) as f:
+            self.config = config_from_dict(json.load(f))
+        self.model = build_model(self.config.model, in_channels(self.config.data.format))
+        state = torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state)
+        self.model.eval()
+
+    def predict(self, context, model_input, params=None):
+        from fmolab.compose import frame_times
+
+        num_frames = int((params or {}).get("num_frames", self.config.data.frames_per_sample))
+        x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+        with torch.no_grad():
+            out = self.model(x, frame_times(num_frames))
+        return out["renders"].numpy()
+
+
+set_model(FMOModel())
