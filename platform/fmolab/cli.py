@@ -1,0 +1,261 @@
+"""``fmolab``: one subcommand per stage. Every config value is settable as ``section.key=value``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+
+from fmolab.config import Config, ConfigError, dump_yaml, load_config
+
+PRESETS = ("demo", "background_blur", "double_blur", "multi_object", "self_supervised")
+
+
+def preset_path(name: str) -> Path:
+    path = Path(str(resources.files("fmolab") / "presets" / f"{name}.yaml"))
+    if not path.exists():
+        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return path
+
+
+def _config_args(p: argparse.ArgumentParser, default_preset: str | None = None) -> None:
+    p.add_argument("-c", "--config", action="append", default=[], metavar="FILE",
+                   help="YAML config or job spec (repeatable; later files win)")
+    p.add_argument("--preset", default=default_preset, choices=PRESETS,
+                   help=f"start from a ready configuration (default: {default_preset or 'none'})")
+    p.add_argument("--work-dir", help="folder for every generated and temporary file (default ./fmolab-work, or $FMOLAB_HOME)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=1e-4 data.format=double_blur")
+
+
+def _load(args) -> Config:
+    files = ([preset_path(args.preset)] if getattr(args, "preset", None) else []) + args.config
+    overrides = list(args.overrides)
+    if getattr(args, "work_dir", None):
+        overrides.append(f"runtime.work_dir={args.work_dir}")
+    cfg = load_config(files, overrides)
+    from fmolab.runtime import use_work_dir
+
+    if getattr(args, "work_dir", None):
+        import os
+
+        os.environ["FMOLAB_HOME"] = str(Path(args.work_dir).absolute())
+    use_work_dir(cfg.work_dir)
+    return cfg
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_demo(args) -> int:
+    from fmolab.demo import run_demo
+
+    run_demo(_load(args), fresh=args.fresh)
+    return 0
+
+
+def cmd_render(args) -> int:
+    cfg = _load(args)
+    if args.print_config:
+        print(dump_yaml(cfg))
+        return 0
+    from render_cluster.pipeline import render_dataset
+
+    manifest = render_dataset(cfg, progress=True)
+    print(json.dumps({k: manifest.get(k) for k in ("path", "num_rows", "rejections", "shards") if k in manifest},
+                     indent=2, default=str))
+    return 0
+
+
+def cmd_dataset_inspect(args) -> int:
+    from render_cluster.inspect import inspect_dataset
+
+    out = Path(args.out or Path(args.path) / "inspect")
+    info = inspect_dataset(args.path, out, n=args.n)
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+def cmd_train(args) -> int:
+    if args.resume:
+        from fmolab.runtime import use_work_dir
+        from fmolab.train import load_run_config
+
+        import os
+
+        work = Path(args.work_dir or os.environ.get("FMOLAB_HOME") or "fmolab-work").absolute()
+        cfg = load_run_config(work, args.resume)
+        use_work_dir(cfg.work_dir)
+    else:
+        cfg = _load(args)
+    if args.print_config:
+        print(dump_yaml(cfg))
+        return 0
+    from fmolab.train import train
+
+    out = train(cfg)
+    print(json.dumps({k: v for k, v in out.items() if k != "metrics"}, indent=2))
+    return 0
+
+
+def cmd_deblur(args) -> int:
+    from fmolab.deblur import deblur_images, load_predictor
+    from fmolab.runtime import use_work_dir
+    from fmolab.tracking import setup_tracking
+
+    cfg = load_config([], [f"runtime.work_dir={args.work_dir}"] if args.work_dir else [])
+    use_work_dir(cfg.work_dir)
+    setup_tracking(cfg)
+    images = args.frames or ([args.image] if args.image else [])
+    if not images:
+        raise ConfigError("give --frames A B (double blur) or --image X --background B")
+    predictor = load_predictor(args.model)
+    out = deblur_images(predictor, images, args.background, args.out, num_frames=args.num_frames)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_runs(args) -> int:
+    import mlflow
+
+    from fmolab.runtime import use_work_dir
+    from fmolab.tracking import promote, setup_tracking
+
+    cfg = load_config([], [f"runtime.work_dir={args.work_dir}"] if args.work_dir else [])
+    use_work_dir(cfg.work_dir)
+    setup_tracking(cfg)
+    if args.runs_cmd == "promote":
+        version = promote(args.name, args.alias, args.version, args.from_alias)
+        print(f"models:/{args.name}@{args.alias} -> version {version}")
+        return 0
+    # list
+    exp = mlflow.get_experiment_by_name(args.experiment)
+    if exp is None:
+        print(f"no experiment {args.experiment!r} in {cfg.tracking_uri}")
+        return 1
+    runs = mlflow.search_runs([exp.experiment_id], output_format="list", max_results=args.max)
+    print(f"{'run name':32} {'status':10} {'variant':16} {'val/loss':>10} {'val/psnr':>9}  run id")
+    for r in runs:
+        m = r.data.metrics
+        print(f"{r.info.run_name[:32]:32} {r.info.status:10} {r.data.tags.get('variant', ''):16} "
+              f"{m.get('val/loss', float('nan')):10.4f} {m.get('val/psnr', float('nan')):9.2f}  {r.info.run_id}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from fmolab.registry import Registry
+
+    tables: dict[str, Registry] = {}
+    if args.kind in ("encoders", "renderers", "all"):
+        from fmolab.models import ENCODERS, RENDERERS
+
+        tables.update(encoders=ENCODERS, renderers=RENDERERS)
+    if args.kind in ("losses", "all"):
+        from fmolab.losses import LOSSES
+
+        tables["losses"] = LOSSES
+    if args.kind in ("formats", "all"):
+        from fmolab.data import FORMATS
+
+        tables["formats"] = FORMATS
+    for kind, reg in tables.items():
+        print(f"{kind}: {', '.join(reg.names())}")
+    return 0
+
+
+def cmd_pending(args) -> int:
+    """Stages whose implementation has not landed yet say so plainly instead of pretending."""
+    print(f"fmolab {args.command}: not available in this version yet (see the project's open issues).", file=sys.stderr)
+    return 2
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fmolab",
+        description="Temporal super-resolution of fast-moving objects on Ray: render, train, tune, evaluate, deblur.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="render a small dataset, train a double-blur model, register it, deblur a held-out sample")
+    _config_args(p, "demo")
+    p.add_argument("--fresh", action="store_true", help="delete the demo's dataset and runs first")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("render", help="render a synthetic FMO dataset with Blender across the Ray cluster")
+    _config_args(p)
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("dataset", help="look at a rendered dataset")
+    dsub = p.add_subparsers(dest="dataset_cmd", required=True)
+    q = dsub.add_parser("inspect", help="print the manifest, write a contact sheet and an animated preview")
+    q.add_argument("path")
+    q.add_argument("-n", type=int, default=8, help="samples in the preview")
+    q.add_argument("--out", help="output folder (default PATH/inspect)")
+    q.set_defaults(func=cmd_dataset_inspect)
+
+    p = sub.add_parser("train", help="train a DeFMO model with Ray Train; tracked in MLflow")
+    _config_args(p, None)
+    p.add_argument("--resume", metavar="RUN_NAME", help="resume a run from its last checkpoint with its saved config")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tune", help="hyperparameter search with Ray Tune + Optuna")
+    p.set_defaults(func=cmd_pending)
+
+    p = sub.add_parser("evaluate", help="evaluate a registered model with the FMO benchmark metrics")
+    p.set_defaults(func=cmd_pending)
+
+    p = sub.add_parser("deblur", help="deblur real frames with a trained model")
+    p.add_argument("--model", required=True, help="models:/NAME@ALIAS, runs:/ID/model, or a checkpoint folder")
+    p.add_argument("--frames", nargs=2, metavar=("FRAME1", "FRAME2"), help="two consecutive frames (double-blur models)")
+    p.add_argument("--image", help="one blurred image (background+blur models)")
+    p.add_argument("--background", help="the background of --image")
+    p.add_argument("--num-frames", type=int, default=8, help="sub-frames to render per input (temporal super-resolution factor)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--work-dir", help="work folder (MLflow store)")
+    p.set_defaults(func=cmd_deblur)
+
+    p = sub.add_parser("runs", help="list runs, move registry aliases")
+    p.add_argument("--work-dir", help="work folder (MLflow store)")
+    rsub = p.add_subparsers(dest="runs_cmd", required=True)
+    q = rsub.add_parser("list", help="runs of an experiment with their final metrics")
+    q.add_argument("--experiment", default="fmolab")
+    q.add_argument("--max", type=int, default=50)
+    q = rsub.add_parser("promote", help="point a registry alias at a model version")
+    q.add_argument("name", help="registered model name")
+    q.add_argument("alias", help="alias to set, e.g. champion")
+    q.add_argument("--version", type=int, help="model version (default: the version --from-alias points to)")
+    q.add_argument("--from-alias", default="", help="copy the version of this alias")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("submit", help="submit a job spec (jobs/*.yaml) to a Ray cluster")
+    p.set_defaults(func=cmd_pending)
+
+    p = sub.add_parser("list", help="list registered parts by name")
+    p.add_argument("kind", nargs="?", default="all", choices=["all", "encoders", "renderers", "losses", "formats"])
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        print("interrupted; completed work is kept (rerun the same command to resume)", file=sys.stderr)
+        return 130
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"fmolab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # ShardError, TrackingError, training failures
+        print(f"fmolab {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The quick demo: render -> train -> register -> deblur a held-out sample, on local Ray + SQLite MLflow."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fmolab.config import Config
+
+
+def _banner(text: str) -> None:
+    print(f"\n=== {text} " + "=" * max(0, 70 - len(text)), flush=True)
+
+
+def run_demo(cfg: Config, fresh: bool = False) -> dict:
+    from fmolab.shards import shard_files
+
+    started = time.time()
+    if fresh:
+        shutil.rmtree(cfg.dataset_dir, ignore_errors=True)
+        shutil.rmtree(cfg.work_dir / "runs" / cfg.train.run_name, ignore_errors=True)
+        shutil.rmtree(cfg.work_dir / "ray_results" / cfg.train.run_name, ignore_errors=True)
+
+    _banner(f"1/4 render {cfg.render.num_sequences} sequences with Blender (Ray Data) -> {cfg.dataset_dir}")
+    from render_cluster.pipeline import render_dataset
+
+    manifest = render_dataset(cfg, progress=True)
+    print(f"shards: {len(shard_files(cfg.dataset_dir))} in {cfg.dataset_dir}")
+
+    _banner(f"2/4 train a {cfg.model.encoder} {cfg.variant} model with Ray Train ({cfg.train.workers} workers)")
+    from fmolab.train import train
+
+    if not cfg.train.run_name:
+        cfg.train.run_name = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = train(cfg)
+
+    _banner(f"3/4 deblur a held-out sample with {result.get('registered', result.get('model_uri'))}")
+    preview = deblur_held_out(cfg, result.get("registered") or result["model_uri"])
+
+    _banner("4/4 where everything is")
+    db = cfg.tracking_uri
+    lines = [
+        f"dataset        {cfg.dataset_dir}  ({manifest.get('num_rows', '?')} sequences, manifest.json beside the shards)",
+        f"MLflow run     {result['run_id']}  (experiment '{cfg.tracking.experiment}', store {db})",
+        f"model          {result.get('registered', result.get('model_uri'))}",
+        f"checkpoints    {cfg.work_dir / 'ray_results' / result['run_name']}",
+        f"deblur preview {preview['preview']}  (input frames | ground truth | prediction | alpha)",
+        f"sub-frames     {preview['out_dir']}  (PSNR vs ground truth {preview['psnr']:.2f} dB)",
+        f"loss curves    {cfg.work_dir / 'runs' / result['run_name'] / 'loss_curves.png'}",
+        "",
+        "open the MLflow UI:",
+        f"  .venv/bin/mlflow ui --backend-store-uri {db} --host 127.0.0.1 --port 5000",
+        "  then browse http://127.0.0.1:5000",
+        f"demo finished in {time.time() - started:.0f} s",
+    ]
+    print("\n".join(lines), flush=True)
+    return {**result, **preview}
+
+
+def deblur_held_out(cfg: Config, model_uri: str) -> dict:
+    """Run the registered model on the first validation item (objects never seen in training)."""
+    from fmolab.compose import composite
+    from fmolab.data import build_dataset
+    from fmolab.deblur import load_predictor, write_outputs
+    from fmolab.media import prediction_animation, save_animation
+    from fmolab.train import psnr
+
+    predictor = load_predictor(model_uri)
+    item = build_dataset(cfg, "val")[0]
+    inputs = item["inputs"][None].numpy().astype(np.float32)
+    renders = torch.from_numpy(predictor(inputs, item["frames"].shape[0]))[0]
+    out_dir = cfg.work_dir / "demo" / "deblurred"
+    written = write_outputs(renders, out_dir, item["backgrounds"][0])
+    preview = save_animation(cfg.work_dir / "demo" / "deblur_preview.webp",
+                             prediction_animation(list(item["images"]), item["frames"], renders))
+    bg = item["backgrounds"][:1]
+    score = psnr(composite(renders, bg)[None], composite(item["frames"], bg)[None]).item()
+    return {"preview": str(preview), "out_dir": written["out_dir"], "psnr": score}

@@ -1,0 +1,45 @@
+"""The CLI as a user meets it: --help everywhere, clear errors and non-zero exits on bad input."""
+import subprocess
+import sys
+
+import pytest
+
+from fmolab.cli import build_parser, main
+
+COMMANDS = ["demo", "render", "dataset", "train", "tune", "evaluate", "deblur", "runs", "submit", "list"]
+
+
+def test_every_stage_has_help(capsys):
+    for cmd in COMMANDS:
+        with pytest.raises(SystemExit) as exit_:
+            main([cmd, "--help"])
+        assert exit_.value.code == 0
+        assert "usage: fmolab " + cmd in capsys.readouterr().out
+
+
+def test_bad_config_gives_clear_message_and_nonzero_exit(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fmolab.cli", "train", "--work-dir", str(tmp_path),
+                           "--print-config", "train.lrr=0.1"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "unknown key 'train.lrr'" in proc.stderr and "did you mean 'lr'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_config_file_and_missing_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    assert main(["render", "-c", str(bad), "--work-dir", str(tmp_path), "--print-config"]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    assert main(["render", "-c", str(tmp_path / "missing.yaml"), "--work-dir", str(tmp_path), "--print-config"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_print_config_resolves_preset_and_overrides(tmp_path, capsys):
+    assert main(["train", "--preset", "demo", "--work-dir", str(tmp_path), "--print-config", "train.steps=9"]) == 0
+    out = capsys.readouterr().out
+    assert "steps: 9" in out and "encoder: tiny" in out
+
+
+def test_unknown_preset_is_rejected(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--preset", "nope"])

@@ -1,0 +1,86 @@
+import pytest
+
+from fmolab.config import Config, ConfigError, config_from_dict, flatten, load_config, to_dict
+
+
+def test_defaults_validate_and_round_trip():
+    cfg = load_config()
+    assert isinstance(cfg, Config)
+    again = config_from_dict(to_dict(cfg))
+    assert to_dict(again) == to_dict(cfg)
+
+
+def test_yaml_files_merge_in_order_then_overrides(tmp_path):
+    a = tmp_path / "a.yaml"
+    a.write_text("train:\n  lr: 0.01\n  steps: 5\nmodel:\n  encoder: tiny\n")
+    b = tmp_path / "b.yaml"
+    b.write_text("train:\n  steps: 7\n")
+    cfg = load_config([a, b], ["train.batch_size=3", "loss.train=[AlphaDice, 'RGBL1:mode=gt']"])
+    assert cfg.train.lr == 0.01 and cfg.train.steps == 7 and cfg.train.batch_size == 3
+    assert cfg.model.encoder == "tiny"
+    assert cfg.loss.train == ["AlphaDice", "RGBL1:mode=gt"]
+
+
+def test_override_value_types():
+    cfg = load_config([], ["train.lr=1e-4", "train.use_gpu=true", "render.blurs={full: [0, 1]}"])
+    assert cfg.train.lr == pytest.approx(1e-4)
+    assert cfg.train.use_gpu is True
+    assert cfg.render.blurs == {"full": [0.0, 1.0]}  # blur tables are replaced whole, not merged
+
+
+def test_unknown_key_names_key_and_allowed_keys():
+    with pytest.raises(ConfigError) as err:
+        load_config([], ["train.lrr=1"])
+    msg = str(err.value)
+    assert "train.lrr" in msg and "did you mean 'lr'" in msg and "batch_size" in msg
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("trian:\n  lr: 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config([f])
+    assert str(f) in str(err.value) and "'trian'" in str(err.value) and "train" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("train.steps=abc", "expected int"),
+        ("train.workers=1.5", "expected int"),
+        ("train.precision=fp8", "must be one of"),
+        ("train.lr=-1", "must be > 0"),
+        ("render.blurs={full: [0.5, 0.2]}", "0 <= start < end <= 1"),
+        ("render.trajectory.margin=0.7", "render.trajectory.margin"),
+        ("data.objects_per_image=[3, 1]", "data.objects_per_image"),
+        ("train", "not of the form"),
+    ],
+)
+def test_bad_values_are_explained(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config([], [override])
+    assert fragment in str(err.value)
+
+
+def test_job_spec_embeds_config(tmp_path):
+    spec = tmp_path / "job.yaml"
+    spec.write_text("entrypoint: fmolab train\nconfig:\n  variant: multi_object\n  train:\n    steps: 3\n")
+    cfg = load_config([spec])
+    assert cfg.variant == "multi_object" and cfg.train.steps == 3
+
+
+def test_flatten_keeps_blur_tables_as_values():
+    flat = flatten(to_dict(load_config()))
+    assert flat["train.lr"] == 1e-3
+    assert flat["render.blurs"]["full"] == [0.0, 1.0]
+    assert flat["render.trajectory.margin"] == 0.1
+
+
+def test_work_dir_and_tracking_defaults(tmp_path, monkeypatch):
+    monkeypatch.setenv("FMOLAB_HOME", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = load_config([], ["render.name=x"])
+    assert cfg.dataset_dir == tmp_path / "datasets" / "x"
+    assert cfg.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    assert load_config().tracking_uri == "http://127.0.0.1:9"
