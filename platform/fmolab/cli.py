@@ -36,11 +36,7 @@ def _load(args) -> Config:
     cfg = load_config(files, overrides)
     from fmolab.runtime import use_work_dir
 
-    if getattr(args, "work_dir", None):
-        import os
-
-        os.environ["FMOLAB_HOME"] = str(Path(args.work_dir).absolute())
-    use_work_dir(cfg.work_dir)
+    cfg.runtime.work_dir = str(use_work_dir(cfg.work_dir))  # pinned: workers must not guess it
     return cfg
 
 

@@ -32,7 +32,7 @@ class RuntimeConfig:
     """Where things run and where files go."""
 
     address: str = ""  # Ray address; "" starts a local Ray on this machine
-    work_dir: str = "fmolab-work"  # every generated file and temp file goes below here
+    work_dir: str = ""  # every generated and temp file goes below here; "" = $FMOLAB_HOME or ./fmolab-work
     num_cpus: int = 0  # logical CPUs for a local Ray; 0 = all cores
 
     def check(self) -> None:
@@ -142,6 +142,8 @@ class DataConfig:
     jitter: float = 0.0  # brightness/contrast jitter amplitude
     objects_per_image: list[int] = field(default_factory=lambda: [1, 3])  # multi_object only
     seed: int = 0
+    # Decoded background clips are cached per process (decoding a clip costs more than an item).
+    bg_cache_mb: float = 512.0
 
     def check(self) -> None:
         _require(0 <= self.val_fraction < 1, "data.val_fraction", self.val_fraction, "must be in [0, 1)")
@@ -149,6 +151,7 @@ class DataConfig:
         _require(len(self.objects_per_image) == 2 and 1 <= self.objects_per_image[0] <= self.objects_per_image[1],
                  "data.objects_per_image", self.objects_per_image, "must be [min, max] with 1 <= min <= max")
         _require(self.noise >= 0 and self.jitter >= 0, "data.noise/jitter", (self.noise, self.jitter), "must be >= 0")
+        _require(self.bg_cache_mb >= 0, "data.bg_cache_mb", self.bg_cache_mb, "must be >= 0")
 
 
 @dataclass
@@ -234,7 +237,8 @@ class Config:
     # ---- derived paths (not config keys)
     @property
     def work_dir(self) -> Path:
-        return Path(os.environ.get("FMOLAB_HOME") or self.runtime.work_dir).absolute()
+        # An explicit value wins: Ray workers may carry a stale FMOLAB_HOME from an earlier ray.init.
+        return Path(self.runtime.work_dir or os.environ.get("FMOLAB_HOME") or "fmolab-work").absolute()
 
     @property
     def dataset_dir(self) -> Path:

@@ -369,6 +369,7 @@ def train(cfg: Config, register: bool = True) -> dict:
     from fmolab.runtime import init_ray
     from fmolab.shards import read_manifest
 
+    cfg.runtime.work_dir = str(cfg.work_dir)  # pinned before the config travels to workers
     init_ray(cfg.runtime.address, cfg.runtime.num_cpus, cfg.work_dir)
     tracking.setup_tracking(cfg)
     run_name = resolve_run_name(cfg)
