@@ -1,0 +1,42 @@
+"""Shared fixtures: a short work folder (Ray's socket paths must stay short) and one local Ray."""
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def session_home():
+    """One work folder for the whole session: Ray's temp dir is fixed at its first start."""
+    home = Path(tempfile.mkdtemp(prefix="fmt-", dir="/tmp"))
+    old = os.environ.get("FMOLAB_HOME")
+    os.environ["FMOLAB_HOME"] = str(home)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield home
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    if old is None:
+        os.environ.pop("FMOLAB_HOME", None)
+    else:
+        os.environ["FMOLAB_HOME"] = old
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def work(session_home, request):
+    """A fresh work folder per test, below the session's (so Ray keeps its temp dir)."""
+    d = session_home / request.node.name[:40].replace("[", "_").replace("]", "_")
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    return d
+
+
+@pytest.fixture(scope="session")
+def ray_local(session_home):
+    from fmolab.runtime import init_ray
+
+    return init_ray("", 2, session_home)

@@ -1,0 +1,89 @@
+"""MLflow: clear failure for an unreachable server; a real server on 127.0.0.1 over HTTP."""
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fmolab.config import load_config
+from fmolab.tracking import TrackingError, setup_tracking
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_server_fails_fast_and_says_what_to_do(work):
+    port = _free_port()  # nothing listens there
+    cfg = load_config([], [f"runtime.work_dir={work}", f"tracking.uri=http://127.0.0.1:{port}", "tracking.timeout=2"])
+    t0 = time.time()
+    with pytest.raises(TrackingError) as err:
+        setup_tracking(cfg)
+    assert time.time() - t0 < 10
+    assert f"127.0.0.1:{port}" in str(err.value) and "unreachable" in str(err.value)
+
+
+@pytest.fixture
+def mlflow_server(work):
+    port = _free_port()
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    proc = subprocess.Popen(
+        [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{work}/server.db", "--artifacts-destination", str(work / "art")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(uri + "/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not start in 90 s")
+    yield uri
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_model_logged_registered_and_loaded_over_http(work, mlflow_server, monkeypatch):
+    import mlflow
+
+    from fmolab import tracking
+    from fmolab.data import in_channels
+    from fmolab.models import build_model
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = load_config([], [f"runtime.work_dir={work}", f"tracking.uri={mlflow_server}", "model.encoder=tiny",
+                           "tracking.experiment=http-test", "data.frames_per_sample=3"])
+    assert setup_tracking(cfg) == mlflow_server
+    run_id = tracking.start_or_resume_run(cfg, "http-run", {"variant": cfg.variant})
+    assert tracking.start_or_resume_run(cfg, "http-run", {}) == run_id  # same name -> same run
+    model = build_model(cfg.model, in_channels(cfg.data.format))
+    weights = work / "w.pt"
+    torch.save(model.state_dict(), weights)
+    uri = tracking.log_model(cfg, weights, run_id)
+    v1 = tracking.register(uri, "http-model", "candidate")
+    v2 = tracking.register(uri, "http-model", "candidate")
+    assert (v1, v2) == (1, 2)
+    assert tracking.promote("http-model", "champion", from_alias="candidate") == 2
+    assert tracking.promote("http-model", "candidate", version=1) == 1
+    loaded = mlflow.pyfunc.load_model("models:/http-model@champion")
+    x = np.random.default_rng(0).random((2, in_channels(cfg.data.format), 32, 48), dtype=np.float32)
+    out = loaded.predict(x)
+    assert out.shape == (2, 3, 4, 32, 48)
+    # the served model computes what the network computes
+    with torch.no_grad():
+        ref = model.eval()(torch.from_numpy(x), torch.tensor([1 / 6, 3 / 6, 5 / 6]))["renders"].numpy()
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    params = mlflow.MlflowClient().get_run(run_id).data.params
+    assert params["model.encoder"] == "tiny"
