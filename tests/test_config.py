@@ -84,3 +84,11 @@ def test_work_dir_and_tracking_defaults(tmp_path, monkeypatch):
     assert cfg.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     assert load_config().tracking_uri == "http://127.0.0.1:9"
+
+
+def test_overrides_of_one_section_accumulate():
+    # regression: sections whose values are all lists (loss) were once replaced whole per override
+    cfg = load_config([], ["loss.train=[AlphaDice]", "loss.compare=[DeFMOSupervised]", "render.blurs={a: [0, 1]}",
+                           "render.blurs={b: [0, 0.5]}"])
+    assert cfg.loss.train == ["AlphaDice"] and cfg.loss.compare == ["DeFMOSupervised"]
+    assert cfg.render.blurs == {"b": [0.0, 0.5]}

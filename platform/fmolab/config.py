@@ -101,6 +101,7 @@ class RenderConfig:
     min_coverage: float = 0.01  # minimum mean alpha of every blur, else the sample is re-drawn
     max_tries: int = 5
     webp_quality: int = 80
+    webp_method: int = 4  # WebP effort 0-6 (added by the render cluster: size/speed trade-off)
     shard_rows: int = 64  # rows per shard (bounds shard size)
     workers: int = 0  # render actors; 0 = one per CPU
     trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
@@ -269,21 +270,20 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists and dicts of non-sections stay values)."""
+def flatten(d: dict, prefix: str = "", cls: type | None = None) -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: sections (dataclasses of the tree) are opened, values
+    such as the ``render.blurs`` table stay whole."""
+    cls = cls or Config
+    hints = typing.get_type_hints(cls)
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and v and _is_section(v):
-            out.update(flatten(v, key + "."))
+        sub = hints.get(k)
+        if isinstance(v, dict) and sub is not None and dataclasses.is_dataclass(sub):
+            out.update(flatten(v, key + ".", sub))
         else:
             out[key] = v
     return out
-
-
-def _is_section(d: dict) -> bool:
-    # Sections have identifier keys and at least one non-list value; blur tables are dict[str, list].
-    return not all(isinstance(v, list) for v in d.values())
 
 
 def _type_name(tp: Any) -> str:
@@ -371,12 +371,16 @@ def _set_path(tree: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _merge(base: dict, update: dict) -> dict:
+def _merge(base: dict, update: dict, cls: type | None = None) -> dict:
+    """Merge ``update`` into ``base`` section by section; plain values (also dicts such as the blur
+    table) are replaced whole, or a user could never drop a default blur span."""
+    cls = cls or Config
+    hints = typing.get_type_hints(cls)
     out = dict(base)
     for k, v in update.items():
-        # blur tables are replaced whole: merging would keep spans the user meant to drop
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and _is_section(out[k]):
-            out[k] = _merge(out[k], v)
+        sub = hints.get(k)
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and sub is not None and dataclasses.is_dataclass(sub):
+            out[k] = _merge(out[k], v, sub)
         else:
             out[k] = v
     return out

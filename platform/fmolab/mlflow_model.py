@@ -31,6 +31,8 @@ class FMOModel(mlflow.pyfunc.PythonModel):
         from fmolab.compose import frame_times
 
         num_frames = int((params or {}).get("num_frames", self.config.data.frames_per_sample))
+        if isinstance(model_input, dict):  # a caller passing {"inputs": array}
+            model_input = next(iter(model_input.values()))
         x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
         with torch.no_grad():
             out = self.model(x, frame_times(num_frames))

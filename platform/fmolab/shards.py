@@ -157,7 +157,8 @@ def shard_files(root: str | os.PathLike) -> list[Path]:
         raise ShardError(f"dataset path {root} does not exist: render one with `fmolab render` first")
     if root.is_file():
         return [root]
-    files = sorted(p for p in root.rglob("*.parquet") if not p.name.startswith("."))
+    # Top level only: background clips live in a sub-folder (<dataset>/backgrounds) with their own schema.
+    files = sorted(p for p in root.glob("*.parquet") if not p.name.startswith("."))
     if not files:
         raise ShardError(f"dataset path {root} holds no .parquet shards")
     return files

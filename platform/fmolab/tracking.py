@@ -122,8 +122,9 @@ def log_model(cfg: Config, state_dict_path: str | os.PathLike, run_id: str, name
         config_path = Path(tmp) / "config.json"
         config_path.write_text(json.dumps(to_dict(cfg), indent=2))
         signature = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1, -1), "inputs")]),
-            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, 4, -1, -1), "renders")]),
+            # unnamed tensors: predict() receives and returns plain arrays (a named one becomes a dict)
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1, -1))]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, 4, -1, -1))]),
             params=ParamSchema([ParamSpec("num_frames", "integer", cfg.data.frames_per_sample)]),
         )
         with mlflow.start_run(run_id=run_id):

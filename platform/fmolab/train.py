@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -110,15 +111,20 @@ def _batches(dataset, batch_size: int, rank: int, world: int, seed: int, collate
         epoch += 1
 
 
+def metric_name(name: str) -> str:
+    """MLflow allows ``[\w\-. :/]`` in names; loss specs carry '=' and ',' ("RGBL1:mode=gt")."""
+    return re.sub(r"[^\w\-. :/]", "_", name.replace("=", "_"))
+
+
 class _Logger:
     """Rank-0 MLflow logging through the client (no global active-run state inside Ray workers)."""
 
-    def __init__(self, run_id: str, enabled: bool):
+    def __init__(self, run_id: str, tracking_uri: str, enabled: bool):
         self.run_id, self.enabled = run_id, enabled and bool(run_id)
         if self.enabled:
             import mlflow
 
-            self.client = mlflow.MlflowClient()
+            self.client = mlflow.MlflowClient(tracking_uri=tracking_uri)
 
     def metrics(self, values: dict[str, float], step: int) -> None:
         if not self.enabled:
@@ -126,7 +132,7 @@ class _Logger:
         import mlflow
 
         ts = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[mlflow.entities.Metric(k, float(v), ts, step)
+        self.client.log_batch(self.run_id, metrics=[mlflow.entities.Metric(metric_name(k), float(v), ts, step)
                                                     for k, v in values.items() if math.isfinite(float(v))])
 
     def artifact(self, path: str | Path, artifact_path: str) -> None:
@@ -176,7 +182,7 @@ def train_loop(loop_config: dict) -> None:
         if rank == 0:
             print(f"[train] resumed at step {state.step}, best {state.best_metric:.5f} at step {state.best_step}", flush=True)
 
-    log = _Logger(loop_config.get("run_id", ""), rank == 0)
+    log = _Logger(loop_config.get("run_id", ""), loop_config.get("tracking_uri", ""), rank == 0)
     stream = _batches(train_ds, tc.batch_size, rank, world, tc.seed + state.step, collate)
     start, start_step = time.time(), state.step
     sums: dict[str, float] = {}
@@ -226,7 +232,7 @@ def train_loop(loop_config: dict) -> None:
             (total / tc.grad_accum).backward()
             for k, v in values.items():
                 step_values[k] = step_values.get(k, 0.0) + float(v) / tc.grad_accum
-            step_values["loss"] = step_values.get("loss", 0.0) + float(total) / tc.grad_accum
+            step_values["loss"] = step_values.get("loss", 0.0) + float(total.detach()) / tc.grad_accum
         else:
             optimizer.step()
         scheduler.step()
@@ -370,8 +376,8 @@ def train(cfg: Config, register: bool = True) -> dict:
     from fmolab.shards import read_manifest
 
     cfg.runtime.work_dir = str(cfg.work_dir)  # pinned before the config travels to workers
+    uri = tracking.setup_tracking(cfg)  # first: fail fast on a dead server, before starting Ray
     init_ray(cfg.runtime.address, cfg.runtime.num_cpus, cfg.work_dir)
-    tracking.setup_tracking(cfg)
     run_name = resolve_run_name(cfg)
     cfg.train.run_name = run_name
     rdir = run_dir(cfg, run_name)
@@ -386,7 +392,7 @@ def train(cfg: Config, register: bool = True) -> dict:
 
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"config": to_dict(cfg), "run_id": run_id},
+        train_loop_config={"config": to_dict(cfg), "run_id": run_id, "tracking_uri": uri},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})},
@@ -432,8 +438,8 @@ def _log_curves(cfg: Config, run_id: str, rdir: Path) -> None:
     from fmolab.media import plot_curves
 
     client = mlflow.MlflowClient()
-    keys = [k for k in client.get_run(run_id).data.metrics if k.startswith(("train/", "val/")) and "loss" in k
-            and not k.endswith("best_loss")]
+    not_losses = ("val/psnr", "val/animation_ratio", "val/animation_step", "val/best_loss")
+    keys = [k for k in client.get_run(run_id).data.metrics if k.startswith(("train/", "val/")) and k not in not_losses]
     series = {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in sorted(keys)}
     path = plot_curves(series, rdir / "loss_curves.png", title=f"{cfg.train.run_name} ({cfg.variant})")
     client.log_artifact(run_id, str(path), "plots")

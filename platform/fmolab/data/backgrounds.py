@@ -1,0 +1,120 @@
+"""Background adder: random consecutive frames of background clips, with a minimum FMO contrast.
+
+Decoded clips are cached (resized once to cover the FMO resolution), so a sample costs a crop.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+
+from fmolab.shards import ShardError, ShardReader, decode_webp
+
+log = logging.getLogger("fmolab.data")
+
+HOW_TO = ("make one with `fmolab render` (it writes <dataset>/backgrounds), point data.backgrounds at a "
+          "folder of background shards, or for tests call fmolab.data.synthetic.write_synthetic_dataset(root)")
+
+
+def contrast(blur: np.ndarray, background: np.ndarray, stride: int = 4) -> float:
+    """Mean |fmo_rgb - bg_rgb| in [0, 1], weighted by the blur's alpha (on a pixel grid, for speed)."""
+    b = blur[::stride, ::stride].astype(np.float32)
+    g = background[::stride, ::stride].astype(np.float32)
+    alpha = b[..., 3] / 255.0
+    diff = np.abs(b[..., :3] - g).mean(-1) / 255.0
+    total = alpha.sum()
+    return float((alpha * diff).sum() / total) if total > 0 else 0.0
+
+
+def cover(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize ``[F,h,w,3]`` so it covers ``height x width`` keeping aspect (no-op when it already fits)."""
+    h, w = frames.shape[1:3]
+    if h == height and w == width:
+        return frames
+    scale = max(height / h, width / w)
+    size = (max(width, round(w * scale)), max(height, round(h * scale)))
+    return np.stack([np.asarray(Image.fromarray(f).resize(size, Image.BILINEAR)) for f in frames])
+
+
+class BackgroundAdder:
+    """Picks ``k`` consecutive background frames for ``k`` blurs, retrying for contrast."""
+
+    def __init__(self, root, min_contrast: float = 0.1, max_tries: int = 5, cache_mb: float = 512):
+        self.root = Path(root)
+        try:
+            reader = ShardReader(self.root)
+        except ShardError as exc:
+            raise ShardError(f"no background dataset at {self.root} ({exc}); {HOW_TO}") from exc
+        keep = {f for f in {r.file for r in reader.refs} if "clip_id" in pq.read_schema(f).names}
+        self.reader = reader
+        self.clips = [i for i, r in enumerate(reader.refs) if r.file in keep]
+        if not self.clips:
+            raise ShardError(f"{self.root} holds no background clips (column clip_id); {HOW_TO}")
+        self.min_contrast = min_contrast
+        self.max_tries = max(1, max_tries)
+        self.cache_bytes = cache_mb * 2**20
+        self.skipped: dict[str, str] = dict(reader.bad_shards)
+        self._cache: OrderedDict = OrderedDict()
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_cache"] = OrderedDict()  # decoded pixels are rebuilt where the adder lands
+        return state
+
+    def clip(self, c: int, height: int, width: int) -> np.ndarray | None:
+        """Frames ``[F,H',W',3]`` uint8 of clip ``c`` covering ``height x width``; None if corrupt."""
+        key = (c, height, width)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        ref = self.reader.refs[c]
+        source = f"{ref.file.name}#{ref.row}"
+        if source in self.skipped:
+            return None
+        try:
+            frames = cover(decode_webp(self.reader.row(c)["frames"], "RGB"), height, width)
+        except Exception as exc:
+            log.warning("skipping background %s: %s", source, exc)
+            self.skipped[source] = str(exc)
+            return None
+        self._cache[key] = frames
+        while sum(v.nbytes for v in self._cache.values()) > self.cache_bytes and len(self._cache) > 1:
+            self._cache.popitem(last=False)
+        return frames
+
+    def _draw(self, k: int, height: int, width: int, rng: np.random.Generator) -> np.ndarray | None:
+        c = self.clips[int(rng.integers(len(self.clips)))]
+        frames = self.clip(c, height, width)
+        if frames is None or len(frames) < k:
+            return None
+        s = int(rng.integers(len(frames) - k + 1))
+        y = int(rng.integers(frames.shape[1] - height + 1))
+        x = int(rng.integers(frames.shape[2] - width + 1))
+        return frames[s:s + k, y:y + height, x:x + width]
+
+    def sample(self, blurs: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        """Background frames ``[k,H,W,3]`` uint8 for ``k`` RGBA blurs ``[H,W,4]`` (frame j behind blur j).
+
+        Draws until the mean contrast reaches ``min_contrast`` or ``max_tries`` draws, keeping the best.
+        """
+        k = len(blurs)
+        height, width = blurs[0].shape[:2]
+        best, best_c, tries = None, -1.0, 0
+        for _ in range(self.max_tries * 4):  # corrupt/short clips do not count as tries
+            bg = self._draw(k, height, width, rng)
+            if bg is None:
+                continue
+            tries += 1
+            c = float(np.mean([contrast(b, g) for b, g in zip(blurs, bg)])) if self.min_contrast > 0 else 1.0
+            if c > best_c:
+                best, best_c = bg, c
+            if c >= self.min_contrast or tries >= self.max_tries:
+                break
+        if best is None:
+            raise ShardError(f"no usable background clip with >= {k} frames under {self.root} "
+                             f"(skipped: {self.skipped})")
+        return best

@@ -1,0 +1,187 @@
+"""Input formats: how sequence rows + background frames become one item (docs/batches.md).
+
+A format only *gathers* layers (blurs, backgrounds, frames, spans, times), as uint8 ``[..., H, W, C]``
+arrays where it can (flips are then free views) or float ``[..., C, H, W]`` tensors; the shared
+:func:`assemble` composites them with :func:`fmolab.compose.composite`, so every format
+obeys ``image = blur_rgb * alpha + bg * (1 - alpha)`` exactly, and augmentation (applied to layers
+between the two) keeps that identity.
+"""
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import torch
+
+from fmolab.compose import composite, frame_times, over
+from fmolab.registry import Registry, SpecError, parse_spec
+from fmolab.data.loader import Sequence, frame_indices
+
+FORMATS: Registry = Registry("input format")
+
+
+def to_float(x) -> torch.Tensor:
+    """uint8 ``[..., H, W, C]`` (array or tensor) -> float32 ``[..., C, H, W]`` in [0, 1]; float passes.
+
+    The result keeps channels-last strides: making it contiguous would cost a second full copy.
+    """
+    if isinstance(x, torch.Tensor):
+        if x.dtype != torch.uint8:
+            return x
+        x = x.numpy()
+    y = x.astype(np.float32)  # numpy's cast + in-place scale beats torch's on one thread
+    y *= np.float32(1 / 255)
+    return torch.from_numpy(y).movedim(-1, -3)
+
+
+class InputFormat:
+    """Base: ``n_images`` input images, stacked into ``in_channels`` channels."""
+
+    n_images = 1
+    in_channels = 6
+    blur_names: tuple[str, ...] = ("full",)
+    uses_background = True
+
+    def __init__(self, contrastive: bool = False):
+        if contrastive and not self.uses_background:
+            raise SpecError(f"{type(self).__name__}: contrastive needs a background to vary, this format has none")
+        self.contrastive = bool(contrastive)
+
+    def rows_needed(self, rng: np.random.Generator) -> int:
+        return 1
+
+    def inputs(self, images: torch.Tensor, backgrounds: torch.Tensor) -> torch.Tensor:
+        return images.flatten(0, 1)  # [K,3,H,W] -> [3K,H,W]
+
+    def _backgrounds(self, adder, blurs_hwc: list[np.ndarray], rng, shape) -> np.ndarray:
+        if not self.uses_background:
+            return np.zeros(shape, dtype=np.uint8)
+        return adder.sample(blurs_hwc, rng)
+
+    def gather(self, rows: list[Sequence], adder, rng: np.random.Generator, count: int) -> dict:
+        row = rows[0]
+        idx = frame_indices(row.num_frames, count)
+        blurs_u8 = [row.blur(n) for n in self.blur_names]
+        shape = (self.n_images, row.height, row.width, 3)
+        layers = dict(
+            blurs=np.stack(blurs_u8),
+            backgrounds=self._backgrounds(adder, blurs_u8, rng, shape),
+            spans=torch.tensor([row.span(n) for n in self.blur_names], dtype=torch.float32),
+            times=frame_times(row.num_frames)[torch.from_numpy(idx)],
+            frames=row.frames(idx),
+            seq_id=row.seq_id,
+        )
+        if self.contrastive:
+            layers["contrast_backgrounds"] = self._backgrounds(adder, blurs_u8, rng, shape)
+        return layers
+
+
+@FORMATS.register("background_blur")
+class BackgroundBlur(InputFormat):
+    """DeFMO: the full blur on a background frame, plus that clean background (C = 6)."""
+
+    def inputs(self, images, backgrounds):
+        return torch.cat([images[0], backgrounds[0]], dim=0)
+
+
+@FORMATS.register("double_blur")
+class DoubleBlur(InputFormat):
+    """First-half blur on background frame k, second-half blur on frame k+1; no clean background (C = 6)."""
+
+    n_images = 2
+    blur_names = ("first", "second")
+
+
+@FORMATS.register("single_blur")
+class SingleBlur(InputFormat):
+    """The full blur's RGB over black, alpha not given (C = 3)."""
+
+    in_channels = 3
+    uses_background = False
+
+
+@FORMATS.register("multi_object")
+class MultiObject(DoubleBlur):
+    """Double blur with 1..max FMOs from different rows; later objects are drawn over earlier ones.
+
+    The combined blur is ``over`` of the per-object blurs (exact where objects do not overlap).
+    """
+
+    def __init__(self, min_objects: int = 1, max_objects: int = 3, contrastive: bool = False):
+        super().__init__(contrastive)
+        if not 1 <= min_objects <= max_objects:
+            raise SpecError(f"multi_object: need 1 <= min_objects ({min_objects}) <= max_objects ({max_objects})")
+        self.min_objects, self.max_objects = int(min_objects), int(max_objects)
+
+    def rows_needed(self, rng):
+        return int(rng.integers(self.min_objects, self.max_objects + 1))
+
+    def gather(self, rows, adder, rng, count):
+        base = rows[0]
+        idx = frame_indices(base.num_frames, count)
+        times = frame_times(base.num_frames)[torch.from_numpy(idx)]
+        per_blurs, per_frames = [], []
+        for row in rows:
+            if (row.height, row.width) != (base.height, base.width):
+                raise ValueError(f"multi_object: {row.source} is {row.width}x{row.height}, "
+                                 f"{base.source} is {base.width}x{base.height}")
+            # the same times in every row, whatever its frame count
+            ridx = np.minimum((times.numpy() * row.num_frames).astype(np.int64), row.num_frames - 1)
+            per_blurs.append(to_float(np.stack([row.blur(n) for n in self.blur_names])))
+            per_frames.append(to_float(row.frames(ridx)))
+        blurs, frames = per_blurs[0], per_frames[0]
+        for b, f in zip(per_blurs[1:], per_frames[1:]):
+            blurs, frames = over(b, blurs), over(f, frames)
+        m = self.max_objects
+        object_frames = torch.zeros((m, *frames.shape))
+        object_frames[: len(rows)] = torch.stack(per_frames)
+        valid = torch.zeros(m, dtype=torch.bool)
+        valid[: len(rows)] = True
+        contrast_src = [(b.movedim(0, -1) * 255).numpy() for b in blurs]  # contrast on what is seen
+        shape = (2, base.height, base.width, 3)
+        layers = dict(
+            blurs=blurs,
+            backgrounds=self._backgrounds(adder, contrast_src, rng, shape),
+            spans=torch.tensor([base.span(n) for n in self.blur_names], dtype=torch.float32),
+            times=times,
+            frames=frames,
+            object_frames=object_frames,
+            object_valid=valid,
+            seq_id="+".join(r.seq_id for r in rows),
+        )
+        if self.contrastive:
+            layers["contrast_backgrounds"] = self._backgrounds(adder, contrast_src, rng, shape)
+        return layers
+
+
+def build_format(spec: str, data_cfg=None) -> InputFormat:
+    """Build a format from its spec; ``data_cfg`` supplies defaults the spec leaves out (objects_per_image)."""
+    name, kwargs = parse_spec(spec)
+    extra = {}
+    params = inspect.signature(FORMATS.get(name)).parameters
+    if data_cfg is not None and "min_objects" in params:
+        extra = dict(min_objects=data_cfg.objects_per_image[0], max_objects=data_cfg.objects_per_image[1])
+    return FORMATS.build(spec, **extra)
+
+
+def in_channels(format_spec: str) -> int:
+    """Encoder input channels for a format spec (what the model builder needs)."""
+    return build_format(format_spec).in_channels
+
+
+def assemble(fmt: InputFormat, layers: dict, rng: np.random.Generator, noise: float = 0.0) -> dict:
+    """Composite float layers into the item of docs/batches.md (sensor noise goes on the images only)."""
+    item = {k: v for k, v in layers.items() if k != "contrast_backgrounds"}
+
+    def images_of(backgrounds: torch.Tensor) -> torch.Tensor:
+        images = composite(layers["blurs"], backgrounds)
+        if noise > 0:
+            images = (images + noise * torch.from_numpy(rng.standard_normal(images.shape, dtype=np.float32))).clamp_(0, 1)
+        return images
+
+    item["images"] = images_of(layers["backgrounds"])
+    item["inputs"] = fmt.inputs(item["images"], layers["backgrounds"])
+    if "contrast_backgrounds" in layers:
+        cb = layers["contrast_backgrounds"]
+        item["contrast_inputs"] = fmt.inputs(images_of(cb), cb)
+    return item

@@ -1,0 +1,246 @@
+"""FMO loader: indexed, filterable, split-by-object access to sequence shards, decoding lazily.
+
+A :class:`Sequence` holds a row's compressed bytes; WebP is decoded only when a blur or frames are
+asked for, and only up to the last frame needed (animated WebP decodes sequentially).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+
+from fmolab.shards import SEQUENCE_SCHEMA, ShardError, ShardReader
+
+log = logging.getLogger("fmolab.data")
+
+COLUMNS = ["seq_id", "index", "object_id", "texture_id", "params", "width", "height", "num_frames",
+           "frames", "blurs", "blur_names", "blur_spans"]
+SPLITS = ("all", "train", "val")
+
+
+class RowError(ShardError):
+    """One row cannot be used; ``source`` is ``"<shard file>#<row>"``."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+def object_hash(object_id: str) -> float:
+    """Stable (process- and platform-independent) position of an object id in [0, 1)."""
+    return int(hashlib.sha1(object_id.encode()).hexdigest()[:12], 16) / 16**12
+
+
+def val_objects(object_ids: Iterable[str], val_fraction: float) -> set[str]:
+    """The objects held out for validation: the ``val_fraction`` with the smallest hashes.
+
+    Ranking by hash (not thresholding it) keeps both splits non-empty whenever there are >= 2 objects.
+    """
+    ids = sorted(set(object_ids), key=lambda o: (object_hash(o), o))
+    if val_fraction <= 0 or len(ids) < 2:
+        return set()
+    n = min(len(ids) - 1, max(1, round(val_fraction * len(ids))))
+    return set(ids[:n])
+
+
+def frame_indices(num_frames: int, count: int) -> np.ndarray:
+    """``count`` evenly spaced sub-frame indices: the frame nearest each centre of ``count`` slices."""
+    if count > num_frames:
+        raise ValueError(f"data.frames_per_sample = {count} but the sequences have only {num_frames} frames")
+    return np.minimum(((np.arange(count) + 0.5) * num_frames / count).astype(np.int64), num_frames - 1)
+
+
+def decode_frames(data: bytes, indices: Iterable[int], source: str = "") -> np.ndarray:
+    """Decode only frames ``indices`` of an animated RGBA WebP -> ``[len(indices),H,W,4]`` uint8."""
+    indices = list(indices)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            n = getattr(img, "n_frames", 1)
+            if max(indices) >= n:
+                raise ValueError(f"frame {max(indices)} asked, the WebP holds {n}")
+            out = []
+            for k in indices:
+                img.seek(k)  # forward seeks only advance the decoder
+                out.append(np.asarray(img if img.mode == "RGBA" else img.convert("RGBA")))
+    except Exception as exc:
+        raise RowError(source, f"undecodable frames WebP ({len(data)} bytes): {exc}") from exc
+    return np.stack(out)
+
+
+class Sequence:
+    """One sequence row, undecoded until asked. Images come back as uint8 ``[..., H, W, 4]``."""
+
+    def __init__(self, row: dict, source: str):
+        self.source = source
+        for col in COLUMNS:
+            if row.get(col) is None:
+                raise RowError(source, f"missing value in column {col!r}")
+        self.seq_id: str = row["seq_id"]
+        self.index: int = row["index"]
+        self.object_id: str = row["object_id"]
+        self.texture_id: str = row["texture_id"]
+        self.width, self.height, self.num_frames = int(row["width"]), int(row["height"]), int(row["num_frames"])
+        self._params = row["params"]
+        self._frames: bytes = row["frames"]
+        self._blurs: list[bytes] = row["blurs"]
+        self.blur_names: list[str] = list(row["blur_names"])
+        self.blur_spans: list[list[float]] = [list(s) for s in row["blur_spans"]]
+        if not (len(self._blurs) == len(self.blur_names) == len(self.blur_spans)):
+            raise RowError(source, "blurs, blur_names and blur_spans differ in length")
+
+    @property
+    def params(self) -> dict:
+        try:
+            return json.loads(self._params)
+        except json.JSONDecodeError as exc:
+            raise RowError(self.source, f"params is not JSON: {exc}") from exc
+
+    def span(self, name: str) -> list[float]:
+        return self.blur_spans[self._blur_pos(name)]
+
+    def _blur_pos(self, name: str) -> int:
+        if name not in self.blur_names:
+            raise RowError(self.source, f"no blur {name!r} (has {self.blur_names})")
+        return self.blur_names.index(name)
+
+    def _check(self, img: np.ndarray, what: str) -> np.ndarray:
+        if img.shape[-3:-1] != (self.height, self.width):
+            raise RowError(self.source, f"{what} is {img.shape[-2]}x{img.shape[-3]}, the row says "
+                                        f"{self.width}x{self.height}")
+        return img
+
+    def blur(self, name: str) -> np.ndarray:
+        """RGBA blur ``[H,W,4]`` uint8."""
+        data = self._blurs[self._blur_pos(name)]
+        try:
+            with Image.open(io.BytesIO(data)) as img:  # one still: skip decode_webp's frame iteration
+                img.load()
+                arr = np.asarray(img if img.mode == "RGBA" else img.convert("RGBA"))
+        except Exception as exc:
+            raise RowError(self.source, f"undecodable blur {name!r} WebP ({len(data)} bytes): {exc}") from exc
+        return self._check(arr, f"blur {name!r}")
+
+    def frames(self, indices: Iterable[int] | None = None) -> np.ndarray:
+        """Sharp RGBA sub-frames ``[T,H,W,4]`` uint8 (all when ``indices`` is None)."""
+        indices = range(self.num_frames) if indices is None else indices
+        return self._check(decode_frames(self._frames, indices, self.source), "frames")
+
+    def pil(self) -> tuple[list[Image.Image], list[Image.Image]]:
+        """(blurs, frames) as Pillow images, the thesis's loader interface."""
+        return ([Image.fromarray(self.blur(n), "RGBA") for n in self.blur_names],
+                [Image.fromarray(f, "RGBA") for f in self.frames()])
+
+
+class FMOLoader:
+    """Rows of a sequence dataset, optionally one split (by object) and an ``index`` range.
+
+    Shards under the dataset folder that hold another schema (the ``backgrounds/`` clips) are left
+    out; shards lacking a sequence column have their rows skipped and counted in ``skipped``.
+    """
+
+    def __init__(self, root, split: str = "all", val_fraction: float = 0.1,
+                 index_range: tuple[int, int] | None = None, cache_groups: int = 4):
+        if split not in SPLITS:
+            raise ValueError(f"split {split!r}: must be one of {SPLITS}")
+        self.root = Path(root)
+        reader = ShardReader(self.root)  # raises ShardError for a missing or wholly unreadable path
+        self.manifest = reader.manifest
+        self.skipped: dict[str, str] = dict(reader.bad_shards)
+        self.files: list[Path] = []
+        files: dict[Path, list[int]] = {}
+        for ref in reader.refs:
+            files.setdefault(ref.file, []).append(ref.row)
+        refs, objects, indices = [], [], []
+        for f, rows in files.items():
+            names = set(pq.read_schema(f).names)
+            if "clip_id" in names and "blurs" not in names:
+                continue  # a background dataset nested under the sequences (data.backgrounds default)
+            missing = [c for c in COLUMNS if c not in names]
+            if missing:
+                for r in rows:
+                    self._skip(f"{f.name}#{r}", f"shard lacks columns {missing}")
+                continue
+            meta = pq.read_table(f, columns=["object_id", "index"])
+            self.files.append(f)
+            for r, oid, idx in zip(rows, meta.column("object_id").to_pylist(), meta.column("index").to_pylist()):
+                refs.append((f, r))
+                objects.append(oid or "")
+                indices.append(idx if idx is not None else -1)
+        if not refs:
+            raise ShardError(f"{self.root} holds no readable sequence rows (schema {SEQUENCE_SCHEMA.names}); "
+                             f"skipped: {self.skipped}")
+        self.val_objects = val_objects(objects, val_fraction)
+        keep = []
+        for k, (oid, idx) in enumerate(zip(objects, indices)):
+            if split == "train" and oid in self.val_objects or split == "val" and oid not in self.val_objects:
+                continue
+            if index_range is not None and not (index_range[0] <= idx < index_range[1]):
+                continue
+            keep.append(k)
+        self.refs = [refs[k] for k in keep]
+        self.object_ids = [objects[k] for k in keep]
+        self.split = split
+        self._cache_groups = cache_groups
+        self._handles: dict[Path, tuple[pq.ParquetFile, list[int]]] = {}
+        self._groups: OrderedDict = OrderedDict()
+
+    def _skip(self, source: str, reason: str) -> None:
+        if source not in self.skipped:
+            log.warning("skipping row %s: %s", source, reason)
+        self.skipped[source] = reason
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    # Open files and cached row groups do not travel to DataLoader workers / Ray actors.
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_handles"], state["_groups"] = {}, OrderedDict()
+        return state
+
+    def _group(self, f: Path, row: int) -> tuple[object, int]:
+        if f not in self._handles:
+            pf = pq.ParquetFile(f, memory_map=True)
+            starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)])
+            self._handles[f] = (pf, list(starts))
+        pf, starts = self._handles[f]
+        g = int(np.searchsorted(starts, row, side="right") - 1)
+        key = (f, g)
+        if key not in self._groups:
+            self._groups[key] = pf.read_row_group(g, columns=COLUMNS)
+            if len(self._groups) > self._cache_groups:
+                self._groups.popitem(last=False)
+        self._groups.move_to_end(key)
+        return self._groups[key], row - starts[g]
+
+    def get(self, i: int) -> Sequence:
+        """Row ``i`` of this (filtered) loader; raises :class:`RowError` for a corrupt row."""
+        f, r = self.refs[i]
+        source = f"{f.name}#{r}"
+        try:
+            table, local = self._group(f, r)
+            row = table.slice(local, 1).to_pylist()[0]
+        except Exception as exc:
+            raise RowError(source, f"unreadable row: {exc}") from exc
+        return Sequence(row, source)
+
+    def __getitem__(self, i: int) -> Sequence:
+        return self.get(i)
+
+    def source(self, i: int) -> str:
+        f, r = self.refs[i]
+        return f"{f.name}#{r}"
+
+
+def stable_key(text: str) -> int:
+    """A process-independent integer for seeding (Python's hash() is salted per process)."""
+    return int(hashlib.sha1(text.encode()).hexdigest()[:15], 16)
