@@ -1,0 +1,229 @@
+"""Losses on hand-made tensors with known answers."""
+import pytest
+import torch
+
+from fmolab.compose import blur_from_frames, composite, frame_times
+from fmolab.losses import LOSSES, LossSet, binarize_st, resolve_order
+from fmolab.registry import SpecError
+
+B, T, H, W = 2, 6, 24, 32
+
+
+def moving_square(b=B, t=T, h=H, w=W, size=6, step=3, seed=0):
+    """Straight-alpha RGBA frames [B,T,4,H,W] of a coloured square moving right by ``step`` px per frame."""
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.zeros(b, t, 4, h, w)
+    for i in range(b):
+        colour = torch.rand(3, generator=g)
+        for j in range(t):
+            y, x = 4 + i, 2 + j * step
+            frames[i, j, :3, y:y + size, x:x + size] = colour[:, None, None]
+            frames[i, j, 3, y:y + size, x:x + size] = 1.0
+    return frames
+
+
+def batch_for(frames, k_spans=((0.0, 1.0),), seed=1):
+    b, t = frames.shape[:2]
+    g = torch.Generator().manual_seed(seed)
+    times = frame_times(t).expand(b, t)
+    spans = torch.tensor(k_spans).expand(b, -1, -1)
+    bgs = torch.rand(b, len(k_spans), 3, *frames.shape[-2:], generator=g)
+    images = torch.stack([composite(blur_from_frames(frames, times, spans[:, k]), bgs[:, k])
+                          for k in range(len(k_spans))], 1)
+    return {"frames": frames, "times": times, "spans": spans, "backgrounds": bgs, "images": images}
+
+
+def loss(spec):
+    return LOSSES.build(spec)
+
+
+def test_dice_identical_masks_is_zero_and_disjoint_is_near_one():
+    f = moving_square()
+    assert loss("AlphaDice")(batch_for(f), {"renders": f}).item() == pytest.approx(0.0, abs=1e-7)
+    shifted = torch.roll(f, shifts=12, dims=-1)
+    disjoint = loss("AlphaDice:smooth=0,order=forward")(batch_for(f), {"renders": shifted})
+    assert disjoint.item() == pytest.approx(1.0, abs=1e-6)
+    assert loss("AlphaJaccard")(batch_for(f), {"renders": f}).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_order_min_picks_reversed_gt():
+    f = moving_square()
+    pred = (f * 0.8 + 0.1).clamp(0, 1)  # an imperfect prediction, so the loss is not trivially 0
+    forward = loss("DeFMOSupervised:order=forward")(batch_for(f), {"renders": pred})
+    reversed_gt = batch_for(f.flip(1))
+    picked = loss("DeFMOSupervised:order=min")(reversed_gt, {"renders": pred})
+    wrong = loss("DeFMOSupervised:order=forward")(reversed_gt, {"renders": pred})
+    assert picked.item() == pytest.approx(forward.item(), rel=1e-6)
+    assert wrong.item() > forward.item() + 0.1
+    # per sample: only sample 0 reversed -> each sample still gets its own best order
+    mixed = torch.stack([f[0].flip(0), f[1]])
+    per = resolve_order(loss("AlphaL1").compare, pred, mixed, "min")
+    assert torch.allclose(per, resolve_order(loss("AlphaL1").compare, pred, f, "forward"))
+
+
+def test_order_auto_is_forward_for_two_images():
+    f = moving_square()
+    pred = (f * 0.8 + 0.1).clamp(0, 1)
+    two = batch_for(f.flip(1), k_spans=((0.0, 0.5), (0.5, 1.0)))
+    auto = loss("AlphaL1")(two, {"renders": pred})
+    assert auto.item() == pytest.approx(loss("AlphaL1:order=forward")(two, {"renders": pred}).item())
+    assert auto.item() > loss("AlphaL1:order=min")(two, {"renders": pred}).item()
+
+
+def test_rgb_gt_mode_sends_no_gradient_to_alpha():
+    f = moving_square()
+    pred = torch.rand_like(f).requires_grad_()
+    loss("RGBL1:mode=gt")(batch_for(f), {"renders": pred}).backward()
+    assert pred.grad[:, :, 3].abs().sum() == 0
+    assert pred.grad[:, :, :3].abs().sum() > 0
+    pred.grad = None
+    loss("RGBL1:mode=standard")(batch_for(f), {"renders": pred}).backward()
+    assert pred.grad[:, :, 3].abs().sum() > 0  # the coupling the thesis removes
+
+
+def test_rgb_direct_and_standard_differ_only_where_alpha_below_one():
+    f = moving_square()
+    b = batch_for(f)
+    opaque = f.clone()
+    opaque[:, :, :3] = 0.5  # wrong colour, exact alpha (1 inside)
+    d, s = loss("RGBL1:mode=direct"), loss("RGBL1:mode=standard")
+    assert d(b, {"renders": opaque}).item() == pytest.approx(s(b, {"renders": opaque}).item(), rel=1e-6)
+    faint = opaque.clone()
+    faint[:, :, 3] *= 0.5
+    assert d(b, {"renders": faint}).item() != pytest.approx(s(b, {"renders": faint}).item(), rel=1e-3)
+    assert loss("RGBL2:mode=direct")(b, {"renders": f}).item() == 0.0
+    assert loss("Charbonnier:mode=direct")(b, {"renders": f}).item() == pytest.approx(0.0, abs=1e-7)
+    # Charbonnier ~ L1 for errors much larger than eps
+    assert loss("Charbonnier:mode=direct,eps=1e-4")(b, {"renders": opaque}).item() == pytest.approx(
+        d(b, {"renders": opaque}).item(), rel=1e-3)
+    assert loss("DeFMOSupervised")(b, {"renders": f}).item() == 0.0
+
+
+def test_reconstruction_of_perfect_prediction_is_zero_single_and_double_blur():
+    f = moving_square()
+    for spans in (((0.0, 1.0),), ((0.0, 0.5), (0.5, 1.0))):
+        b = batch_for(f, spans)
+        for kind in ("l1", "l2", "charbonnier", "ssim", "msssim"):
+            value = loss(f"Reconstruction:kind={kind}")(b, {"renders": f}).item()
+            assert value == pytest.approx(0.0, abs=1e-5), (spans, kind)
+        # the half-blurs are not interchangeable: swapping time halves must cost
+        swapped = torch.cat([f[:, T // 2:], f[:, :T // 2]], 1)
+        if len(spans) == 2:
+            assert loss("Reconstruction:kind=l1")(b, {"renders": swapped}).item() > 1e-3
+    # binary alpha: exact for a binary GT, and the straight-through gradient reaches alpha
+    binary = loss("Reconstruction:binary=true,kind=l2")
+    assert binary(batch_for(f), {"renders": f}).item() == pytest.approx(0.0, abs=1e-6)
+    faint = (f * 0.8).requires_grad_()  # alpha 0.8 rounds to 1: only the colour is wrong
+    assert binary(batch_for(f), {"renders": faint}).item() < loss("Reconstruction:kind=l2")(
+        batch_for(f), {"renders": faint}).item()
+    binary(batch_for(f), {"renders": faint}).backward()
+    assert faint.grad[:, :, 3].abs().sum() > 0
+
+
+def test_binarize_st_rounds_forward_identity_backward():
+    a = torch.tensor([0.2, 0.5, 0.7], requires_grad=True)
+    out = binarize_st(a)
+    assert out.tolist() == [0.0, 0.0, 1.0]
+    out.sum().backward()
+    assert a.grad.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_pairwise_order_invariant_equal_for_reversed_predictions():
+    f = moving_square(t=7)
+    pred = torch.rand_like(f)
+    b = batch_for(f)
+    l_pair = loss("PairwiseOrderInvariant")
+    assert l_pair(b, {"renders": pred}).item() == pytest.approx(l_pair(b, {"renders": pred.flip(1)}).item(), rel=1e-6)
+    assert l_pair(b, {"renders": f.flip(1)}).item() == pytest.approx(0.0, abs=1e-7)
+    assert l_pair(b, {"renders": pred}).item() > 0.01
+
+
+def test_object_order_resolves_each_object_independently():
+    a = moving_square(b=1, h=32, size=5, seed=0)  # row 4
+    b_ = moving_square(b=1, h=32, size=5, seed=3)
+    b_ = torch.roll(b_, shifts=18, dims=-2)  # second object lower, disjoint from the first
+    objects = torch.stack([a, b_], 1)  # [1,2,T,4,H,W]
+    pred = (objects[:, 0] + objects[:, 1].flip(1)).clamp(0, 1)  # object 2 rendered backwards
+    batch = {"frames": pred, "object_frames": objects, "object_valid": torch.tensor([[True, True]])}
+    per_object = loss("ObjectOrderSupervised")(batch, {"renders": pred}).item()
+    assert per_object == pytest.approx(0.0, abs=1e-6)
+    composite_gt = (objects[:, 0] + objects[:, 1]).clamp(0, 1)
+    whole = loss("DeFMOSupervised:order=min")({"frames": composite_gt}, {"renders": pred}).item()
+    assert whole > 0.1  # one global order cannot fit both objects
+
+
+def test_regularizers_known_values():
+    f = moving_square(t=5, step=4)
+    b = batch_for(f)
+    assert loss("Sharpness")(b, {"renders": f}).item() == pytest.approx(0.0, abs=1e-4)
+    half = f.clone()
+    half[:, :, 3] = 0.5
+    assert loss("Sharpness")(b, {"renders": half}).item() == pytest.approx(1.0, abs=1e-4)
+    assert loss("Contiguity")(b, {"renders": half}).item() == pytest.approx(1.0, abs=1e-5)
+    empty = torch.zeros_like(f)
+    assert loss("Contiguity")(b, {"renders": empty}).item() == 0.0
+    # identical consecutive frames correlate perfectly; shifted ones too when the shift is allowed
+    still = f[:, :1].expand_as(f)
+    assert loss("TimeConsistency:max_shift=0")(b, {"renders": still}).item() == pytest.approx(0.0, abs=1e-4)
+    assert loss("TimeConsistency:max_shift=4")(b, {"renders": f}).item() == pytest.approx(0.0, abs=1e-4)
+    assert loss("TimeConsistency:max_shift=0")(b, {"renders": f}).item() > 0.1
+    # constant velocity is smooth; a jump in the middle is not
+    smooth = loss("TrajectorySmoothness:scale=1")(b, {"renders": f}).item()
+    jumpy = f.clone()
+    jumpy[:, 3:] = torch.roll(jumpy[:, 3:], shifts=6, dims=-1)
+    assert smooth == pytest.approx(0.0, abs=1e-3)
+    assert loss("TrajectorySmoothness:scale=1")(b, {"renders": jumpy}).item() > 0.05
+
+
+def test_background_rejection_and_latent():
+    f = moving_square()
+    b = batch_for(f)
+    like_bg = f.clone()
+    like_bg[:, :, :3] = b["backgrounds"][:, :1]  # object painted with the background
+    rej = loss("BackgroundRejection")
+    assert rej(b, {"renders": like_bg}).item() == pytest.approx(1.0, abs=1e-5)
+    assert rej(b, {"renders": like_bg}).item() > rej(b, {"renders": f}).item()
+    z = torch.rand(2, 8, 3, 4)
+    lat = loss("Latent")
+    assert lat(b, {"latent": z}).item() == 0.0
+    assert lat(b, {"latent": z, "contrast_latent": z}).item() == 0.0
+    assert lat(b, {"latent": z, "contrast_latent": z + 0.25}).item() == pytest.approx(0.25)
+
+
+def test_bad_specs_raise_helpful_spec_errors():
+    with pytest.raises(SpecError, match="AlphaDice"):  # close-match hint and the list of known names
+        LOSSES.build("AlphaDise")
+    with pytest.raises(SpecError, match=r"takes no argument 'mod'.*mode"):
+        LOSSES.build("RGBL1:mod=gt")
+    with pytest.raises(SpecError, match="order='sideways'"):
+        LOSSES.build("DeFMOSupervised:order=sideways")
+    with pytest.raises(SpecError, match="Known:.*Reconstruction"):
+        LossSet(["Nope"], [])
+
+
+def test_lossset_weights_names_and_compare_has_no_grad():
+    f = moving_square()
+    b = batch_for(f)
+    pred = torch.rand_like(f).requires_grad_()
+    ls = LossSet(["AlphaDice:weight=2", "RGBL1:mode=gt,weight=0.5", "RGBL1:mode=direct"], ["DeFMOSupervised"])
+    assert ls.names == ["AlphaDice", "RGBL1:mode=gt,weight=0.5", "RGBL1:mode=direct", "DeFMOSupervised"]
+    total, values = ls(b, {"renders": pred})
+    expected = 2 * values["AlphaDice"] + 0.5 * values["RGBL1:mode=gt,weight=0.5"] + values["RGBL1:mode=direct"]
+    assert total.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert all(not v.requires_grad for v in values.values())
+    compare_only = LossSet(["RGBL1:mode=gt"], ["AlphaL1"])
+    total, values = compare_only(b, {"renders": pred})
+    total.backward()
+    assert pred.grad[:, :, 3].abs().sum() == 0  # AlphaL1 was only compared, never back-propagated
+    assert values["AlphaL1"].item() > 0
+    same = LossSet(["AlphaL1", "AlphaL1"])
+    assert same.names == ["AlphaL1", "AlphaL1#2"]
+
+
+def test_losses_run_under_bf16_autocast():
+    f = moving_square()
+    pred = torch.rand_like(f).to(torch.bfloat16)
+    ls = LossSet(["AlphaBCE", "TrajectorySmoothness", "Reconstruction:kind=msssim"])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        total, values = ls(batch_for(f), {"renders": pred})
+    assert total.dtype == torch.float32 and torch.isfinite(total)
