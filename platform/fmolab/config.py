@@ -93,9 +93,13 @@ class RenderConfig:
     )
     engine: Literal["cycles", "eevee"] = "cycles"
     device: Literal["cpu", "gpu"] = "cpu"
-    samples: int = 16
-    max_bounces: int = 4
-    denoise: bool = False
+    # Render-cluster defaults measured on CPU (benchmarks/render.py, results/render.json): 4 samples
+    # + OIDN denoising + 1 bounce (environment light only, nothing to inter-reflect) is the cheapest
+    # and smallest (~2.6 core-s, ~30 KB/sequence); 8-16 samples without denoising cost more CPU and
+    # bytes (noise compresses badly). Blurs always use max(samples, motion_blur_steps) samples.
+    samples: int = 4
+    max_bounces: int = 1
+    denoise: bool = True
     objects: str = "procedural"  # "procedural" or a ShapeNetCore.v2-style OBJ folder
     textures: str = "procedural"  # "procedural" or a DTD-style image folder
     min_coverage: float = 0.01  # minimum mean alpha of every blur, else the sample is re-drawn

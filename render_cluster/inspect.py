@@ -1,0 +1,87 @@
+"""Look at a rendered dataset: manifest summary, a contact sheet PNG and an animated preview WebP.
+
+Frames and blurs are shown over a checkerboard so transparency (and thin blurs) stay visible.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from fmolab.shards import ShardReader, decode_webp, read_manifest
+
+
+def checkerboard(h: int, w: int, cell: int = 8) -> np.ndarray:
+    yy, xx = np.mgrid[:h, :w]
+    v = np.where(((yy // cell) + (xx // cell)) % 2 == 0, 200, 150).astype(np.float32)
+    return np.repeat(v[..., None], 3, -1)
+
+
+def over_checker(rgba: np.ndarray) -> np.ndarray:
+    """Straight-alpha RGBA ``[..., H, W, 4]`` uint8 over a grey checkerboard -> RGB uint8."""
+    a = rgba[..., 3:4].astype(np.float32) / 255
+    bg = checkerboard(*rgba.shape[-3:-1])
+    return (rgba[..., :3] * a + bg * (1 - a)).round().astype(np.uint8)
+
+
+def _label(img: np.ndarray, text: str) -> np.ndarray:
+    pil = Image.fromarray(img)
+    ImageDraw.Draw(pil).text((3, 2), text, fill=(255, 255, 0))
+    return np.asarray(pil)
+
+
+def summary(manifest: dict, rows: int) -> dict:
+    render = manifest.get("render", {})
+    return {
+        "rows": rows, "num_sequences": manifest.get("num_sequences"), "seed": manifest.get("seed"),
+        "resolution": [render.get("width"), render.get("height")], "num_frames": render.get("num_frames"),
+        "blurs": render.get("blurs"), "engine": render.get("engine"), "samples": render.get("samples"),
+        "rejections": manifest.get("rejections"), "failed_indices": manifest.get("failed_indices"),
+        "software": manifest.get("software"), "nodes": manifest.get("nodes"),
+        "complete": manifest.get("complete"), "timing": manifest.get("timing"),
+    }
+
+
+def inspect_dataset(path: str | Path, out_dir: str | Path, n: int = 8, columns: int = 8) -> dict:
+    """Print and return the manifest summary; write ``contact_sheet.png`` and ``preview.webp``."""
+    path, out_dir = Path(path), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reader = ShardReader(path, columns=["seq_id", "object_id", "texture_id", "frames", "blurs", "blur_names"])
+    info = summary(read_manifest(path) if path.is_dir() else {}, len(reader))
+    picks = np.unique(np.linspace(0, len(reader) - 1, min(n, len(reader))).round().astype(int))
+    sheet_rows, anim = [], []
+    for i in picks:
+        row = reader.row(int(i))
+        frames = decode_webp(row["frames"])
+        blurs = [decode_webp(b)[0] for b in row["blurs"]]
+        sel = np.unique(np.linspace(0, len(frames) - 1, min(columns, len(frames))).round().astype(int))
+        tiles = [_label(over_checker(frames[k]), f"t{k}") for k in sel]
+        tiles += [_label(over_checker(b), name) for b, name in zip(blurs, row["blur_names"])]
+        strip = np.concatenate(tiles, axis=1)
+        header = np.zeros((12, strip.shape[1], 3), np.uint8)  # the row's ids, above its tiles
+        sheet_rows.append(np.concatenate([_label(header, f"{row['seq_id']} {row['object_id']} {row['texture_id']}"),
+                                          strip]))
+        # Preview column: the animated frame above the (static) first blur.
+        anim.append((over_checker(frames), over_checker(blurs[0]) if blurs else None))
+    width = max(r.shape[1] for r in sheet_rows)
+    sheet = np.concatenate([np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0))) for r in sheet_rows])
+    sheet_path = out_dir / "contact_sheet.png"
+    Image.fromarray(sheet).save(sheet_path)
+    n_frames = max(len(f) for f, _ in anim)
+    pics = []
+    for t in range(n_frames):
+        cols = [np.concatenate([f[min(t, len(f) - 1)]] + ([b] if b is not None else []), axis=0) for f, b in anim]
+        pics.append(Image.fromarray(np.concatenate(cols, axis=1)))
+    preview_path = out_dir / "preview.webp"
+    pics[0].save(preview_path, format="WEBP", save_all=True, append_images=pics[1:], duration=80, loop=0,
+                 quality=80)
+    bg_dir = path / "backgrounds"
+    if bg_dir.is_dir():
+        bg_manifest = read_manifest(bg_dir)
+        info["backgrounds"] = {"clips": bg_manifest.get("num_rows"), "source": bg_manifest.get("source"),
+                               "skipped": bg_manifest.get("skipped_this_run")}
+    info.update(contact_sheet=str(sheet_path), preview=str(preview_path), shown=[int(i) for i in picks])
+    print(json.dumps(info, indent=2, default=str))
+    return info

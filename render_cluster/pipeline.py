@@ -1,0 +1,206 @@
+"""Ray Data fan-out: shard blocks -> bpy render actors -> atomic Parquet shards + manifest.json.
+
+Block ``b`` holds indices ``[b*shard_rows, (b+1)*shard_rows)`` and becomes ``part-{b:05d}.parquet``.
+A block whose shard exists is skipped, so a rerun resumes without duplicates or gaps. Each actor
+also writes ``.render/part-XXXXX.json`` (its summary) after the shard, so the manifest written at the
+end can account for shards of earlier, interrupted runs too.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import socket
+import time
+from collections import Counter
+from pathlib import Path
+
+from fmolab.config import Config, config_from_dict, to_dict
+from fmolab.shards import MANIFEST, SEQUENCE_SCHEMA, write_json_atomic, write_shard
+
+SUMMARY_DIR = ".render"
+
+
+def shard_path(out: Path, block: int) -> Path:
+    return Path(out) / f"part-{block:05d}.parquet"
+
+
+def preflight(cfg: Config):
+    """Everything that can fail before Ray starts: asset folders, trajectory bounds, backgrounds."""
+    from render_cluster.backgrounds import check_source
+    from render_cluster.sequence import Assets
+    from render_cluster.trajectory import check_bounds
+
+    rc = cfg.render
+    check_bounds(rc.trajectory, rc.width, rc.height)
+    assets = Assets(rc.objects, rc.textures)
+    check_source(rc.backgrounds.source)
+    if rc.device == "gpu" or rc.engine == "eevee":
+        import ray  # GPU work without a GPU in the cluster would hang in the scheduler: say so now
+
+        if ray.is_initialized() and not ray.cluster_resources().get("GPU"):
+            raise RuntimeError(f"render.engine={rc.engine} device={rc.device} needs GPUs but the Ray "
+                               "cluster has none; use render.engine=cycles render.device=cpu")
+    return assets
+
+
+class RenderActor:
+    """One bpy per actor process; renders whole blocks (Ray Data calls it with batches of 1)."""
+
+    def __init__(self, cfg: dict, assets: dict, out: str, threads: int = 1):
+        from fmolab.runtime import use_work_dir
+        from render_cluster.scene import Scene
+        from render_cluster.sequence import Assets
+
+        if os.environ.get("FMOLAB_HOME"):
+            use_work_dir(os.environ["FMOLAB_HOME"])  # TMPDIR below the work folder
+        self.cfg = config_from_dict(cfg)
+        self.assets = Assets(**assets)
+        self.out = Path(out)
+        self.scene = Scene(self.cfg.render, threads=threads)
+        import bpy
+        import ray
+
+        self.blender = bpy.app.version_string
+        try:
+            self.node = ray.get_runtime_context().get_node_id()
+        except Exception:
+            self.node = socket.gethostname()
+
+    def __call__(self, batch: dict) -> dict:
+        from render_cluster.sequence import render_block
+
+        rc = self.cfg.render
+        summaries = []
+        for block in batch["block"]:
+            block = int(block)
+            path = shard_path(self.out, block)
+            if path.exists():  # another attempt (actor restart) already finished it
+                summaries.append({"block": block, "rows": -1, "skipped": True})
+                continue
+            rows, summary = render_block(self.scene, rc, self.assets, block, rc.num_sequences)
+            summary.update(node=self.node, host=socket.gethostname(), blender=self.blender, file=path.name)
+            write_shard(rows, path, SEQUENCE_SCHEMA)
+            write_json_atomic(summary, self.out / SUMMARY_DIR / f"{path.stem}.json")
+            summaries.append(summary)
+        return {"summary": [json.dumps(s) for s in summaries]}
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="seq", desc="render", disable=not enabled, dynamic_ncols=True)
+
+
+def _versions(blender: str) -> dict:
+    import platform
+
+    import numpy
+    import PIL
+    import pyarrow
+    import ray
+
+    import fmolab
+
+    return {"blender": blender, "fmolab": getattr(fmolab, "__version__", "unknown"), "ray": ray.__version__,
+            "python": platform.python_version(), "numpy": numpy.__version__, "pillow": PIL.__version__,
+            "pyarrow": pyarrow.__version__}
+
+
+def render_dataset(cfg: Config, progress: bool = True) -> dict:
+    """Render ``cfg.render.num_sequences`` sequences + background clips into ``cfg.dataset_dir``."""
+    import ray
+
+    from fmolab.runtime import init_ray
+
+    rc = cfg.render
+    out = cfg.dataset_dir
+    assets = preflight(cfg)  # clear errors before any Ray work
+    init_ray(cfg.runtime.address, cfg.runtime.num_cpus, cfg.work_dir)
+    preflight(cfg)  # again, now that the cluster's GPUs are known
+    out.mkdir(parents=True, exist_ok=True)
+    n_blocks = math.ceil(rc.num_sequences / rc.shard_rows)
+    todo = [b for b in range(n_blocks) if not shard_path(out, b).exists()]
+    t0 = time.time()
+    if todo:
+        gpus = 1 if (rc.device == "gpu" or rc.engine == "eevee") else 0
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        # A fixed pool: every actor pays the bpy start-up once; never more actors than CPUs (they'd wait).
+        workers = max(1, min(rc.workers or cpus, cpus, len(todo)))
+        ds = ray.data.from_items([{"block": b} for b in todo], override_num_blocks=len(todo))
+        ds = ds.map_batches(
+            RenderActor,
+            fn_constructor_kwargs=dict(cfg=to_dict(cfg), assets=assets.to_dict(), out=str(out)),
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            batch_size=1, num_cpus=1, num_gpus=gpus,
+        )
+        total = sum(min(rc.num_sequences, (b + 1) * rc.shard_rows) - b * rc.shard_rows for b in todo)
+        rejected = Counter()
+        with _progress(total, progress) as bar:
+            for row in ds.iter_rows():
+                s = json.loads(row["summary"])
+                if s.get("skipped"):
+                    continue
+                rejected.update(s["rejections"])
+                bar.update(s["end_index"] - s["first_index"])
+                bar.set_postfix(rows=s["rows"], rejected=sum(rejected.values()), refresh=False)
+    seconds = time.time() - t0
+    render_backgrounds(cfg, out / "backgrounds")
+    manifest = build_manifest(cfg, out, n_blocks, seconds, rendered=len(todo))
+    write_json_atomic(manifest, out / MANIFEST)
+    return manifest
+
+
+def build_manifest(cfg: Config, out: Path, n_blocks: int, seconds: float, rendered: int) -> dict:
+    """Self-documenting summary from the shard files and their per-shard summaries."""
+    import pyarrow.parquet as pq
+
+    rc = cfg.render
+    shards, rejections, bad, failed, nodes = [], Counter(), Counter(), [], set()
+    blender, busy = "unknown", 0.0
+    for b in range(n_blocks):
+        path = shard_path(out, b)
+        if not path.exists():
+            continue
+        sfile = out / SUMMARY_DIR / f"{path.stem}.json"
+        s = json.loads(sfile.read_text()) if sfile.exists() else {}
+        rows = pq.ParquetFile(path).metadata.num_rows
+        rejections.update(s.get("rejections", {}))
+        bad.update(s.get("bad_assets", {}))
+        failed.extend(s.get("failed", []))
+        nodes.add(s.get("node", "unknown"))
+        blender = s.get("blender", blender)
+        busy += s.get("seconds", 0.0)
+        shards.append({"file": path.name, "block": b, "rows": rows, "node": s.get("node"), "host": s.get("host"),
+                       "seconds": round(s.get("seconds", 0.0), 3),
+                       "indices": [b * rc.shard_rows, min(rc.num_sequences, (b + 1) * rc.shard_rows)]})
+    num_rows = sum(s["rows"] for s in shards)
+    return {
+        "kind": "fmo_sequences",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "seed": rc.seed,
+        "num_sequences": rc.num_sequences,
+        "num_rows": num_rows,
+        "num_shards": len(shards),
+        "complete": len(shards) == n_blocks,
+        "failed_indices": sorted(failed),
+        "rejections": dict(rejections),
+        "bad_assets": dict(bad),
+        "render": to_dict(rc),
+        "software": _versions(blender),
+        "nodes": sorted(n for n in nodes if n),
+        "shards": shards,
+        "columns": SEQUENCE_SCHEMA.names,
+        "time_convention": "sharp frame i of N at t_i=(i+0.5)/N over the exposure [0,1]",
+        "backgrounds": "backgrounds",
+        "timing": {"wall_seconds_this_run": round(seconds, 2), "blocks_rendered_this_run": rendered,
+                   "actor_seconds_per_row": round(busy / num_rows, 3) if num_rows else None},
+    }
+
+
+def render_backgrounds(cfg: Config, out_dir) -> dict:
+    """Background clips (procedural or from a frame folder) as their own shards + manifest."""
+    from render_cluster.backgrounds import write_backgrounds
+
+    return write_backgrounds(cfg, Path(out_dir))

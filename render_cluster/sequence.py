@@ -1,0 +1,162 @@
+"""One dataset row: draw parameters for (seed, index, try), build the object, check, render, encode.
+
+Everything random is drawn from ``numpy.random.default_rng([seed, index, try])`` in a fixed order,
+so a row depends only on those numbers (not on the worker, the block or what was rendered before).
+Cheap checks run first: out-of-frame before any render, coverage on the blurs before the frames.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from fmolab.shards import encode_webp
+from render_cluster import objects, textures
+from render_cluster.trajectory import TAN_HALF_X, frame_times, project, sample_trajectory
+
+BOX_PAD = 3  # pixels around the projected mesh: pixel filter (1.5 px) + rounding
+
+
+class Rejected(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+def euler_matrix(rot: np.ndarray) -> np.ndarray:
+    """Blender's XYZ Euler: R = Rz @ Ry @ Rx, for ``rot [..., 3]`` -> ``[..., 3, 3]``."""
+    a, b, c = (rot[..., k] for k in range(3))
+    ca, sa, cb, sb, cc, sc = np.cos(a), np.sin(a), np.cos(b), np.sin(b), np.cos(c), np.sin(c)
+    one, zero = np.ones_like(a), np.zeros_like(a)
+    rx = np.stack([one, zero, zero, zero, ca, -sa, zero, sa, ca], -1).reshape(*a.shape, 3, 3)
+    ry = np.stack([cb, zero, sb, zero, one, zero, -sb, zero, cb], -1).reshape(*a.shape, 3, 3)
+    rz = np.stack([cc, -sc, zero, sc, cc, zero, zero, zero, one], -1).reshape(*a.shape, 3, 3)
+    return rz @ ry @ rx
+
+
+def screen_boxes(verts: np.ndarray, traj, times: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Pixel bounding box ``[T, 4]`` (x0, y0, x1, y1 as floats) of the mesh at each time."""
+    loc, rot = traj.at(times)
+    world = np.einsum("tij,vj->tvi", euler_matrix(rot), verts) + loc[:, None, :]
+    uv = project(world, width, height)
+    return np.concatenate([uv.min(1), uv.max(1)], axis=-1)
+
+
+def to_pixels(box: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
+    x0, y0 = int(np.floor(box[0])) - BOX_PAD, int(np.floor(box[1])) - BOX_PAD
+    x1, y1 = int(np.ceil(box[2])) + BOX_PAD, int(np.ceil(box[3])) + BOX_PAD
+    return max(0, x0), max(0, y0), min(width, x1), min(height, y1)
+
+
+class Assets:
+    """Object/texture pools; a folder is listed once (in the driver) and passed to the workers."""
+
+    def __init__(self, objects_root: str, textures_root: str, object_files=None, texture_files=None):
+        self.objects_root, self.textures_root = objects_root, textures_root
+        self.object_files = object_files if object_files is not None else (
+            [] if objects_root == "procedural" else objects.list_obj_files(objects_root))
+        self.texture_files = texture_files if texture_files is not None else (
+            [] if textures_root == "procedural" else textures.list_images(textures_root))
+
+    def to_dict(self) -> dict:
+        return dict(objects_root=self.objects_root, textures_root=self.textures_root,
+                    object_files=self.object_files, texture_files=self.texture_files)
+
+
+def _build(scene, rc, assets: Assets, rng, size: float):
+    """Object + material from the pools; raises objects.AssetError for a bad file."""
+    if assets.object_files:
+        rel = assets.object_files[int(rng.integers(len(assets.object_files)))]
+        obj = objects.load_obj(Path(assets.objects_root) / rel, size)
+        object_id, oparams = objects.obj_id(rel), {"file": rel}
+    else:
+        obj, object_id, oparams = objects.make_procedural(rng, size)
+    if assets.texture_files:
+        rel = assets.texture_files[int(rng.integers(len(assets.texture_files)))]
+        mat, tparams = textures.image_material(Path(assets.textures_root) / rel, rng, size)
+        texture_id, tparams = textures.image_id(rel), dict(tparams, file=rel)
+    else:
+        mat, texture_id, tparams = textures.procedural_material(rng, size)
+    obj.data.materials.append(mat)
+    return obj, object_id, oparams, texture_id, tparams
+
+
+def render_try(scene, rc, assets: Assets, index: int, attempt: int) -> dict:
+    """Render one try of ``index``; returns a shard row or raises :class:`Rejected`."""
+    W, H, N = rc.width, rc.height, rc.num_frames
+    rng = np.random.default_rng([rc.seed, index, attempt])
+    scene.clear()
+    traj = sample_trajectory(rng, rc.trajectory, W, H)
+    try:
+        obj, object_id, oparams, texture_id, tparams = _build(scene, rc, assets, rng, traj.size)
+    except objects.AssetError as exc:
+        raise Rejected("bad_asset", str(exc)) from exc
+    scene.animate(obj, traj)
+    verts = np.empty(len(obj.data.vertices) * 3)
+    obj.data.vertices.foreach_get("co", verts)
+    verts = verts.reshape(-1, 3)
+    times = frame_times(N)
+    boxes = screen_boxes(verts, traj, times, W, H)
+    ends = screen_boxes(verts, traj, np.array([0.0, 1.0]), W, H)
+    every = np.concatenate([boxes, ends])
+    if (every[:, :2] < 0).any() or (every[:, 2] > W).any() or (every[:, 3] > H).any():
+        raise Rejected("out_of_frame", f"object box {every[:, :2].min(0)}-{every[:, 2:].max(0)}")
+    seed32 = int(rng.integers(2**31 - 1))  # render-noise seed, also from the sample's RNG
+    blurs, coverage, opacity = [], [], []
+    for name, (a, b) in rc.blurs.items():
+        span_boxes = screen_boxes(verts, traj, np.linspace(a, b, 17), W, H)
+        box = to_pixels(np.concatenate([span_boxes[:, :2].min(0), span_boxes[:, 2:].max(0)]), W, H)
+        img = scene.render((a, b), box, seed32)
+        alpha = img[..., 3].astype(np.float32) / 255
+        cov = float(alpha.mean())
+        if cov < rc.min_coverage:
+            raise Rejected("low_coverage", f"blur {name} coverage {cov:.4f} < {rc.min_coverage}")
+        blurs.append(img)
+        coverage.append(cov)
+        support = alpha > 0
+        opacity.append(float(alpha[support].mean()) if support.any() else 0.0)
+    frames = np.stack([scene.render(float(t), to_pixels(bx, W, H), seed32) for t, bx in zip(times, boxes)])
+    params = {
+        "trajectory": traj.to_dict(), "object": oparams, "texture": tparams, "try": attempt,
+        "frame_times": times.round(6).tolist(), "blur_opacity": opacity,
+        "camera": {"lens_mm": 50.0, "tan_half_fov_x": TAN_HALF_X}, "render_seed": seed32,
+    }
+    q, m = rc.webp_quality, rc.webp_method
+    return {
+        "seq_id": f"{rc.seed}-{index}", "index": index, "seed": rc.seed,
+        "object_id": object_id, "texture_id": texture_id, "params": json.dumps(params),
+        "width": W, "height": H, "num_frames": N,
+        "frames": encode_webp(frames, quality=q, method=m),
+        "blurs": [encode_webp(b, quality=q, method=m) for b in blurs],
+        "blur_names": list(rc.blurs), "blur_spans": [list(map(float, s)) for s in rc.blurs.values()],
+        "blur_coverage": coverage,
+    }
+
+
+def render_index(scene, rc, assets: Assets, index: int, reasons: Counter, bad_assets: Counter) -> dict | None:
+    """Up to ``max_tries`` tries of ``index``; counts rejections by reason; None if all fail."""
+    for attempt in range(rc.max_tries):
+        try:
+            return render_try(scene, rc, assets, index, attempt)
+        except Rejected as rej:
+            reasons[rej.reason] += 1
+            if rej.reason == "bad_asset":
+                bad_assets[rej.detail[:300]] += 1
+    return None
+
+
+def render_block(scene, rc, assets: Assets, block: int, num_sequences: int) -> tuple[list[dict], dict]:
+    """All rows of one shard block plus its summary."""
+    t0 = time.time()
+    reasons, bad = Counter(), Counter()
+    lo, hi = block * rc.shard_rows, min(num_sequences, (block + 1) * rc.shard_rows)
+    rows, failed = [], []
+    for index in range(lo, hi):
+        row = render_index(scene, rc, assets, index, reasons, bad)
+        (rows.append(row) if row is not None else failed.append(index))
+    summary = {"block": block, "rows": len(rows), "first_index": lo, "end_index": hi, "failed": failed,
+               "rejections": dict(reasons), "bad_assets": dict(bad), "seconds": time.time() - t0}
+    return rows, summary

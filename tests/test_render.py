@@ -1,0 +1,364 @@
+"""Render cluster: trajectory sampling, asset loaders, a real bpy render through Ray Data, resume,
+determinism, blur-vs-frames consistency, backgrounds, and a 2-node cluster (slow)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from fmolab.config import load_config
+from fmolab.shards import BACKGROUND_SCHEMA, SEQUENCE_SCHEMA, ShardReader, decode_webp
+from render_cluster import trajectory as T
+
+try:
+    import bpy  # noqa: F401
+
+    HAVE_BPY = True
+except ImportError:
+    HAVE_BPY = False
+needs_bpy = pytest.mark.skipif(not HAVE_BPY, reason="bpy (Blender) is not installed")
+
+TINY = ["render.width=64", "render.height=48", "render.num_frames=4", "render.samples=4",
+        "render.motion_blur_steps=8", "render.shard_rows=2", "render.num_sequences=3",
+        "render.backgrounds.num_clips=3", "render.backgrounds.frames_per_clip=3", "runtime.num_cpus=2"]
+
+
+def _cfg(work: Path, extra=()):
+    return load_config(overrides=[f"runtime.work_dir={work}", *TINY, *extra])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _ray_down():
+    import ray
+
+    ray.shutdown()
+    yield
+    ray.shutdown()
+
+
+# ---------------------------------------------------------------- trajectory (no bpy)
+
+
+def test_trajectory_bounds_and_determinism():
+    tc = load_config().render.trajectory
+    W, H = 320, 240
+    for i in range(300):
+        tr = T.sample_trajectory(np.random.default_rng([0, i]), tc, W, H)
+        assert tc.object_size[0] <= tr.size <= tc.object_size[1]
+        for p in (np.array(tr.start), np.array(tr.end)):
+            assert tc.depth[0] - 1e-9 <= -p[2] <= tc.depth[1] + 1e-9
+            hx, hy = T.frustum_half_extent(-p[2], W, H)
+            assert abs(p[0]) + tr.size / 2 <= hx * (1 - 2 * tc.margin) + 1e-9
+            assert abs(p[1]) + tr.size / 2 <= hy * (1 - 2 * tc.margin) + 1e-9
+        xy = math.dist(tr.start[:2], tr.end[:2]) / tr.size
+        assert tc.min_travel - 1e-9 <= xy <= tc.max_travel + 1e-9
+        assert abs(tr.end[2] - tr.start[2]) <= tc.max_dz + 1e-9
+        off = np.degrees(np.abs(np.array(tr.rot_end) - np.array(tr.rot_start)))
+        assert (off <= tc.max_end_rotation + 1e-9).all()
+    a = T.sample_trajectory(np.random.default_rng([5, 7, 0]), tc, W, H)
+    b = T.sample_trajectory(np.random.default_rng([5, 7, 0]), tc, W, H)
+    assert a == b
+    assert np.allclose(T.frame_times(4), [0.125, 0.375, 0.625, 0.875])
+    loc, _ = a.at(0.5)
+    assert np.allclose(loc, (np.array(a.start) + np.array(a.end)) / 2)
+
+
+def test_impossible_bounds_fail_before_ray(tmp_path):
+    import ray
+
+    from render_cluster.pipeline import render_dataset
+
+    cfg = _cfg(tmp_path, ["render.trajectory.min_travel=40", "render.trajectory.max_travel=50"])
+    with pytest.raises(T.TrajectoryError, match="impossible trajectory bounds"):
+        render_dataset(cfg, progress=False)
+    assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize("key", ["render.objects", "render.textures", "render.backgrounds.source"])
+def test_missing_asset_folder_fails_before_ray(tmp_path, key):
+    import ray
+
+    from render_cluster.pipeline import render_dataset
+
+    cfg = _cfg(tmp_path, [f"{key}={tmp_path / 'nope'}"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        render_dataset(cfg, progress=False)
+    assert not ray.is_initialized()
+
+
+def test_empty_asset_folder_is_an_error(tmp_path):
+    from render_cluster.objects import list_obj_files
+    from render_cluster.textures import list_images
+
+    with pytest.raises(FileNotFoundError, match="no .obj"):
+        list_obj_files(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no image"):
+        list_images(tmp_path)
+
+
+# ---------------------------------------------------------------- backgrounds (no bpy)
+
+
+def test_procedural_backgrounds(tmp_path):
+    from render_cluster.pipeline import render_backgrounds
+
+    cfg = _cfg(tmp_path)
+    m = render_backgrounds(cfg, tmp_path / "bg")
+    assert m["num_rows"] == 3 and m["kind"] == "backgrounds"
+    t = pq.read_table(tmp_path / "bg" / "part-00000.parquet")
+    assert t.schema.equals(BACKGROUND_SCHEMA)
+    clip = decode_webp(t.column("frames")[0].as_py(), "RGB")
+    assert clip.shape == (3, 48, 64, 3)
+    assert np.abs(np.diff(clip.astype(float), axis=0)).mean() > 0.1  # the camera moves
+
+
+def test_folder_backgrounds(tmp_path):
+    from render_cluster.backgrounds import write_backgrounds
+
+    root = tmp_path / "vot"
+    rng = np.random.default_rng(0)
+    for seq, sub in (("otb_seq", "img"), ("vot_seq", "")):
+        d = root / seq / sub if sub else root / seq
+        d.mkdir(parents=True)
+        for k in range(5):
+            Image.fromarray(rng.integers(0, 255, (30, 50, 3), dtype=np.uint8)).save(d / f"{k:08d}.jpg")
+    (root / "clip.mp4").write_bytes(b"not a video Pillow can read")
+    cfg = _cfg(tmp_path, [f"render.backgrounds.source={root}", "render.backgrounds.num_clips=3"])
+    m = write_backgrounds(cfg, tmp_path / "bg")
+    assert m["num_rows"] == 2 and m["skipped_this_run"] == {"unreadable_video": 1}
+    rows = ShardReader(tmp_path / "bg").column("source")
+    assert sorted(rows) == ["otb_seq/img", "vot_seq"]
+
+
+# ---------------------------------------------------------------- bpy: loaders
+
+
+def _write_obj(path: Path, scale: float = 3.0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    v = [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1)]
+    lines = [f"v {x * scale} {y * scale + 5} {z * scale}" for x, y, z in v]
+    lines += ["f 1 3 2", "f 1 2 4", "f 1 4 3", "f 2 3 4"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.bpy
+@needs_bpy
+def test_obj_loader_normalizes(tmp_path):
+    from render_cluster import objects
+    from render_cluster.scene import Scene
+
+    cfg = _cfg(tmp_path)
+    scene = Scene(cfg.render, tmp_dir=str(tmp_path))
+    good = _write_obj(tmp_path / "objs" / "02691156" / "abc" / "models" / "model_normalized.obj")
+    (tmp_path / "objs" / "bad.obj").write_text("this is not an obj file\n")
+    files = objects.list_obj_files(tmp_path / "objs")
+    assert files == ["02691156/abc/models/model_normalized.obj", "bad.obj"]
+    assert objects.obj_id(files[0]) == "02691156/abc"
+    obj = objects.load_obj(good, size=0.8)
+    co = np.array([v.co[:] for v in obj.data.vertices])
+    assert np.isclose(np.linalg.norm(co.max(0) - co.min(0)), 0.8)
+    assert np.allclose((co.max(0) + co.min(0)) / 2, 0, atol=1e-6)
+    scene.clear()
+    with pytest.raises(objects.AssetError):
+        objects.load_obj(tmp_path / "objs" / "bad.obj", size=1.0)
+    scene.close()
+
+
+@pytest.mark.bpy
+@needs_bpy
+def test_procedural_families_and_bad_assets_counted(tmp_path):
+    """Every shape family builds; a folder with a bad OBJ and a bad texture renders, counting both."""
+    from render_cluster import objects, textures
+    from render_cluster.scene import Scene
+    from render_cluster.sequence import Assets, render_index
+
+    cfg = _cfg(tmp_path, ["render.max_tries=12", "render.num_frames=2"])
+    scene = Scene(cfg.render, tmp_dir=str(tmp_path))
+    rng = np.random.default_rng(0)
+    for fam in objects.FAMILIES:
+        scene.clear()
+        obj, oid, _ = objects.make_procedural(rng, 1.0, fam)
+        co = np.array([v.co[:] for v in obj.data.vertices])
+        assert oid.startswith(f"procedural/{fam}/") and np.isclose(np.linalg.norm(co.max(0) - co.min(0)), 1.0)
+    for kind in textures.KINDS:
+        textures.procedural_material(rng, 1.0, kind)
+    # DTD layout: <root>/images/<category>/*.jpg, plus one corrupt image.
+    dtd = tmp_path / "dtd"
+    (dtd / "images" / "banded").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(dtd / "images" / "banded" / "b1.jpg")
+    (dtd / "images" / "banded" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    assert textures.image_id(textures.list_images(dtd)[0]) == "banded/b1"
+    _write_obj(tmp_path / "objs" / "good.obj")
+    (tmp_path / "objs" / "bad.obj").write_text("garbage\n")
+    assets = Assets(str(tmp_path / "objs"), str(dtd))
+    reasons, bad = Counter(), Counter()
+    rows = [render_index(scene, cfg.render, assets, i, reasons, bad) for i in range(3)]
+    assert all(r is not None for r in rows)
+    assert {r["object_id"] for r in rows} == {"good"} and {r["texture_id"] for r in rows} == {"banded/b1"}
+    assert reasons["bad_asset"] >= 1 and bad  # the bad files were drawn and skipped
+    scene.close()
+
+
+@pytest.mark.bpy
+@needs_bpy
+def test_blur_matches_mean_of_sharp_frames(tmp_path):
+    """The engine's blur over a span ~ the mean of the sharp frames inside it (premultiplied)."""
+    from render_cluster.scene import Scene
+    from render_cluster.sequence import Assets, render_try
+
+    cfg = _cfg(tmp_path, ["render.width=96", "render.height=72", "render.num_frames=16", "render.samples=8",
+                          "render.motion_blur_steps=32", "render.trajectory.max_travel=2",
+                          "render.blurs={full: [0, 1], first: [0, 0.5], second: [0.5, 1]}"])
+    scene = Scene(cfg.render, tmp_dir=str(tmp_path))
+    row = None
+    for i in range(10):
+        try:
+            row = render_try(scene, cfg.render, Assets("procedural", "procedural"), i, 0)
+            break
+        except Exception:  # rejected draw: try the next index
+            continue
+    assert row is not None
+    frames = decode_webp(row["frames"]).astype(np.float32) / 255
+    times = T.frame_times(16)
+    for blob, (a, b) in zip(row["blurs"], row["blur_spans"]):
+        blur = decode_webp(blob)[0].astype(np.float32) / 255
+        inside = frames[(times >= a) & (times <= b)]
+        mean_alpha = inside[..., 3].mean(0)
+        support = (mean_alpha > 0.02) | (blur[..., 3] > 0.02)
+        err = np.abs(mean_alpha - blur[..., 3])[support].mean()
+        assert err < 0.08, f"span {a}-{b}: mean |alpha difference| {err:.3f}"
+        assert abs(mean_alpha.sum() - blur[..., 3].sum()) / blur[..., 3].sum() < 0.1
+    scene.close()
+
+
+# ---------------------------------------------------------------- bpy: the pipeline through Ray
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    import ray
+
+    from render_cluster.pipeline import render_dataset
+
+    ray.shutdown()
+    work = tmp_path_factory.mktemp("rw")
+    cfg = _cfg(work)
+    manifest = render_dataset(cfg, progress=False)
+    return cfg, manifest
+
+
+@pytest.mark.bpy
+@needs_bpy
+def test_render_dataset_rows_and_manifest(dataset):
+    cfg, m = dataset
+    out = cfg.dataset_dir
+    assert sorted(p.name for p in out.glob("*.parquet")) == ["part-00000.parquet", "part-00001.parquet"]
+    t = pq.read_table(out / "part-00000.parquet")
+    assert t.schema.equals(SEQUENCE_SCHEMA)
+    reader = ShardReader(out)
+    assert len(reader) == m["num_rows"] == 3 - len(m["failed_indices"])
+    assert sorted(reader.column("index")) == [i for i in range(3) if i not in m["failed_indices"]]
+    for row in reader:
+        frames = decode_webp(row["frames"])
+        assert frames.shape == (4, 48, 64, 4)
+        assert frames[..., 3].max() == 255 and frames[..., 3].min() == 0  # object on transparent film
+        assert row["blur_names"] == ["full", "first", "second"]
+        assert len(row["blurs"]) == 3 and all(decode_webp(b).shape == (1, 48, 64, 4) for b in row["blurs"])
+        assert all(c >= cfg.render.min_coverage for c in row["blur_coverage"])
+        p = json.loads(row["params"])
+        assert {"trajectory", "object", "texture", "try"} <= set(p)
+    for key in ("seed", "render", "software", "rejections", "shards", "nodes", "failed_indices"):
+        assert key in m
+    assert m["software"]["blender"].startswith("5.") and m["software"]["ray"]
+    assert m["render"]["samples"] == 4 and m["complete"]
+    assert sum(s["rows"] for s in m["shards"]) == m["num_rows"]
+    assert (out / "backgrounds" / "manifest.json").exists()
+    assert json.loads((out / "manifest.json").read_text())["num_rows"] == m["num_rows"]
+
+
+@pytest.mark.bpy
+@needs_bpy
+def test_resume_renders_nothing_new(dataset):
+    from render_cluster.pipeline import render_dataset
+
+    cfg, m = dataset
+    before = {p.name: p.stat().st_mtime_ns for p in cfg.dataset_dir.glob("*.parquet")}
+    m2 = render_dataset(cfg, progress=False)
+    after = {p.name: p.stat().st_mtime_ns for p in cfg.dataset_dir.glob("*.parquet")}
+    assert before == after and m2["timing"]["blocks_rendered_this_run"] == 0
+    assert m2["num_rows"] == m["num_rows"]
+    # A lost shard is re-rendered, with the same content for the same indices (determinism).
+    lost = cfg.dataset_dir / "part-00001.parquet"
+    old = pq.read_table(lost).to_pylist()
+    lost.unlink()
+    render_dataset(cfg, progress=False)
+    new = pq.read_table(lost).to_pylist()
+    assert [(r["index"], r["params"], r["object_id"]) for r in old] == \
+        [(r["index"], r["params"], r["object_id"]) for r in new]
+
+
+@pytest.mark.bpy
+@needs_bpy
+def test_same_seed_and_index_give_same_params_in_process(dataset, tmp_path):
+    """Determinism whatever the worker: re-render a row here, outside Ray, and compare."""
+    from render_cluster.scene import Scene
+    from render_cluster.sequence import Assets, render_index
+
+    cfg, _ = dataset
+    row = ShardReader(cfg.dataset_dir).row(0)
+    scene = Scene(cfg.render, tmp_dir=str(tmp_path))
+    again = render_index(scene, cfg.render, Assets("procedural", "procedural"), row["index"], Counter(), Counter())
+    assert again["params"] == row["params"] and again["object_id"] == row["object_id"]
+    a, b = decode_webp(again["frames"]), decode_webp(row["frames"])
+    assert np.abs(a[..., 3].astype(int) - b[..., 3]).mean() < 1.0  # same seed -> same pixels
+    scene.close()
+
+
+@pytest.mark.bpy
+@needs_bpy
+def test_inspect_dataset(dataset, tmp_path):
+    from render_cluster.inspect import inspect_dataset
+
+    cfg, _ = dataset
+    info = inspect_dataset(cfg.dataset_dir, tmp_path, n=2)
+    assert info["rows"] == 3 and info["software"]["blender"]
+    with Image.open(tmp_path / "preview.webp") as im:
+        assert im.n_frames == 4 and im.width == 2 * 64
+    assert Image.open(tmp_path / "contact_sheet.png").width > 64
+
+
+# ---------------------------------------------------------------- two nodes (slow)
+
+
+@pytest.mark.slow
+@pytest.mark.bpy
+@needs_bpy
+def test_two_node_cluster_renders_on_both(tmp_path_factory):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from fmolab.runtime import use_work_dir
+    from render_cluster.pipeline import render_dataset
+
+    ray.shutdown()
+    work = use_work_dir(tmp_path_factory.mktemp("rc2"))
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        cfg = _cfg(work, [f"runtime.address={cluster.address}", "render.num_sequences=4",
+                          "render.shard_rows=1", "render.workers=2"])
+        m = render_dataset(cfg, progress=False)
+        assert m["num_rows"] + len(m["failed_indices"]) == 4
+        assert len({s["node"] for s in m["shards"]}) == 2, m["shards"]
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
