@@ -6,7 +6,7 @@ import pytest
 
 from fmolab.cli import build_parser, main
 
-COMMANDS = ["demo", "render", "dataset", "train", "tune", "evaluate", "deblur", "runs", "submit", "list"]
+COMMANDS = ["demo", "render", "dataset", "train", "tune", "evaluate", "deblur", "runs", "submit", "jobs", "list"]
 
 
 def test_every_stage_has_help(capsys):

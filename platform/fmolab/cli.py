@@ -159,6 +159,41 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_submit(args) -> int:
+    from fmolab import jobs
+
+    spec = jobs.load_spec(args.spec, args.overrides)
+    submission_id = jobs.submit(spec, args.address)
+    print(f"submitted {args.spec} as {submission_id}", flush=True)
+    if args.no_wait:
+        return 0
+    status = jobs.follow(submission_id, args.address, echo=lambda text: print(text, flush=True))
+    print(f"job {submission_id}: {status}", flush=True)
+    if status != "SUCCEEDED":
+        print(f"--- last lines of {submission_id} ---\n{jobs.log_tail(submission_id, args.address)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_jobs(args) -> int:
+    from fmolab import jobs
+
+    c = jobs.client(args.address)
+    if args.jobs_cmd == "list":
+        print(f"{'submission id':28} {'status':10} entrypoint")
+        for j in c.list_jobs():
+            print(f"{(j.submission_id or j.job_id or '')[:28]:28} {str(j.status.value):10} {j.entrypoint[:80]}")
+    elif args.jobs_cmd == "status":
+        print(c.get_job_status(args.id).value)
+    elif args.jobs_cmd == "logs":
+        if args.follow:
+            return 0 if jobs.follow(args.id, args.address) == "SUCCEEDED" else 1
+        print(c.get_job_logs(args.id))
+    elif args.jobs_cmd == "stop":
+        print("stopped" if c.stop_job(args.id) else "already finished")
+    return 0
+
+
 def cmd_pending(args) -> int:
     """Stages whose implementation has not landed yet say so plainly instead of pretending."""
     print(f"fmolab {args.command}: not available in this version yet (see the project's open issues).", file=sys.stderr)
@@ -228,8 +263,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--from-alias", default="", help="copy the version of this alias")
     p.set_defaults(func=cmd_runs)
 
-    p = sub.add_parser("submit", help="submit a job spec (jobs/*.yaml) to a Ray cluster")
-    p.set_defaults(func=cmd_pending)
+    p = sub.add_parser("submit", help="submit a job spec (jobs/*.yaml) to a Ray cluster and follow it")
+    p.add_argument("spec", help="job spec YAML (see jobs/README.md)")
+    p.add_argument("--address", default="", help="Ray dashboard/job server (default $RAY_ADDRESS or http://127.0.0.1:8265)")
+    p.add_argument("--no-wait", action="store_true", help="print the submission id and return")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides appended to the entrypoint")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("jobs", help="list, inspect, follow and stop Ray jobs")
+    p.add_argument("--address", default="", help="Ray dashboard/job server (default $RAY_ADDRESS or http://127.0.0.1:8265)")
+    jsub = p.add_subparsers(dest="jobs_cmd", required=True)
+    jsub.add_parser("list", help="all jobs of the cluster")
+    for name, text in (("status", "status of a job"), ("logs", "log of a job"), ("stop", "stop a job")):
+        q = jsub.add_parser(name, help=text)
+        q.add_argument("id", help="submission id")
+        if name == "logs":
+            q.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
+    p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("list", help="list registered parts by name")
     p.add_argument("kind", nargs="?", default="all", choices=["all", "encoders", "renderers", "losses", "formats"])

@@ -421,7 +421,7 @@ def load_config(files: list[str | os.PathLike] = (), overrides: list[str] = (), 
         tree = _merge(tree, base)
     for f in files:
         data = read_yaml(f)
-        data = data.get("config", data) if "entrypoint" in data else data  # job specs embed a config
+        data = (data.get("config") or {}) if "entrypoint" in data else data  # job specs embed a config
         try:
             _build(Config, data)  # report unknown keys against the file, before merging
         except ConfigError as exc:
