@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -180,7 +181,7 @@ def train_loop(loop_config: dict) -> None:
             state = TrainState(**{k: saved["train_state"][k] for k in TrainState.__dataclass_fields__})
             best_weights = torch.load(Path(d) / "best_model.pt", map_location="cpu", weights_only=True)
         if rank == 0:
-            print(f"[train] resumed at step {state.step}, best {state.best_metric:.5f} at step {state.best_step}", flush=True)
+            _say(f"[train] resumed at step {state.step}, best {state.best_metric:.5f} at step {state.best_step}")
 
     log = _Logger(loop_config.get("run_id", ""), loop_config.get("tracking_uri", ""), rank == 0)
     stream = _batches(train_ds, tc.batch_size, rank, world, tc.seed + state.step, collate)
@@ -253,9 +254,9 @@ def train_loop(loop_config: dict) -> None:
                 remaining = (tc.steps - state.step) / max((state.step - start_step) / max(elapsed, 1e-9), 1e-9)
                 if tc.time_limit > 0:
                     remaining = min(remaining, max(0.0, tc.time_limit - elapsed))
-                print(f"[train] step {state.step}/{tc.steps} ({100 * state.step / tc.steps:.0f}%) "
-                      f"loss {means.get('train/loss', float('nan')):.4f} | {rate:.1f} samples/s | "
-                      f"ETA {_fmt_seconds(remaining)}", flush=True)
+                _say(f"[train] step {state.step}/{tc.steps} ({100 * state.step / tc.steps:.0f}%) "
+                     f"loss {means.get('train/loss', float('nan')):.4f} | {rate:.1f} samples/s | "
+                     f"ETA {_fmt_seconds(remaining)}")
             sums, count = {}, 0
 
         validate = state.step % tc.val_every == 0 or last
@@ -275,15 +276,21 @@ def train_loop(loop_config: dict) -> None:
                 metrics.update(val)
                 if rank == 0:
                     _log_previews(model, val_ds, cfg, state.step, device, collate, log)
-                    print(f"[val] step {state.step}: loss {val_loss:.4f} psnr {val.get('val/psnr', 0):.2f} dB "
-                          f"animation {val.get('val/animation_ratio', 0):.2f} (best {state.best_metric:.4f} "
-                          f"@ {state.best_step})", flush=True)
+                    _say(f"[val] step {state.step}: loss {val_loss:.4f} psnr {val.get('val/psnr', 0):.2f} dB "
+                         f"animation {val.get('val/animation_ratio', 0):.2f} (best {state.best_metric:.4f} "
+                         f"@ {state.best_step})")
             metrics["best_metric"] = state.best_metric
             _report(model, optimizer, scheduler, state, best_weights, cfg, metrics, rank)
         if stop:
             if rank == 0:
-                print(f"[train] time limit {tc.time_limit:.0f}s reached at step {state.step}", flush=True)
+                _say(f"[train] time limit {tc.time_limit:.0f}s reached at step {state.step}")
             break
+
+
+def _say(text: str) -> None:
+    """Progress line from a worker. Ray Train patches print() into its logger and tees it again when
+    another library wrapped sys.stdout (every line twice); the process's own stdout gets it once."""
+    print(text, file=sys.__stdout__, flush=True)
 
 
 def _fmt_seconds(s: float) -> str:
