@@ -50,7 +50,10 @@ def ray_head():
     head = subprocess.Popen(
         [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", f"--temp-dir={temp}",
-         "--include-dashboard=true"],
+         "--include-dashboard=true",
+         # its own agent ports: another Ray on this machine (the test session's) holds the defaults
+         f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+         f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 120
@@ -91,8 +94,10 @@ def test_submit_training_job_and_failing_job(ray_head, tmp_path, capsys, monkeyp
                              "val_samples": 2, "batch_size": 2, "run_name": "job-run"},
                    "tracking": {"experiment": "jobs-test"}},
     }))
-    assert main(["submit", str(spec), "--address", ray_head]) == 0
-    out = capsys.readouterr().out
+    code = main(["submit", str(spec), "--address", ray_head])
+    captured = capsys.readouterr()
+    out = captured.out
+    assert code == 0, out[-4000:] + captured.err[-4000:]
     assert "SUCCEEDED" in out and "[train] step 4/4" in out
     assert (work / "mlflow.db").exists() and (work / "runs" / "job-run" / "best_model.pt").exists()
 

@@ -77,9 +77,18 @@ def _use_auth_token_if_present() -> None:
 def submit(spec: dict, address: str = "") -> str:
     kwargs = {k: spec[k] for k in ("entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory",
                                    "entrypoint_resources", "submission_id") if k in spec}
-    return client(address).submit_job(entrypoint=spec["entrypoint"], runtime_env=spec["runtime_env"],
-                                      metadata={str(k): str(v) for k, v in (spec.get("metadata") or {}).items()},
-                                      **kwargs)
+    c = client(address)
+    metadata = {str(k): str(v) for k, v in (spec.get("metadata") or {}).items()}
+    deadline = time.time() + 60
+    while True:
+        try:
+            return c.submit_job(entrypoint=spec["entrypoint"], runtime_env=spec["runtime_env"], metadata=metadata,
+                                **kwargs)
+        except RuntimeError as exc:
+            # A head that just started answers before its job agent is up: wait for it, briefly.
+            if "No available agent" not in str(exc) or time.time() > deadline:
+                raise
+            time.sleep(2)
 
 
 def follow(submission_id: str, address: str = "", poll: float = 2.0, timeout: float = 0, echo=print) -> str:

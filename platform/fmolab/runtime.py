@@ -25,7 +25,10 @@ def use_work_dir(work_dir: str | os.PathLike) -> Path:
         d.mkdir(parents=True, exist_ok=True)
     os.environ["FMOLAB_HOME"] = str(work)
     os.environ["TMPDIR"] = str(tmp)  # Python tempfile, Blender, MLflow temp artifacts
-    os.environ.setdefault("XDG_CACHE_HOME", str(cache))
+    os.environ.setdefault("XDG_CACHE_HOME", str(cache))  # also Blender's thumbnails
+    os.environ.setdefault("XDG_CONFIG_HOME", str(work / "config"))  # MLflow's and others' config files
+    os.environ.setdefault("BLENDER_USER_RESOURCES", str(work / "config" / "blender"))  # not ~/.config/blender
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MPLCONFIGDIR", str(cache / "matplotlib"))
     os.environ.setdefault("TORCH_HOME", str(cache / "torch"))
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
