@@ -29,7 +29,7 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     "${pip[@]}" install "$CPU_TORCH"
   fi
 fi
-torch_version=$("$VENV/bin/python" -c "import torch; print(torch.__version__)")
+torch_version=$("$VENV/bin/python" -c "import importlib.metadata as m; print(m.version('torch'))")
 echo "torch==$torch_version" > "$VENV/torch-constraint.txt"
 "${pip[@]}" install -c constraints.txt -c "$VENV/torch-constraint.txt" -e ".[render,dev]"
 touch "$VENV/.installed"

@@ -87,3 +87,14 @@ def test_model_logged_registered_and_loaded_over_http(work, mlflow_server, monke
     np.testing.assert_allclose(out, ref, atol=1e-5)
     params = mlflow.MlflowClient().get_run(run_id).data.params
     assert params["model.encoder"] == "tiny"
+
+
+def test_setup_tracking_does_not_leak_into_later_configs(work, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    import os
+
+    first = load_config([], [f"runtime.work_dir={work / 'a'}"])
+    setup_tracking(first)
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    second = load_config([], [f"runtime.work_dir={work / 'b'}"])
+    assert second.tracking_uri == f"sqlite:///{work / 'b' / 'mlflow.db'}"

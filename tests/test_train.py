@@ -1,5 +1,4 @@
 """Ray Train with 2 CPU workers on a tiny synthetic dataset: learning, checkpoints, resume, registry."""
-import json
 
 import numpy as np
 import pytest
@@ -53,6 +52,7 @@ def test_two_workers_learn_and_resume_with_best_metric(work, toy, ray_local):
     assert second["metrics"]["best_metric"] <= m["best_metric"] + 1e-9
     steps = [x.step for x in client.get_metric_history(first["run_id"], "train/loss")]
     assert max(steps) == 30 and min(steps) <= 5  # one history across both launches
+    assert [m.value for m in client.get_metric_history(first["run_id"], "resumed_from_step")] == [20.0]
 
 
 def test_registered_model_loads_by_alias_and_renders(work, toy, ray_local):
@@ -86,3 +86,41 @@ def test_nan_loss_stops_with_step_and_losses_named(work, toy, ray_local):
     with pytest.raises(Exception) as err:
         train(cfg, register=False)
     assert "non-finite loss at step" in str(err.value) and "RGBL1" in str(err.value)
+
+
+def test_killed_worker_is_recovered_from_last_checkpoint(work, toy, ray_local):
+    """FailureConfig: a Train worker killed mid-run is replaced and training continues from the last
+    checkpoint to the end, in the same MLflow run."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import subprocess
+
+    import mlflow
+
+    from fmolab.train import train
+
+    cfg = _cfg(work, toy, **{"train.run_name": "killed", "train.steps": 40, "train.val_every": 5,
+                             "train.ckpt_every": 5, "train.max_failures": 2})
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(train(cfg, register=False)))
+    runner.start()
+    ckpts = work / "ray_results" / "killed"
+    deadline = time.time() + 300
+    # two checkpoint folders: the first is then surely registered (a folder appears before its report ends)
+    while len(list(ckpts.glob("checkpoint_*"))) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    assert len(list(ckpts.glob("checkpoint_*"))) >= 2, "no checkpoint was written"
+    # Ray titles worker processes "ray::RayTrainWorker..." (the state API would need the dashboard)
+    pids = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True).stdout.split()
+    assert pids, "no live train worker to kill"
+    os.kill(int(pids[-1]), signal.SIGKILL)
+    runner.join(timeout=600)
+    assert not runner.is_alive()
+    assert result["metrics"]["step"] == 40
+    client = mlflow.MlflowClient()
+    assert max(m.step for m in client.get_metric_history(result["run_id"], "train/loss")) == 40
+    resumed = [m.value for m in client.get_metric_history(result["run_id"], "resumed_from_step")]
+    assert resumed and 0 < resumed[-1] < 40, f"not restored from a checkpoint: {resumed}"

@@ -95,18 +95,27 @@ def cmd_train(args) -> int:
 
 
 def cmd_deblur(args) -> int:
-    from fmolab.deblur import deblur_images, load_predictor
+    from fmolab.deblur import deblur_images, deblur_video, load_predictor
     from fmolab.runtime import use_work_dir
     from fmolab.tracking import setup_tracking
 
     cfg = load_config([], [f"runtime.work_dir={args.work_dir}"] if args.work_dir else [])
     use_work_dir(cfg.work_dir)
-    setup_tracking(cfg)
     images = args.frames or ([args.image] if args.image else [])
-    if not images:
-        raise ConfigError("give --frames A B (double blur) or --image X --background B")
+    if sum(bool(x) for x in (args.frames, args.image, args.video)) != 1:
+        raise ConfigError("give exactly one input: --frames A B (double blur), --image X --background B, "
+                          "or --video PATH")
+    if args.video and args.background:
+        raise ConfigError("--background goes with --image; a video's background is estimated from its frames")
+    if args.num_frames < 1:
+        raise ConfigError(f"--num-frames {args.num_frames}: must be >= 1")
+    setup_tracking(cfg)
     predictor = load_predictor(args.model)
-    out = deblur_images(predictor, images, args.background, args.out, num_frames=args.num_frames)
+    if args.video:
+        out = deblur_video(predictor, args.video, args.out, num_frames=args.num_frames, window=args.window,
+                           threshold=args.threshold, min_area=args.min_area, chunk_frames=args.chunk_frames)
+    else:
+        out = deblur_images(predictor, images, args.background, args.out, num_frames=args.num_frames)
     print(json.dumps(out, indent=2))
     return 0
 
@@ -123,6 +132,17 @@ def cmd_runs(args) -> int:
     if args.runs_cmd == "promote":
         version = promote(args.name, args.alias, args.version, args.from_alias)
         print(f"models:/{args.name}@{args.alias} -> version {version}")
+        return 0
+    if args.runs_cmd == "compare":
+        import time
+
+        from fmolab.compare import compare_runs
+
+        out_dir = args.out or str(cfg.work_dir / "comparisons" / time.strftime("%Y%m%d-%H%M%S"))
+        res = compare_runs(args.run, args.experiment, args.metric or ["train/loss", "val/loss"], out_dir,
+                           log=not args.no_log, cfg=cfg)
+        print(res["table"])
+        print(json.dumps({k: v for k, v in res.items() if k != "table"}, indent=2))
         return 0
     # list
     exp = mlflow.get_experiment_by_name(args.experiment)
@@ -194,6 +214,38 @@ def cmd_jobs(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    import time
+
+    from fmolab.deblur import load_predictor
+    from fmolab.evaluate import evaluate, format_summary, log_evaluation
+    from fmolab.runtime import use_work_dir
+    from fmolab.tracking import setup_tracking
+
+    cfg = load_config([], [f"runtime.work_dir={args.work_dir}"] if args.work_dir else [])
+    use_work_dir(cfg.work_dir)
+    if args.max is not None and args.max < 1:
+        raise ConfigError(f"--max {args.max}: must be >= 1")
+    size = None
+    if args.size:
+        try:
+            w, h = (int(v) for v in args.size.lower().split("x"))
+        except ValueError:
+            raise ConfigError(f"--size {args.size!r}: expected WIDTHxHEIGHT, e.g. 320x240") from None
+        size = (h, w)
+    setup_tracking(cfg)
+    predictor = load_predictor(args.model)
+    out_dir = args.out or str(cfg.work_dir / "eval" / f"{Path(args.data).name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    summary = evaluate(predictor, args.data, out_dir, kind=args.kind, num_frames=args.num_frames,
+                       max_samples=args.max, sub_steps=args.sub_steps, size=size, sync=args.sync, progress=True)
+    if not args.no_log:
+        summary["mlflow_run_id"] = log_evaluation(cfg, summary, args.experiment)
+    print(format_summary(summary))
+    print(json.dumps({k: summary[k] for k in ("out_dir", "num_samples", "dataset_kind", "mlflow_run_id") if k in summary},
+                     indent=2))
+    return 0
+
+
 def cmd_pending(args) -> int:
     """Stages whose implementation has not landed yet say so plainly instead of pretending."""
     print(f"fmolab {args.command}: not available in this version yet (see the project's open issues).", file=sys.stderr)
@@ -238,24 +290,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pending)
 
     p = sub.add_parser("evaluate", help="evaluate a registered model with the FMO benchmark metrics")
-    p.set_defaults(func=cmd_pending)
+    p.add_argument("--model", required=True, help="models:/NAME@ALIAS, runs:/ID/model, or a checkpoint folder")
+    p.add_argument("--data", required=True, help="fmolab shard dataset, or a Falling Objects / TbD / TbD-3D folder")
+    p.add_argument("--kind", default="auto", choices=["auto", "shards", "falling", "tbd", "tbd3d"],
+                   help="dataset layout (default: detected)")
+    p.add_argument("--out", help="output folder (default <work>/eval/<data>-<time>)")
+    p.add_argument("--max", type=int, help="evaluate at most N samples")
+    p.add_argument("--num-frames", type=int, help="sub-frames per sample for shards (default: the model's "
+                   "data.frames_per_sample; benchmarks fix it: 8, or 12 for '-12' sequences)")
+    p.add_argument("--sub-steps", type=int, default=1, help="benchmarks: renders averaged per sub-frame "
+                   "(DeFMO used 5 to imitate the ground truth's short exposure)")
+    p.add_argument("--size", help="benchmarks: model input WIDTHxHEIGHT (default: the training resolution)")
+    p.add_argument("--sync", default="first", choices=["first", "all"],
+                   help="direction synchronisation: first sub-frame (benchmark) or whole sequence")
+    p.add_argument("--experiment", default="fmolab-eval", help="MLflow experiment of the evaluation run")
+    p.add_argument("--no-log", action="store_true", help="do not log to MLflow")
+    p.add_argument("--work-dir", help="work folder (MLflow store)")
+    p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("deblur", help="deblur real frames with a trained model")
+    p = sub.add_parser("deblur", help="deblur real frames or a video with a trained model")
     p.add_argument("--model", required=True, help="models:/NAME@ALIAS, runs:/ID/model, or a checkpoint folder")
     p.add_argument("--frames", nargs=2, metavar=("FRAME1", "FRAME2"), help="two consecutive frames (double-blur models)")
     p.add_argument("--image", help="one blurred image (background+blur models)")
     p.add_argument("--background", help="the background of --image")
+    p.add_argument("--video", help="a video: animated GIF/WebP/APNG, a folder of frames, or (with imageio) any video")
+    p.add_argument("--window", type=int, default=9, help="video: frames in the running-median background")
+    p.add_argument("--threshold", type=float, default=0.1, help="video: difference to the background that marks a mover")
+    p.add_argument("--min-area", type=int, default=12, help="video: smallest mover in pixels")
+    p.add_argument("--chunk-frames", type=int, default=240, help="video: output frames per super-resolved WebP file")
     p.add_argument("--num-frames", type=int, default=8, help="sub-frames to render per input (temporal super-resolution factor)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--work-dir", help="work folder (MLflow store)")
     p.set_defaults(func=cmd_deblur)
 
-    p = sub.add_parser("runs", help="list runs, move registry aliases")
+    p = sub.add_parser("runs", help="list and compare runs, move registry aliases")
     p.add_argument("--work-dir", help="work folder (MLflow store)")
     rsub = p.add_subparsers(dest="runs_cmd", required=True)
     q = rsub.add_parser("list", help="runs of an experiment with their final metrics")
     q.add_argument("--experiment", default="fmolab")
     q.add_argument("--max", type=int, default=50)
+    q = rsub.add_parser("compare", help="differing params, final metrics and overlaid curves of runs")
+    q.add_argument("run", nargs="*", help="run ids or run names (none: every run of --experiment)")
+    q.add_argument("--experiment", help="experiment to take the runs from / to look names up in")
+    q.add_argument("--metric", action="append", help="metric to plot (repeatable; default train/loss and val/loss)")
+    q.add_argument("--out", help="output folder (default <work>/comparisons/<time>)")
+    q.add_argument("--no-log", action="store_true", help="do not log the comparison to MLflow")
     q = rsub.add_parser("promote", help="point a registry alias at a model version")
     q.add_argument("name", help="registered model name")
     q.add_argument("alias", help="alias to set, e.g. champion")

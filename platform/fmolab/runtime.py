@@ -65,7 +65,10 @@ def init_ray(address: str = "", num_cpus: int = 0, work_dir: str | os.PathLike |
     env_vars = {"FMOLAB_HOME": str(work)}
     if os.environ.get("MLFLOW_TRACKING_URI"):
         env_vars["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
-    kwargs: dict = dict(runtime_env={"env_vars": env_vars}, log_to_driver=True, logging_level=logging.WARNING)
+    kwargs: dict = dict(log_to_driver=True, logging_level=logging.WARNING)
+    # Inside a Ray job the job's runtime env applies already; Ray refuses to merge a second one.
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+        kwargs["runtime_env"] = {"env_vars": env_vars}
     if address:
         ray.init(address=address, **kwargs)
     else:

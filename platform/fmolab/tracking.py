@@ -43,8 +43,15 @@ def setup_tracking(cfg: Config) -> str:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(cfg.tracking.timeout, 5))))
     elif uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    os.environ["MLFLOW_TRACKING_URI"] = uri  # Ray workers inherit it
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, which would outlive this config (later
+    # configs in the process read it first, jobs submitted from it inherit it): put the variable back.
+    # MLflow keeps the URI itself; Ray workers get it explicitly with their config.
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
     mlflow.set_registry_uri(uri)
     return uri
 

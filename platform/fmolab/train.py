@@ -184,6 +184,8 @@ def train_loop(loop_config: dict) -> None:
             _say(f"[train] resumed at step {state.step}, best {state.best_metric:.5f} at step {state.best_step}")
 
     log = _Logger(loop_config.get("run_id", ""), loop_config.get("tracking_uri", ""), rank == 0)
+    if checkpoint:  # a resume or a recovery after a lost worker: on the record, not only in a log
+        log.metrics({"resumed_from_step": state.step}, state.step)
     stream = _batches(train_ds, tc.batch_size, rank, world, tc.seed + state.step, collate)
     start, start_step = time.time(), state.step
     sums: dict[str, float] = {}

@@ -1,0 +1,157 @@
+"""``fmolab runs compare``: parameter differences, final metrics and overlaid curves of MLflow runs.
+
+Runs are named by id or by run name (``--experiment`` narrows name look-ups), or all runs of an
+experiment are taken. Outputs (folder ``--out``): ``comparison.csv`` (one row per run: run name, id,
+the params that differ between the runs, the final value of every metric) and one PNG per compared
+metric (``train_loss.png``, ``val_loss.png``: the runs' curves overlaid, as the thesis' figs. 4.6-4.9).
+The same files are logged as artifacts of a new run in experiment ``fmolab-compare`` (tagged
+``fmolab.kind=comparison`` and ``compared_runs=<ids>``), so the training experiments stay clean.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import re
+import time
+from pathlib import Path
+
+DEFAULT_METRICS = ("train/loss", "val/loss")
+COMPARE_EXPERIMENT = "fmolab-compare"
+
+
+def resolve_runs(refs: list[str], experiment: str | None = None) -> list:
+    """MLflow runs for ids / names (or every finished-or-not run of ``experiment`` when ``refs`` is empty)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    exp_ids: list[str]
+    if experiment:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise ValueError(f"no experiment {experiment!r}")
+        exp_ids = [exp.experiment_id]
+    else:
+        exp_ids = [e.experiment_id for e in client.search_experiments()]
+    if not refs:
+        if not experiment:
+            raise ValueError("name the runs to compare (ids or names) or give --experiment")
+        runs = client.search_runs(exp_ids, max_results=1000, order_by=["attributes.start_time ASC"])
+        runs = [r for r in runs if r.data.tags.get("fmolab.kind") not in ("comparison", "evaluation")]
+        if not runs:
+            raise ValueError(f"experiment {experiment!r} has no runs")
+        return runs
+    out = []
+    for ref in refs:
+        run = None
+        if re.fullmatch(r"[0-9a-f]{32}", ref):
+            try:
+                run = client.get_run(ref)
+            except MlflowException:
+                run = None
+        if run is None:
+            found = client.search_runs(exp_ids, filter_string=f"attributes.run_name = '{ref}'", max_results=2,
+                                       order_by=["attributes.start_time DESC"])
+            if not found:
+                raise ValueError(f"no run with id or name {ref!r}" + (f" in experiment {experiment!r}" if experiment else ""))
+            run = found[0]
+        out.append(run)
+    return out
+
+
+def param_differences(runs: list) -> dict[str, list[str]]:
+    """``{param: [value per run]}`` for params whose values are not all equal (missing = "")."""
+    keys = sorted(set().union(*(r.data.params.keys() for r in runs)))
+    diff = {}
+    for k in keys:
+        values = [r.data.params.get(k, "") for r in runs]
+        if len(set(values)) > 1:
+            diff[k] = values
+    return diff
+
+
+def run_label(run) -> str:
+    return run.info.run_name or run.info.run_id[:8]
+
+
+def compare_runs(refs: list[str], experiment: str | None = None, metrics: list[str] | tuple = DEFAULT_METRICS,
+                 out_dir: str | Path = "comparison", log: bool = True, log_experiment: str = COMPARE_EXPERIMENT,
+                 cfg=None) -> dict:
+    """Compare runs; write the CSV and plots to ``out_dir``; log them to MLflow when ``log``."""
+    import mlflow
+
+    from fmolab.media import plot_curves
+
+    runs = resolve_runs(list(refs), experiment)
+    if len({r.info.run_id for r in runs}) < len(runs):
+        raise ValueError("the same run is named twice")
+    client = mlflow.MlflowClient()
+    diff = param_differences(runs)
+    metric_keys = sorted(set().union(*(r.data.metrics.keys() for r in runs)))
+    rows = []
+    for i, r in enumerate(runs):
+        row = {"run": run_label(r), "run_id": r.info.run_id}
+        row.update({f"param:{k}": v[i] for k, v in diff.items()})
+        row.update({k: r.data.metrics.get(k, float("nan")) for k in metric_keys})
+        rows.append(row)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "comparison.csv"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plots = []
+    labels = [run_label(r) for r in runs]
+    if len(set(labels)) < len(labels):  # same names: tell them apart by id
+        labels = [f"{l} ({r.info.run_id[:6]})" for l, r in zip(labels, runs)]
+    for m in metrics:
+        series = {lab: [(p.step, p.value) for p in client.get_metric_history(r.info.run_id, m)]
+                  for lab, r in zip(labels, runs)}
+        if not any(series.values()):
+            continue
+        path = plot_curves(series, out / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', m)}.png", title=m, ylabel=m,
+                           logy="loss" in m)
+        plots.append(str(path))
+    result = {"runs": [r.info.run_id for r in runs], "csv": str(csv_path), "plots": plots,
+              "differing_params": sorted(diff), "table": format_table(rows, diff, metrics)}
+    if log:
+        result["comparison_run_id"] = _log(runs, csv_path, plots, log_experiment, cfg)
+    return result
+
+
+def _log(runs, csv_path: Path, plots: list[str], experiment: str, cfg) -> str:
+    import copy
+
+    import mlflow
+
+    from fmolab.config import Config
+    from fmolab.tracking import ensure_experiment
+
+    cfg = copy.deepcopy(cfg) if cfg is not None else Config()
+    cfg.tracking.experiment = experiment
+    exp_id = ensure_experiment(cfg)
+    client = mlflow.MlflowClient()
+    ids = ",".join(r.info.run_id for r in runs)
+    run = client.create_run(exp_id, run_name=f"compare-{len(runs)}-runs-{time.strftime('%Y%m%d-%H%M%S')}",
+                            tags={"fmolab.kind": "comparison", "compared_runs": ids[:5000],
+                                  "compared_names": ",".join(run_label(r) for r in runs)[:5000]})
+    client.log_artifact(run.info.run_id, str(csv_path))
+    for p in plots:
+        client.log_artifact(run.info.run_id, p, "plots")
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "-" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def format_table(rows: list[dict], diff: dict, metrics) -> str:
+    """Runs as rows: name, differing params, the compared metrics' final values."""
+    cols = ["run"] + [f"param:{k}" for k in diff] + [m for m in metrics if any(m in r for r in rows)]
+    table = [[c.removeprefix("param:") for c in cols]] + [[_fmt(r.get(c, "")) for c in cols] for r in rows]
+    widths = [min(40, max(len(line[i]) for line in table)) for i in range(len(cols))]
+    return "\n".join("  ".join(cell[:40].ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table)

@@ -1,0 +1,200 @@
+"""``fmolab evaluate``: score a model on synthetic shards or a real FMO benchmark, beside the "Bg" and
+"Im" baselines, and record the result in MLflow.
+
+Outputs (folder ``--out``, written atomically): ``samples.csv`` (one row per sample: every metric for
+the model, ``bg`` and ``im``), ``summary.json`` (means per metric for each method) and, in MLflow, a run
+in experiment ``fmolab-eval`` (or ``--experiment``) with the means as metrics (``tiou``, ``psnr``,
+``ssim``, ``middle_psnr`` for the model; ``bg/...`` and ``im/...`` for the baselines), both files as
+artifacts and the tags ``model_uri``, ``dataset``, ``dataset_kind``.
+
+Means follow the benchmark: per sequence first, then over sequences (a synthetic sample is its own
+sequence); NaN values (e.g. TIoU of the baselines, which have no trajectory) are left out.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from fmolab import metrics as M
+from fmolab.benchmarks_fmo import Sample, benchmark_samples, detect_kind, resize, shard_samples
+
+METHODS = ("model", "bg", "im")
+METRICS = ("tiou", "psnr", "ssim", "middle_psnr")
+DATA_KINDS = ("auto", "shards", "falling", "tbd", "tbd3d")
+
+
+def data_kind(path: str | Path) -> str:
+    """"shards" for an fmolab dataset (Parquet shards), else the benchmark kind of the folder."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"evaluation data {path} does not exist")
+    if any(path.glob("*.parquet")):
+        return "shards"
+    return detect_kind(path)
+
+
+def samples_for(predictor, data: str | Path, kind: str = "auto", num_frames: int | None = None,
+                max_samples: int | None = None, sub_steps: int = 1,
+                size: tuple[int, int] | None = None) -> tuple[str, Iterator[Sample]]:
+    kind = data_kind(data) if kind == "auto" else kind
+    if kind == "shards":
+        return kind, shard_samples(predictor.config, data, num_frames, max_samples)
+    return kind, benchmark_samples(data, predictor.input_kind, size or predictor.size, kind, sub_steps, max_samples)
+
+
+def predict_sample(predictor, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+    """Composited prediction ``[T,3,H,W]`` in the evaluation frame and its trajectory ``[T,2]``."""
+    from fmolab.deblur import _valid_size
+
+    x = sample.inputs
+    h, w = x.shape[-2:]
+    size = _valid_size(h, w)
+    renders = predictor.render(resize(x, size)[None], sample.times)[0]  # [T*s,4,h',w']
+    if sample.sub_steps > 1:
+        renders = renders.reshape(-1, sample.sub_steps, *renders.shape[1:]).mean(1)
+    y0, x0, y1, x1 = sample.place
+    renders = resize(renders, (y1 - y0, x1 - x0))
+    traj = M.alpha_centroids(renders[:, 3])
+    traj += np.array([x0, y0], dtype=np.float64)
+    pred = np.array(sample.images, dtype=np.float32, copy=True)
+    pred[..., y0:y1, x0:x1] = M.composite_np(renders, sample.backgrounds[..., y0:y1, x0:x1])
+    return pred, traj
+
+
+def score(predictor, sample: Sample, sync: str = "first") -> dict[str, float]:
+    """Metrics of the model and both baselines for one sample (flat dict ``method_metric``)."""
+    pred, traj = predict_sample(predictor, sample)
+    row: dict[str, float] = {}
+    candidates = {"model": (pred, traj), **{k: (v, None) for k, v in M.baselines(sample.images, sample.backgrounds).items()}}
+    for name, (frames, tr) in candidates.items():
+        if sample.gt is not None:
+            s = M.score_sample(frames, sample.gt, sample.box, sample.gt_traj, tr, sample.radius, sync)
+        else:  # no appearance ground truth: trajectory only
+            s = {m: float("nan") for m in METRICS}
+            if tr is not None and sample.gt_traj is not None and sample.radius:
+                s["tiou"] = M.trajectory_iou(sample.gt_traj, tr, sample.radius)[0]
+        for m in METRICS:
+            row[f"{name}_{m}"] = float(s.get(m, float("nan")))
+        if name == "model":
+            row["model_reversed"] = float(s.get("reversed", float("nan")))
+    return row
+
+
+def _nanmean(values: Iterable[float]) -> float:
+    v = [x for x in values if x is not None and not math.isnan(x)]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Means per sequence, then over sequences (the benchmark's averaging)."""
+    by_seq: dict[str, list[dict]] = {}
+    for r in rows:
+        by_seq.setdefault(r["sequence"], []).append(r)
+    out: dict = {"num_samples": len(rows), "num_sequences": len(by_seq)}
+    for method in METHODS:
+        out[method] = {m: _nanmean(_nanmean(r[f"{method}_{m}"] for r in seq) for seq in by_seq.values())
+                       for m in METRICS}
+    out["model"]["reversed_fraction"] = _nanmean(r["model_reversed"] for r in rows)
+    return out
+
+
+def _json_safe(x):
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def evaluate(predictor, data: str | Path, out_dir: str | Path, kind: str = "auto", num_frames: int | None = None,
+             max_samples: int | None = None, sub_steps: int = 1, size: tuple[int, int] | None = None,
+             sync: str = "first", progress: bool = False) -> dict:
+    """Score every sample; write ``samples.csv`` and ``summary.json`` into ``out_dir`` (all or nothing)."""
+    kind, samples = samples_for(predictor, data, kind, num_frames, max_samples, sub_steps, size)
+    rows: list[dict] = []
+    start = time.time()
+    for s in samples:
+        row = {"sample": s.sample_id, "sequence": s.sequence, "dataset": s.dataset, **score(predictor, s, sync)}
+        rows.append(row)
+        if progress and len(rows) % 10 == 0:
+            print(f"[evaluate] {len(rows)} samples, psnr {row['model_psnr']:.2f} dB", flush=True)
+    if not rows:
+        raise ValueError(f"no samples to evaluate in {data} (kind {kind})")
+    summary = {"model_uri": predictor.source, "data": str(data), "dataset_kind": kind,
+               "input_format": predictor.config.data.format, "seconds": round(time.time() - start, 2),
+               **summarize(rows)}
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        with open(tmp / "samples.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+        (tmp / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    summary["out_dir"] = str(out)
+    return summary
+
+
+def flat_metrics(summary: dict) -> dict[str, float]:
+    """MLflow metric names: ``psnr`` (model), ``bg/psnr``, ``im/psnr`` ...; NaN left out."""
+    out = {}
+    for method in METHODS:
+        for m, v in summary[method].items():
+            key = m if method == "model" else f"{method}/{m}"
+            if v is not None and math.isfinite(v):
+                out[key] = float(v)
+    out["num_samples"] = float(summary["num_samples"])
+    return out
+
+
+def log_evaluation(cfg, summary: dict, experiment: str = "fmolab-eval") -> str:
+    """One MLflow run with the means, the CSV/JSON artifacts and the model URI as a tag; returns its id."""
+    import copy
+
+    import mlflow
+
+    from fmolab.tracking import ensure_experiment
+
+    cfg = copy.deepcopy(cfg)
+    cfg.tracking.experiment = experiment
+    exp_id = ensure_experiment(cfg)
+    client = mlflow.MlflowClient()
+    name = f"eval-{Path(str(summary['data'])).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = client.create_run(exp_id, run_name=name, tags={
+        "model_uri": summary["model_uri"], "dataset": summary["data"], "dataset_kind": summary["dataset_kind"],
+        "fmolab.kind": "evaluation"})
+    rid = run.info.run_id
+    ts = int(time.time() * 1000)
+    client.log_batch(rid, metrics=[mlflow.entities.Metric(k, v, ts, 0) for k, v in flat_metrics(summary).items()],
+                     params=[mlflow.entities.Param("input_format", summary["input_format"]),
+                             mlflow.entities.Param("num_samples", str(summary["num_samples"]))])
+    for f in ("samples.csv", "summary.json"):
+        client.log_artifact(rid, str(Path(summary["out_dir"]) / f))
+    client.set_terminated(rid)
+    return rid
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"{'method':8} " + " ".join(f"{m:>12}" for m in METRICS)]
+    for method in METHODS:
+        vals = summary[method]
+        lines.append(f"{method:8} " + " ".join(f"{vals[m]:12.4f}" if vals[m] is not None and math.isfinite(vals[m])
+                                               else f"{'-':>12}" for m in METRICS))
+    return "\n".join(lines)

@@ -1,0 +1,166 @@
+"""Video input for deblurring: streamed frame reading, running-median background, fast-mover detection.
+
+Everything is a generator over frames, so a long video is never held in memory: the background needs
+``window`` frames, detection one.
+
+Readable inputs: a folder of frames (sorted by name: png, jpg, jpeg, webp, bmp, tif, tiff), a multi-frame
+image Pillow reads (GIF, APNG, animated WebP, multi-page TIFF), or any video ``imageio`` reads when
+``imageio`` (with its ffmpeg plugin) happens to be installed.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image, ImageSequence
+
+FRAME_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+DEFAULT_FRAME_MS = 1000.0 / 30
+
+
+class VideoError(ValueError):
+    """Unreadable or inconsistent video input; the message names the file and the frame."""
+
+
+@dataclass
+class VideoSource:
+    path: Path
+    frame_ms: float  # duration of one input frame
+
+    def frames(self) -> Iterator[np.ndarray]:
+        """Frames as float32 ``[3,H,W]`` in [0,1], one at a time; every frame must have the first's size."""
+        size = None
+        for i, frame in enumerate(self._raw()):
+            if size is None:
+                size = frame.shape
+            elif frame.shape != size:
+                raise VideoError(f"{self.path}: frame {i} is {frame.shape[2]}x{frame.shape[1]}, frame 0 is "
+                                 f"{size[2]}x{size[1]}; all frames of a video must have one size")
+            yield frame
+
+    def _raw(self) -> Iterator[np.ndarray]:
+        p = self.path
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.suffix.lower() in FRAME_SUFFIXES)
+            for f in files:
+                yield _to_float(_open_still(f))
+            return
+        try:
+            img = Image.open(p)
+        except Exception as exc:
+            yield from _imageio_frames(p, exc)
+            return
+        with img:
+            try:
+                for frame in ImageSequence.Iterator(img):
+                    yield _to_float(np.asarray(frame.convert("RGB")))
+            except VideoError:
+                raise
+            except Exception as exc:
+                raise VideoError(f"cannot decode {p}: {exc}") from exc
+
+
+def _to_float(arr: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(arr.astype(np.float32) / 255.0, -1, 0))
+
+
+def _open_still(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except Exception as exc:
+        raise VideoError(f"cannot read frame {path}: {exc}") from exc
+
+
+def _imageio_frames(path: Path, pil_error: Exception) -> Iterator[np.ndarray]:
+    try:
+        import imageio.v3 as iio  # optional: only when already installed
+    except ImportError:
+        raise VideoError(f"cannot read video {path}: Pillow cannot open it ({pil_error}) and imageio is not "
+                         f"installed; convert it to frames (a folder of PNGs) or an animated GIF/WebP") from None
+    try:
+        for frame in iio.imiter(path):
+            arr = np.asarray(frame)
+            if arr.ndim == 2:
+                arr = np.repeat(arr[..., None], 3, -1)
+            yield _to_float(arr[..., :3])
+    except Exception as exc:
+        raise VideoError(f"cannot read video {path}: {exc}") from exc
+
+
+def open_video(path: str | Path) -> VideoSource:
+    """A :class:`VideoSource` (checks that the input exists and holds at least one frame)."""
+    p = Path(path)
+    if not p.exists():
+        raise VideoError(f"video {p} does not exist")
+    frame_ms = DEFAULT_FRAME_MS
+    if p.is_dir():
+        if not any(f.suffix.lower() in FRAME_SUFFIXES for f in p.iterdir()):
+            raise VideoError(f"{p}: no frames ({', '.join(sorted(FRAME_SUFFIXES))}) in this folder")
+    else:
+        try:
+            with Image.open(p) as im:
+                frame_ms = float(im.info.get("duration") or DEFAULT_FRAME_MS)
+        except Exception:
+            pass  # imageio may still read it; errors surface when frames are read
+    return VideoSource(p, frame_ms)
+
+
+def with_background(frames: Iterator[np.ndarray], window: int = 9) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """``(index, frame, background)``: the background is the per-pixel median of the ``window`` frames
+    centred on the frame (fewer at the ends). Holds at most ``window`` frames."""
+    half = max(1, window // 2)
+    buf: deque[tuple[int, np.ndarray]] = deque()
+    last = -1
+    for idx, f in enumerate(frames):
+        buf.append((idx, f))
+        last = idx
+        while buf[0][0] < idx - 2 * half:
+            buf.popleft()
+        out = idx - half
+        if out >= 0:
+            yield out, _frame(buf, out), _median(buf, out - half, out + half)
+    for out in range(max(0, last - half + 1), last + 1):
+        yield out, _frame(buf, out), _median(buf, out - half, out + half)
+
+
+def _frame(buf, i: int) -> np.ndarray:
+    for j, f in buf:
+        if j == i:
+            return f
+    raise KeyError(i)
+
+
+def _median(buf, lo: int, hi: int) -> np.ndarray:
+    return np.median(np.stack([f for j, f in buf if lo <= j <= hi]), axis=0).astype(np.float32)
+
+
+@dataclass
+class Detection:
+    box: tuple[int, int, int, int]  # (y0, x0, y1, x1), end-exclusive
+    area: int
+    radius: float  # of the disc with the detected area
+
+
+def detect_mover(frame: np.ndarray, background: np.ndarray, threshold: float = 0.1,
+                 min_area: int = 12) -> Detection | None:
+    """The largest region where ``frame`` differs from ``background`` (max channel difference above
+    ``threshold``, opened with a 3x3 square to drop noise); None when it is smaller than ``min_area``."""
+    from scipy import ndimage
+
+    mask = np.abs(frame - background).max(0) > threshold
+    mask = ndimage.binary_opening(mask, structure=np.ones((3, 3)))
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
+    if n == 0:
+        return None
+    sizes = np.bincount(labels.ravel())[1:]
+    k = int(np.argmax(sizes))
+    if sizes[k] < min_area:
+        return None
+    sl = ndimage.find_objects(labels)[k]
+    area = int(sizes[k])
+    return Detection((sl[0].start, sl[1].start, sl[0].stop, sl[1].stop), area, math.sqrt(area / math.pi))

@@ -1,0 +1,130 @@
+"""`fmolab deblur`: two frames, a video (GIF with a moving disc), and bad input (exit 2, clear message,
+nothing half-written)."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fmo_fakes import checkpoint_model, write_disc_gif
+
+
+@pytest.fixture(scope="module")
+def models(session_home):
+    d = session_home / "deblur-models"
+    return {"double": str(checkpoint_model(d / "double", "double_blur")),
+            "bb": str(checkpoint_model(d / "bb", "background_blur"))}
+
+
+def _leftovers(parent):
+    return [p.name for p in parent.iterdir() if p.name.startswith(".")]
+
+
+def test_deblur_two_frames(models, tmp_path, capsys):
+    from fmolab.cli import main
+
+    gif = write_disc_gif(tmp_path / "disc.gif", n=2)
+    frames = []
+    with Image.open(gif) as im:
+        for i in range(2):
+            im.seek(i)
+            frames.append(tmp_path / f"f{i}.png")
+            im.convert("RGB").save(frames[-1])
+    out = tmp_path / "out"
+    assert main(["deblur", "--model", models["double"], "--frames", *map(str, frames), "--out", str(out),
+                 "--num-frames", "4", "--work-dir", str(tmp_path)]) == 0
+    assert (out / "subframes.webp").exists() and (out / "subframe_003.png").exists() and (out / "alpha_000.png").exists()
+
+
+def test_deblur_video_gif(models, tmp_path, capsys):
+    from fmolab.cli import main
+
+    gif = write_disc_gif(tmp_path / "disc.gif", n=8)
+    for kind in ("double", "bb"):
+        out = tmp_path / f"video-{kind}"
+        assert main(["deblur", "--model", models[kind], "--video", str(gif), "--out", str(out), "--num-frames", "4",
+                     "--work-dir", str(tmp_path)]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["frames"] == 8 and len(summary["detections"]) >= 6
+        # 4x the frame rate, full frames (libwebp merges identical consecutive frames into longer ones,
+        # so count time, not frames: 8 input frames of 60 ms = 32 sub-frames of 15 ms)
+        assert _webp_duration(out / "super_resolved.webp") == (480, (64, 48))
+        k = sorted(summary["detections"])[2]
+        assert (out / "crops" / f"{int(k):06d}.webp").exists()
+        alpha = np.asarray(Image.open(out / "crops" / f"{int(k):06d}_alpha_000.png"))
+        assert alpha.ndim == 2
+    # long videos are split into chunks (bounded memory)
+    out = tmp_path / "chunked"
+    assert main(["deblur", "--model", models["bb"], "--video", str(gif), "--out", str(out), "--num-frames", "4",
+                 "--chunk-frames", "12", "--work-dir", str(tmp_path)]) == 0
+    names = json.loads((out / "summary.json").read_text())["files"]
+    assert names == ["super_resolved_000.webp", "super_resolved_001.webp", "super_resolved_002.webp"]
+    assert sum(_webp_duration(out / n)[0] for n in names) == 480
+
+
+def _webp_duration(path):
+    total = 0
+    with Image.open(path) as im:
+        for i in range(im.n_frames):
+            im.seek(i)
+            im.load()  # Pillow sets a frame's duration when it decodes it
+            total += im.info["duration"]
+        return total, im.size
+
+
+def test_deblur_video_from_frame_folder(models, tmp_path):
+    from fmolab.deblur import deblur_video, load_predictor
+
+    gif = write_disc_gif(tmp_path / "disc.gif", n=6)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    with Image.open(gif) as im:
+        for i in range(6):
+            im.seek(i)
+            im.convert("RGB").save(folder / f"{i:04d}.png")
+    res = deblur_video(load_predictor(models["double"]), folder, tmp_path / "out", num_frames=3)
+    assert res["frames"] == 6 and res["frames_with_object"] >= 4
+
+
+@pytest.mark.parametrize("case", ["unreadable_image", "missing_image", "sizes_differ", "no_mover", "corrupt_video",
+                                  "video_sizes_differ", "two_inputs"])
+def test_bad_input_exits_2_with_message_and_no_output(models, tmp_path, capsys, case):
+    from fmolab.cli import main
+
+    out = tmp_path / "result"
+    args = ["deblur", "--model", models["double"], "--out", str(out), "--work-dir", str(tmp_path)]
+    expect = ""
+    if case == "unreadable_image":
+        bad = tmp_path / "bad.png"
+        bad.write_text("not an image")
+        good = tmp_path / "good.png"
+        Image.new("RGB", (64, 48)).save(good)
+        args += ["--frames", str(bad), str(good)]
+        expect = "cannot read image"
+    elif case == "missing_image":
+        args += ["--frames", str(tmp_path / "nope.png"), str(tmp_path / "nope2.png")]
+        expect = "does not exist"
+    elif case == "sizes_differ":
+        a, b = tmp_path / "a.png", tmp_path / "b.png"
+        Image.new("RGB", (64, 48)).save(a)
+        Image.new("RGB", (80, 48)).save(b)
+        args += ["--frames", str(a), str(b)]
+        expect = "differ in size"
+    elif case == "no_mover":
+        args += ["--video", str(write_disc_gif(tmp_path / "still.gif", n=6, still=True))]
+        expect = "no moving object"
+    elif case == "corrupt_video":
+        bad = tmp_path / "broken.gif"
+        bad.write_bytes(b"GIF89a" + b"\x00garbage" * 10)
+        args += ["--video", str(bad)]
+        expect = "broken.gif"
+    elif case == "video_sizes_differ":
+        args += ["--video", str(write_disc_gif(tmp_path / "jump", size_jump=True))]
+        expect = "one size"
+    elif case == "two_inputs":
+        args += ["--video", "x.gif", "--image", "y.png"]
+        expect = "exactly one input"
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert expect in err and "Traceback" not in err
+    assert not out.exists() and not _leftovers(tmp_path)
