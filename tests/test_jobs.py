@@ -77,29 +77,43 @@ def ray_head():
     subprocess.run(["pkill", "-f", temp], check=False)  # leftovers of this cluster only
 
 
-def test_submit_training_job_and_failing_job(ray_head, tmp_path, capsys, monkeypatch):
-    from fmolab.data.synthetic import write_synthetic_dataset
+@pytest.mark.bpy
+def test_submit_render_then_training_job_and_failing_job(ray_head, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("bpy")
+    import mlflow
 
     monkeypatch.chdir(REPO)  # working_dir "." is the checkout, as for a user
-    toy = write_synthetic_dataset(tmp_path / "toy", num_sequences=8, num_objects=4)
     work = tmp_path / "w"
-    spec = tmp_path / "train.yaml"
-    spec.write_text(yaml.safe_dump({
-        "entrypoint": f"python -m fmolab.cli train -c {spec}",
-        "runtime_env": {"working_dir": "."},
-        "entrypoint_num_cpus": 0.1,
-        "config": {"runtime": {"work_dir": str(work)}, "data": {"train": str(toy), "frames_per_sample": 3},
-                   "model": {"encoder": "tiny"}, "loss": {"train": ["AlphaDice"], "compare": []},
-                   "train": {"workers": 2, "steps": 4, "val_every": 4, "ckpt_every": 4, "log_every": 2,
-                             "val_samples": 2, "batch_size": 2, "run_name": "job-run"},
-                   "tracking": {"experiment": "jobs-test"}},
-    }))
-    code = main(["submit", str(spec), "--address", ray_head])
-    captured = capsys.readouterr()
-    out = captured.out
-    assert code == 0, out[-4000:] + captured.err[-4000:]
-    assert "SUCCEEDED" in out and "[train] step 4/4" in out
-    assert (work / "mlflow.db").exists() and (work / "runs" / "job-run" / "best_model.pt").exists()
+    data = work / "datasets" / "jobdata"
+    common = {"runtime": {"work_dir": str(work)}, "tracking": {"experiment": "jobs-test"},
+              "render": {"name": "jobdata", "num_sequences": 6, "width": 64, "height": 48, "num_frames": 4,
+                         "samples": 2, "shard_rows": 3, "min_coverage": 0.0, "workers": 1,
+                         "backgrounds": {"num_clips": 2, "frames_per_clip": 3}}}
+
+    def run(name: str, command: str, config: dict) -> str:
+        spec = tmp_path / f"{name}.yaml"
+        spec.write_text(yaml.safe_dump({"entrypoint": f"python -m fmolab.cli {command} -c {spec}",
+                                        "runtime_env": {"working_dir": "."}, "entrypoint_num_cpus": 0.1,
+                                        "config": config}))
+        code = main(["submit", str(spec), "--address", ray_head])
+        captured = capsys.readouterr()
+        assert code == 0, captured.out[-4000:] + captured.err[-4000:]
+        assert "SUCCEEDED" in captured.out
+        return captured.out
+
+    run("render", "render", common)
+    assert len(list(data.glob("*.parquet"))) == 2 and (data / "manifest.json").exists()
+
+    out = run("train", "train", {**common, "data": {"frames_per_sample": 2, "val_fraction": 0.3},
+                                 "model": {"encoder": "tiny"}, "loss": {"train": ["AlphaDice"], "compare": []},
+                                 "train": {"workers": 2, "steps": 4, "val_every": 4, "ckpt_every": 4,
+                                           "log_every": 2, "val_samples": 2, "batch_size": 1,
+                                           "run_name": "job-run"}})
+    assert "[train] step 4/4" in out
+    assert (work / "runs" / "job-run" / "best_model.pt").exists()
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    (run_,) = client.search_runs([client.get_experiment_by_name("jobs-test").experiment_id])
+    assert run_.data.metrics["val/loss"] > 0 and run_.data.tags["dataset"] == str(data)
 
     failing = tmp_path / "fail.yaml"
     failing.write_text('entrypoint: python -c "import sys; print(\'boom-marker\'); sys.exit(3)"\n')

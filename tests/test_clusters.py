@@ -1,0 +1,35 @@
+"""Cluster definitions: valid YAML, the three roles, dashboards on loopback, references that exist.
+(`ray up` and KubeRay need a cloud; this checks what can break here: structure and references.)"""
+from pathlib import Path
+
+import yaml
+
+CLUSTERS = Path(__file__).resolve().parents[1] / "render_cluster" / "clusters"
+REPO = CLUSTERS.parents[1]
+
+
+def test_ray_up_cluster_has_head_cpu_render_and_gpu_workers():
+    spec = yaml.safe_load((CLUSTERS / "ray-up.yaml").read_text())
+    types = spec["available_node_types"]
+    assert spec["head_node_type"] == "head" and {"head", "render_cpu", "gpu"} <= set(types)
+    assert "--dashboard-host=127.0.0.1" in " ".join(spec["head_start_ray_commands"])
+    setup = " ".join(spec["setup_commands"])
+    assert "scripts/setup.sh" in setup and (REPO / "scripts" / "setup.sh").exists()
+    assert "MLFLOW_TRACKING_URI=http://$RAY_HEAD_IP:5000" in " ".join(spec["worker_start_ray_commands"])
+    assert ".venv" in spec["rsync_exclude"]
+
+
+def test_kuberay_manifests():
+    cluster = yaml.safe_load((CLUSTERS / "kuberay-raycluster.yaml").read_text())
+    assert cluster["kind"] == "RayCluster"
+    assert cluster["spec"]["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "127.0.0.1"
+    groups = {g["groupName"]: g for g in cluster["spec"]["workerGroupSpecs"]}
+    assert set(groups) == {"render-cpu", "gpu"}
+    gpu = groups["gpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert gpu["nvidia.com/gpu"] == 1
+    job = yaml.safe_load((CLUSTERS / "kuberay-rayjob-render.yaml").read_text())
+    assert job["kind"] == "RayJob"
+    spec_file = job["spec"]["entrypoint"].split(" -c ")[1].split()[0]
+    assert (REPO / spec_file).exists()  # the RayJob runs the same job spec as `fmolab submit`
+    worker = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert worker["volumes"][0]["persistentVolumeClaim"]  # shards are written to shared storage
