@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fmolab.atomic import atomic_dir
 from fmolab.compose import composite, frame_times
 from fmolab.config import Config, config_from_dict
 from fmolab.media import flatten_rgba, save_animation, to_uint8
@@ -147,14 +148,8 @@ def deblur_images(predictor: Predictor, images: list[str | Path], background: st
 
 def write_outputs(renders: torch.Tensor, out_dir: str | Path, background: torch.Tensor | None = None) -> dict:
     """Sub-frames (RGBA PNG), alpha mattes, animated previews; all or nothing (written to a temp folder)."""
-    import os
-    import shutil
-    import tempfile
-
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         rgba = to_uint8(renders)
         for i, frame in enumerate(rgba):
             Image.fromarray(frame, "RGBA").save(tmp / f"subframe_{i:03d}.png")
@@ -164,12 +159,6 @@ def write_outputs(renders: torch.Tensor, out_dir: str | Path, background: torch.
         if background is not None:
             save_animation(tmp / "super_resolved.webp", composite(renders, background))
             files.append("super_resolved.webp")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return {"out_dir": str(out), "num_frames": int(renders.shape[0]), "files": files}
 
 
@@ -204,9 +193,6 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
       (RGBA) and ``crops/<frame>_alpha_<i>.png`` for every frame with a mover;
     * ``summary.json``: frames, detections (boxes), files.
     """
-    import os
-    import shutil
-    import tempfile
 
     from fmolab.benchmarks_fmo import grow, model_box, resize, union
     from fmolab.metrics import composite_np
@@ -220,103 +206,96 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
     size = predictor.size
     n = int(num_frames)
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    (tmp / "crops").mkdir()
-    chunk: list[np.ndarray] = []
-    parts: list[str] = []
-    detections: dict[int, list[int]] = {}
-    state = {"frames": 0}
-    sub_ms = source.frame_ms / n
+    with atomic_dir(out) as tmp:
+        (tmp / "crops").mkdir()
+        chunk: list[np.ndarray] = []
+        parts: list[str] = []
+        detections: dict[int, list[int]] = {}
+        state = {"frames": 0}
+        sub_ms = source.frame_ms / n
 
-    def flush(final: bool) -> None:
-        if not chunk:
-            return
-        name = "super_resolved.webp" if final and not parts else f"super_resolved_{len(parts):03d}.webp"
-        _save_webp(tmp / name, chunk, sub_ms)
-        parts.append(name)
-        chunk.clear()
+        def flush(final: bool) -> None:
+            if not chunk:
+                return
+            name = "super_resolved.webp" if final and not parts else f"super_resolved_{len(parts):03d}.webp"
+            _save_webp(tmp / name, chunk, sub_ms)
+            parts.append(name)
+            chunk.clear()
 
-    def emit(image: np.ndarray, bg: np.ndarray, box, renders: np.ndarray | None, k: int) -> None:
-        """Append frame k's ``n`` super-resolved frames; save its crops."""
-        if renders is None:
-            frames = [image] * n
-        else:
-            y0, x0, y1, x1 = box
-            rr = np.clip(resize(renders, (y1 - y0, x1 - x0)), 0, 1)
-            comp = composite_np(rr, bg[:, y0:y1, x0:x1])
-            frames = []
-            for t in range(n):
-                f = image.copy()
-                f[:, y0:y1, x0:x1] = comp[t]
-                frames.append(f)
-            rgba = to_uint8(torch.from_numpy(rr))
-            for i, fr in enumerate(rgba):
-                Image.fromarray(fr, "RGBA").save(tmp / "crops" / f"{k:06d}_subframe_{i:03d}.png")
-                Image.fromarray(fr[..., 3], "L").save(tmp / "crops" / f"{k:06d}_alpha_{i:03d}.png")
-            save_animation(tmp / "crops" / f"{k:06d}.webp", flatten_rgba(torch.from_numpy(rr)))
-            detections[k] = [int(v) for v in box]
-        for f in frames:
-            chunk.append(to_uint8(torch.from_numpy(f)))
-        if len(chunk) >= chunk_frames:
-            flush(False)
-
-    def crop_inputs(images: list[np.ndarray], box) -> np.ndarray:
-        y0, x0, y1, x1 = box
-        return np.concatenate([resize(im[:, y0:y1, x0:x1], size) for im in images])[None].astype(np.float32)
-
-    try:
-        prev = None  # (k, image, bg, detection, assigned renders or None, box)
-        for k, image, bg in with_background(source.frames(), window):
-            state["frames"] += 1
-            det = detect_mover(image, bg, threshold, min_area)
-            shape = image.shape[-2:]
-            if kind in ("double_blur", "multi_object"):
-                if prev is None:
-                    prev = [k, image, bg, det, None, None]
-                    continue
-                pk, pimage, pbg, pdet, prenders, pbox = prev
-                renders = box = None
-                if det is not None or pdet is not None:
-                    dets = [d for d in (pdet, det) if d is not None]
-                    region = dets[0].box if len(dets) == 1 else union(dets[0].box, dets[1].box)
-                    radius = max(d.radius for d in dets)
-                    box = model_box(grow(region, ext_factor * radius, shape), 0, size, shape)
-                    both = predictor.render(crop_inputs([pimage, image], box), frame_times(2 * n).numpy())[0]
-                    if prenders is None:
-                        prenders, pbox = both[:n], box
-                    renders = both[n:]
-                emit(pimage, pbg, pbox, prenders, pk)
-                prev = [k, image, bg, det, renders, box]
+        def emit(image: np.ndarray, bg: np.ndarray, box, renders: np.ndarray | None, k: int) -> None:
+            """Append frame k's ``n`` super-resolved frames; save its crops."""
+            if renders is None:
+                frames = [image] * n
             else:
-                renders = box = None
-                if det is not None:
-                    box = model_box(grow(det.box, ext_factor * det.radius, shape), 0, size, shape)
-                    parts_in = [image, bg] if kind == "background_blur" else [image]
-                    renders = predictor.render(crop_inputs(parts_in, box), frame_times(n).numpy())[0]
-                emit(image, bg, box, renders, k)
-        if prev is not None:
-            emit(prev[1], prev[2], prev[5], prev[4], prev[0])
-        if state["frames"] == 0:
-            raise DeblurError(f"{video}: no frames could be read")
-        if kind in ("double_blur", "multi_object") and state["frames"] < 2:
-            raise DeblurError(f"{video}: a double-blur model needs at least 2 frames, the video has 1")
-        if not detections:
-            raise DeblurError(f"no moving object found in {video} ({state['frames']} frames; nothing differs from "
-                              f"the running-median background by more than {threshold} over {min_area} pixels): "
-                              f"lower --threshold / --min-area, or give --frames A B")
-        flush(True)
-        summary = {"video": str(video), "frames": state["frames"], "num_frames": n, "frame_ms": source.frame_ms,
-                   "model": predictor.source, "detections": {str(k): v for k, v in detections.items()},
-                   "files": parts}
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except VideoError as exc:
-        raise DeblurError(str(exc)) from exc
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+                y0, x0, y1, x1 = box
+                rr = np.clip(resize(renders, (y1 - y0, x1 - x0)), 0, 1)
+                comp = composite_np(rr, bg[:, y0:y1, x0:x1])
+                frames = []
+                for t in range(n):
+                    f = image.copy()
+                    f[:, y0:y1, x0:x1] = comp[t]
+                    frames.append(f)
+                rgba = to_uint8(torch.from_numpy(rr))
+                for i, fr in enumerate(rgba):
+                    Image.fromarray(fr, "RGBA").save(tmp / "crops" / f"{k:06d}_subframe_{i:03d}.png")
+                    Image.fromarray(fr[..., 3], "L").save(tmp / "crops" / f"{k:06d}_alpha_{i:03d}.png")
+                save_animation(tmp / "crops" / f"{k:06d}.webp", flatten_rgba(torch.from_numpy(rr)))
+                detections[k] = [int(v) for v in box]
+            for f in frames:
+                chunk.append(to_uint8(torch.from_numpy(f)))
+            if len(chunk) >= chunk_frames:
+                flush(False)
+
+        def crop_inputs(images: list[np.ndarray], box) -> np.ndarray:
+            y0, x0, y1, x1 = box
+            return np.concatenate([resize(im[:, y0:y1, x0:x1], size) for im in images])[None].astype(np.float32)
+
+        try:
+            prev = None  # (k, image, bg, detection, assigned renders or None, box)
+            for k, image, bg in with_background(source.frames(), window):
+                state["frames"] += 1
+                det = detect_mover(image, bg, threshold, min_area)
+                shape = image.shape[-2:]
+                if kind in ("double_blur", "multi_object"):
+                    if prev is None:
+                        prev = [k, image, bg, det, None, None]
+                        continue
+                    pk, pimage, pbg, pdet, prenders, pbox = prev
+                    renders = box = None
+                    if det is not None or pdet is not None:
+                        dets = [d for d in (pdet, det) if d is not None]
+                        region = dets[0].box if len(dets) == 1 else union(dets[0].box, dets[1].box)
+                        radius = max(d.radius for d in dets)
+                        box = model_box(grow(region, ext_factor * radius, shape), 0, size, shape)
+                        both = predictor.render(crop_inputs([pimage, image], box), frame_times(2 * n).numpy())[0]
+                        if prenders is None:
+                            prenders, pbox = both[:n], box
+                        renders = both[n:]
+                    emit(pimage, pbg, pbox, prenders, pk)
+                    prev = [k, image, bg, det, renders, box]
+                else:
+                    renders = box = None
+                    if det is not None:
+                        box = model_box(grow(det.box, ext_factor * det.radius, shape), 0, size, shape)
+                        parts_in = [image, bg] if kind == "background_blur" else [image]
+                        renders = predictor.render(crop_inputs(parts_in, box), frame_times(n).numpy())[0]
+                    emit(image, bg, box, renders, k)
+            if prev is not None:
+                emit(prev[1], prev[2], prev[5], prev[4], prev[0])
+            if state["frames"] == 0:
+                raise DeblurError(f"{video}: no frames could be read")
+            if kind in ("double_blur", "multi_object") and state["frames"] < 2:
+                raise DeblurError(f"{video}: a double-blur model needs at least 2 frames, the video has 1")
+            if not detections:
+                raise DeblurError(f"no moving object found in {video} ({state['frames']} frames; nothing differs from "
+                                  f"the running-median background by more than {threshold} over {min_area} pixels): "
+                                  f"lower --threshold / --min-area, or give --frames A B")
+            flush(True)
+            summary = {"video": str(video), "frames": state["frames"], "num_frames": n, "frame_ms": source.frame_ms,
+                       "model": predictor.source, "detections": {str(k): v for k, v in detections.items()},
+                       "files": parts}
+            (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+        except VideoError as exc:
+            raise DeblurError(str(exc)) from exc
     return {"out_dir": str(out), "frames": state["frames"], "frames_with_object": len(detections),
             "num_frames": n, "files": parts}

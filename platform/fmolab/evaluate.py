@@ -15,9 +15,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -25,6 +22,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from fmolab import metrics as M
+from fmolab.atomic import atomic_dir
 from fmolab.benchmarks_fmo import Sample, benchmark_samples, detect_kind, resize, shard_samples
 
 METHODS = ("model", "bg", "im")
@@ -133,21 +131,13 @@ def evaluate(predictor, data: str | Path, out_dir: str | Path, kind: str = "auto
                "input_format": predictor.config.data.format, "seconds": round(time.time() - start, 2),
                **summarize(rows)}
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         with open(tmp / "samples.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             for r in rows:
                 writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
         (tmp / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     summary["out_dir"] = str(out)
     return summary
 
