@@ -40,3 +40,16 @@ def ray_local(session_home):
     from fmolab.runtime import init_ray
 
     return init_ray("", 2, session_home)
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """A function returning a port nothing listens on (127.0.0.1)."""
+    import socket
+
+    def pick() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    return pick

@@ -2,7 +2,6 @@
 Only the cluster this test starts is stopped."""
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,12 +20,6 @@ from fmolab.jobs import load_spec
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_spec_is_checked_before_submitting(tmp_path):
     spec = tmp_path / "bad.yaml"
     spec.write_text("entrypoint: python -m fmolab.cli train\nconfig:\n  train:\n    stepz: 3\n")
@@ -41,8 +34,8 @@ def test_spec_is_checked_before_submitting(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def ray_head():
-    port, dash = _free_port(), _free_port()
+def ray_head(free_port):
+    port, dash = free_port(), free_port()
     temp = tempfile.mkdtemp(prefix="fmh-", dir="/tmp")
     ray_bin = Path(sys.executable).with_name("ray")
     # as a user would: the head runs from the activated environment, so `python` in jobs is that one
@@ -52,8 +45,8 @@ def ray_head():
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", f"--temp-dir={temp}",
          "--include-dashboard=true",
          # its own agent ports: another Ray on this machine (the test session's) holds the defaults
-         f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-         f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"],
+         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+         f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 120

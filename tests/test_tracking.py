@@ -1,5 +1,4 @@
 """MLflow: clear failure for an unreachable server; a real server on 127.0.0.1 over HTTP."""
-import socket
 import subprocess
 import sys
 import time
@@ -14,14 +13,8 @@ from fmolab.config import load_config
 from fmolab.tracking import TrackingError, setup_tracking
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_unreachable_server_fails_fast_and_says_what_to_do(work):
-    port = _free_port()  # nothing listens there
+def test_unreachable_server_fails_fast_and_says_what_to_do(work, free_port):
+    port = free_port()  # nothing listens there
     cfg = load_config([], [f"runtime.work_dir={work}", f"tracking.uri=http://127.0.0.1:{port}", "tracking.timeout=2"])
     t0 = time.time()
     with pytest.raises(TrackingError) as err:
@@ -31,8 +24,8 @@ def test_unreachable_server_fails_fast_and_says_what_to_do(work):
 
 
 @pytest.fixture
-def mlflow_server(work):
-    port = _free_port()
+def mlflow_server(work, free_port):
+    port = free_port()
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     proc = subprocess.Popen(
         [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
