@@ -124,3 +124,17 @@ def test_killed_worker_is_recovered_from_last_checkpoint(work, toy, ray_local):
     assert max(m.step for m in client.get_metric_history(result["run_id"], "train/loss")) == 40
     resumed = [m.value for m in client.get_metric_history(result["run_id"], "resumed_from_step")]
     assert resumed and 0 < resumed[-1] < 40, f"not restored from a checkpoint: {resumed}"
+
+
+def test_validation_with_fewer_items_than_workers(work, toy, ray_local):
+    """One rank has no validation item: metrics are still combined (no collective mismatch)."""
+    import mlflow
+
+    from fmolab.train import train
+
+    cfg = _cfg(work, toy, **{"train.steps": 2, "train.val_every": 2, "train.ckpt_every": 2, "train.val_samples": 1})
+    out = train(cfg, register=False)
+    metrics = mlflow.MlflowClient().get_run(out["run_id"]).data.metrics
+    for key in ("val/loss", "val/psnr", "val/crop_psnr", "val/ssim", "val/tiou"):
+        assert key in metrics, key
+    assert 0 <= metrics["val/tiou"] <= 1 and 0 < metrics["val/ssim"] <= 1

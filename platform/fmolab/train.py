@@ -191,13 +191,27 @@ def train_loop(loop_config: dict) -> None:
     sums: dict[str, float] = {}
     count = 0
 
-    def all_mean(values: dict[str, float]) -> dict[str, float]:
+    def gather(obj):
         if world == 1:
-            return values
-        keys = sorted(values)
-        t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-        dist.all_reduce(t)
-        return {k: float(v) / world for k, v in zip(keys, t)}
+            return [obj]
+        out = [None] * world
+        dist.all_gather_object(out, obj)  # small dicts; ranks may differ in keys (no tensor shape to agree on)
+        return out
+
+    def all_mean(values: dict[str, float]) -> dict[str, float]:
+        parts = gather(values)
+        keys = sorted(set().union(*parts))
+        return {k: sum(p[k] for p in parts if k in p) / sum(k in p for p in parts) for k in keys}
+
+    def validate_all() -> dict[str, float]:
+        parts = gather(_validate(model, val_ds, losses, cfg, rank, world, device, collate))
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for part_sums, part_counts in parts:
+            for k, v in part_sums.items():
+                sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + part_counts[k]
+        return {f"val/{k}": v / counts[k] for k, v in sums.items()}
 
     def all_true(flag: bool) -> bool:
         if world == 1:
@@ -265,7 +279,7 @@ def train_loop(loop_config: dict) -> None:
         if validate or state.step % tc.ckpt_every == 0:
             metrics: dict[str, Any] = {"step": state.step}
             if validate:
-                val = all_mean(_validate(model, val_ds, losses, cfg, rank, world, device, collate))
+                val = validate_all()
                 val_loss = val.get("val/loss", float("inf"))
                 if val_loss < state.best_metric:
                     state.best_metric, state.best_step = val_loss, state.step
@@ -317,14 +331,21 @@ def _report(model, optimizer, scheduler, state, best_weights, cfg, metrics, rank
 
 
 @torch.no_grad()
-def _validate(model, val_ds, losses, cfg, rank, world, device, collate) -> dict[str, float]:
+def _validate(model, val_ds, losses, cfg, rank, world, device, collate) -> tuple[dict, dict]:
+    """This rank's share of the validation items: (sum per metric, count per metric)."""
     from fmolab.compose import composite
 
     model.eval()
     n = min(len(val_ds), cfg.train.val_samples)
     idx = list(range(n))[rank::world]
     sums: dict[str, float] = {}
-    done = 0
+    counts: dict[str, int] = {}
+
+    def add(key: str, value: float, weight: int = 1) -> None:
+        if math.isfinite(value):  # e.g. TIoU of an empty predicted matte: left out, not averaged in
+            sums[key] = sums.get(key, 0.0) + value * weight
+            counts[key] = counts.get(key, 0) + weight
+
     for i in range(0, len(idx), cfg.train.batch_size):
         batch = _to(collate([val_ds[j] for j in idx[i:i + cfg.train.batch_size]]), device)
         outputs = _unwrap(model)(batch["inputs"], batch["times"], batch.get("contrast_inputs"))
@@ -335,9 +356,27 @@ def _validate(model, val_ds, losses, cfg, rank, world, device, collate) -> dict[
                   "psnr": psnr(composite(outputs["renders"], bg), composite(batch["frames"], bg)).mean(),
                   "animation_ratio": (animation(outputs["renders"]) / animation(batch["frames"]).clamp_min(1e-4)).mean()}
         for k, v in values.items():
-            sums[k] = sums.get(k, 0.0) + float(v) * b
-        done += b
-    return {f"val/{k}": v / max(done, 1) for k, v in sums.items()}
+            add(k, float(v), b)
+        for scores in _benchmark_scores(outputs["renders"].float().cpu(), batch["frames"].cpu(), bg.cpu()):
+            for k, v in scores.items():
+                add(k, v)
+    return sums, counts  # combined over ranks by the caller (weighted by counts)
+
+
+def _benchmark_scores(renders: torch.Tensor, frames: torch.Tensor, bg: torch.Tensor) -> list[dict[str, float]]:
+    """FMO benchmark metrics per sample (fmolab.metrics): PSNR and SSIM on the scoring crop around the
+    ground-truth trajectory, TIoU from alpha centroids with the object's equivalent radius."""
+    from fmolab import metrics as M
+    from fmolab.compose import composite
+
+    out = []
+    for b in range(renders.shape[0]):
+        gt_alpha, pred_alpha = frames[b, :, 3].numpy(), renders[b, :, 3].numpy()
+        box = M.scoring_crop(gt_alpha)
+        s = M.score_sample(composite(renders[b], bg[b]).numpy(), composite(frames[b], bg[b]).numpy(), box,
+                           M.alpha_centroids(gt_alpha), M.alpha_centroids(pred_alpha), M.equivalent_radius(gt_alpha))
+        out.append({"crop_psnr": s["psnr"], "ssim": s["ssim"], "tiou": s["tiou"]})
+    return out
 
 
 @torch.no_grad()
