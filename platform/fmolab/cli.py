@@ -246,10 +246,50 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_pending(args) -> int:
-    """Stages whose implementation has not landed yet say so plainly instead of pretending."""
-    print(f"fmolab {args.command}: not available in this version yet (see the project's open issues).", file=sys.stderr)
-    return 2
+def cmd_tune(args) -> int:
+    import os
+
+    from fmolab.search_space import load_space
+    from fmolab.tune import run_search
+
+    if args.resume:
+        from fmolab.runtime import use_work_dir
+
+        work = Path(args.work_dir or os.environ.get("FMOLAB_HOME") or "fmolab-work").absolute()
+        cfg = load_config([], [f"runtime.work_dir={work}"])
+        use_work_dir(cfg.work_dir)
+        out = run_search(cfg, None, name=args.resume, resume=True)
+    else:
+        if not args.space:
+            raise ConfigError("give --space FILE (see search_spaces/README.md), or --resume NAME")
+        if not args.preset:  # the space may name a default preset
+            import yaml
+
+            try:
+                data = yaml.safe_load(Path(args.space).read_text()) if Path(args.space).exists() else None
+            except yaml.YAMLError:
+                data = None
+            if isinstance(data, dict) and data.get("preset"):
+                args.preset = str(data["preset"])
+        overrides, args.overrides = list(args.overrides), []
+        cfg = _load(args)  # preset and files; the command line's overrides win over the space's
+        space = load_space(args.space, cfg)
+        space.metric = args.metric or space.metric
+        space.mode = args.mode or space.mode
+        if args.print_space:
+            print(f"ranked by {space.metric} ({space.mode})")
+            for p in space.params:
+                print(f"{p.name:28} {p.describe()}" + (f"  when {p.when}" if p.when else ""))
+            for k, t in space.templates.items():
+                print(f"{k:28} = {t}")
+            return 0
+        out = run_search(cfg, space, args.trials, overrides=overrides, name=args.name, max_concurrent=args.max_concurrent,
+                         study_storage=args.study_storage, seed=args.seed, grace_steps=args.grace_steps,
+                         reduction_factor=args.reduction_factor)
+    keys = ("name", "parent_run_id", "best_trial", "best_params", "metric", "best_value", "best_run_id", "model_uri",
+            "registered", "table", "plots")
+    print(json.dumps({k: out[k] for k in keys if k in out}, indent=2, default=str))
+    return 0
 
 
 # ---------------------------------------------------------------- parser
@@ -286,8 +326,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("tune", help="hyperparameter search with Ray Tune + Optuna")
-    p.set_defaults(func=cmd_pending)
+    p = sub.add_parser("tune", help="hyperparameter search with Ray Tune + Optuna (TPE) and ASHA early stopping")
+    _config_args(p, None)
+    p.add_argument("--space", help="search space YAML (see search_spaces/README.md); required unless --resume")
+    p.add_argument("--trials", type=int, default=8, help="number of trials (default 8)")
+    p.add_argument("--max-concurrent", type=int, default=0, metavar="K",
+                   help="trials at a time (default: one core per Train worker; capped to what fits)")
+    p.add_argument("--name", default="", help="search name (default tune-<space>-<timestamp>); also the MLflow parent run")
+    p.add_argument("--resume", metavar="NAME", help="continue an interrupted search with its saved config, space and options")
+    p.add_argument("--study-storage", default="", metavar="URL",
+                   help="persist the Optuna study in an RDB, e.g. sqlite:///fmolab-work/optuna.db (study name = search name)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
+    p.add_argument("--grace-steps", type=int, default=0, help="ASHA grace period in training steps (default train.val_every)")
+    p.add_argument("--reduction-factor", type=int, default=2, help="ASHA reduction factor (default 2)")
+    p.add_argument("--metric", default="", help="validation metric trials are ranked by (default: the space's "
+                   "'metric', else val/loss), e.g. val/crop_psnr")
+    p.add_argument("--mode", default="", choices=["", "min", "max"], help="whether lower or higher --metric is better")
+    p.add_argument("--print-space", action="store_true", help="validate the space, print its parameters and exit")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("evaluate", help="evaluate a registered model with the FMO benchmark metrics")
     p.add_argument("--model", required=True, help="models:/NAME@ALIAS, runs:/ID/model, or a checkpoint folder")
