@@ -21,7 +21,7 @@ import numpy as np
 
 from fmolab.config import load_config
 from fmolab.runtime import use_work_dir
-from fmolab.shards import decode_webp, encode_webp
+from fmolab.shards import decode_webp, encode_webp, paste
 
 
 def cpu_seconds() -> float:
@@ -52,7 +52,7 @@ def run_config(overrides: list[str], n: int, keep_raw: bool = False) -> dict:
     except Exception as exc:  # e.g. EEVEE without a GPU
         return {"overrides": overrides, "error": str(exc)}
     setup = time.time() - t0
-    raw: list[list[np.ndarray]] = []
+    raw: list[list] = []  # per row: the (cropped) images it encodes, then (box, height, width)
     original = seq.encode_webp
 
     def keep(x, **kw):  # capture the uint8 images the row encodes
@@ -70,6 +70,7 @@ def run_config(overrides: list[str], n: int, keep_raw: bool = False) -> dict:
                 raw.pop()
                 continue
             rows += 1
+            raw[-1].append((row["box"], row["height"], row["width"]))
             sizes.append(len(row["frames"]) + sum(len(b) for b in row["blurs"]))
     finally:
         seq.encode_webp = original
@@ -84,14 +85,16 @@ def run_config(overrides: list[str], n: int, keep_raw: bool = False) -> dict:
     return out
 
 
-def webp_sweep(raw: list[list[np.ndarray]], qualities=(60, 70, 80, 90), method: int = 4) -> list[dict]:
+def webp_sweep(raw: list[list], qualities=(60, 70, 80, 90), method: int = 4) -> list[dict]:
     res = []
     for q in qualities:
         t0 = time.time()
         sizes, per_seq, all_x, all_y = [], [], [], []
-        for images in raw:
+        for *images, (box, h, w) in raw:
             enc = [encode_webp(x, quality=q, method=method) for x in images]
-            dec = [decode_webp(e) for e in enc]
+            # PSNR on the full-size images the loader gives (pasted), as before cropping.
+            dec = [paste(decode_webp(e), box, h, w) for e in enc]
+            images = [paste(x if x.ndim == 4 else x[None], box, h, w) for x in images]
             sizes.append(sum(map(len, enc)))
             per_seq.append(psnr_opaque(images, dec))
             all_x += images

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fmolab.shards import ShardReader, decode_webp, read_manifest
+from fmolab.shards import ShardReader, decode_sequence, read_manifest
 
 
 def checkerboard(h: int, w: int, cell: int = 8) -> np.ndarray:
@@ -48,14 +48,14 @@ def inspect_dataset(path: str | Path, out_dir: str | Path, n: int = 8, columns: 
     """Print and return the manifest summary; write ``contact_sheet.png`` and ``preview.webp``."""
     path, out_dir = Path(path), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    reader = ShardReader(path, columns=["seq_id", "object_id", "texture_id", "frames", "blurs", "blur_names"])
+    reader = ShardReader(path, columns=["seq_id", "object_id", "texture_id", "width", "height", "frames", "blurs",
+                                        "blur_names", "box"])  # box: absent in older datasets, then left out
     info = summary(read_manifest(path) if path.is_dir() else {}, len(reader))
     picks = np.unique(np.linspace(0, len(reader) - 1, min(n, len(reader))).round().astype(int))
     sheet_rows, anim = [], []
     for i in picks:
         row = reader.row(int(i))
-        frames = decode_webp(row["frames"])
-        blurs = [decode_webp(b)[0] for b in row["blurs"]]
+        frames, blurs = decode_sequence(row)  # full size (stored cropped to the object's box)
         sel = np.unique(np.linspace(0, len(frames) - 1, min(columns, len(frames))).round().astype(int))
         tiles = [_label(over_checker(frames[k]), f"t{k}") for k in sel]
         tiles += [_label(over_checker(b), name) for b, name in zip(blurs, row["blur_names"])]
@@ -64,7 +64,7 @@ def inspect_dataset(path: str | Path, out_dir: str | Path, n: int = 8, columns: 
         sheet_rows.append(np.concatenate([_label(header, f"{row['seq_id']} {row['object_id']} {row['texture_id']}"),
                                           strip]))
         # Preview column: the animated frame above the (static) first blur.
-        anim.append((over_checker(frames), over_checker(blurs[0]) if blurs else None))
+        anim.append((over_checker(frames), over_checker(blurs[0]) if len(blurs) else None))
     width = max(r.shape[1] for r in sheet_rows)
     sheet = np.concatenate([np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0))) for r in sheet_rows])
     sheet_path = out_dir / "contact_sheet.png"

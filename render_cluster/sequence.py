@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmolab.shards import encode_webp
+from fmolab.shards import content_box, crop, encode_webp
 from render_cluster import objects, textures
 from render_cluster.trajectory import TAN_HALF_X, frame_times, project, sample_trajectory
 
@@ -124,6 +124,10 @@ def render_try(scene, rc, assets: Assets, index: int, attempt: int) -> dict:
         "frame_times": times.round(6).tolist(), "blur_opacity": opacity,
         "camera": {"lens_mm": 50.0, "tan_half_fov_x": TAN_HALF_X}, "render_seed": seed32,
     }
+    # Store only the object's box (coverage above is over the full image): decode time scales with pixels.
+    blurs = np.stack(blurs)
+    keep = content_box(frames, blurs)
+    frames, blurs = crop(frames, keep), crop(blurs, keep)
     q, m = rc.webp_quality, rc.webp_method
     return {
         "seq_id": f"{rc.seed}-{index}", "index": index, "seed": rc.seed,
@@ -132,7 +136,7 @@ def render_try(scene, rc, assets: Assets, index: int, attempt: int) -> dict:
         "frames": encode_webp(frames, quality=q, method=m),
         "blurs": [encode_webp(b, quality=q, method=m) for b in blurs],
         "blur_names": list(rc.blurs), "blur_spans": [list(map(float, s)) for s in rc.blurs.values()],
-        "blur_coverage": coverage,
+        "blur_coverage": coverage, "box": keep,
     }
 
 

@@ -14,7 +14,8 @@ from fmolab.config import load_config
 from fmolab.data import (FORMATS, Augment, BackgroundAdder, FMOLoader, build_dataset, build_format, collate,
                          contrast, in_channels, write_synthetic_dataset)
 from fmolab.registry import SpecError
-from fmolab.shards import SEQUENCE_SCHEMA, ShardError, write_shard
+from fmolab.shards import (SEQUENCE_SCHEMA, ShardError, content_box, crop, decode_sequence, encode_webp,
+                           write_shard)
 
 ALL_FORMATS = ["background_blur", "double_blur", "single_blur", "multi_object", "double_blur:contrastive=true"]
 
@@ -180,6 +181,98 @@ def test_shard_missing_a_column_is_skipped(tmp_path):
     loader = FMOLoader(root)
     assert len(loader) == 8 and len(loader.skipped) == 8
     assert "frames" in loader.skipped["shard-00001.parquet#0"]
+
+
+def _premultiplied(x: torch.Tensor) -> torch.Tensor:
+    """RGB under alpha 0 is not kept (cropped away, or changed by the WebP encoder): compare RGB * alpha."""
+    return torch.cat([x[..., :3, :, :] * x[..., 3:, :, :], x[..., 3:, :, :]], -3)
+
+
+def _same_pixels(got: np.ndarray, want: np.ndarray, rgb_tol: float) -> None:
+    """Alpha identical; premultiplied RGB (0..255) within ``rgb_tol`` on average over the object."""
+    assert got.shape == want.shape and got.dtype == want.dtype == np.uint8
+    np.testing.assert_array_equal(got[..., 3], want[..., 3])  # WebP alpha is lossless, even at quality < 100
+    seen = want[..., 3] > 0
+    pm = [x[..., :3].astype(np.float64) * x[..., 3:] / 255 for x in (got, want)]
+    diff = np.abs(pm[0] - pm[1])[seen]
+    assert diff.mean() <= rgb_tol, f"mean premultiplied RGB difference {diff.mean():.3f} over the object"
+
+
+def test_cropped_rows_give_the_items_of_full_size_rows(tmp_path, root):
+    full = write_synthetic_dataset(tmp_path / "full", cropped=False)  # the layout before the box column
+    a, b = FMOLoader(root), FMOLoader(full)
+    boxes = [a.get(i).box for i in range(len(a))]
+    assert b.get(0).box is None and all(bx is not None for bx in boxes)
+    assert np.mean([(y1 - y0) * (x1 - x0) for y0, x0, y1, x1 in boxes]) < 0.8 * 48 * 64  # it does crop
+    for i in range(len(a)):
+        ra, rb = a.get(i), b.get(i)
+        # Lossy (q90, method 0): two encodes of the same pixels, each ~28 dB from them on these stripes.
+        _same_pixels(ra.frames([1, 5]), rb.frames([1, 5]), rgb_tol=10)
+        for name in ra.blur_names:
+            _same_pixels(ra.blur(name), rb.blur(name), rgb_tol=10)
+    for fmt in ALL_FORMATS:
+        da, db = build_dataset(make_cfg(root, fmt), "all"), build_dataset(make_cfg(full, fmt), "all")
+        for i in (0, 5):
+            x, y = da[i], db[i]
+            assert x.keys() == y.keys() and x["seq_id"] == y["seq_id"]
+            for key in ("backgrounds", "spans", "times"):
+                torch.testing.assert_close(x[key], y[key], atol=0, rtol=0)
+            for key, v, w in [("inputs", x["inputs"], y["inputs"]), ("images", x["images"], y["images"]),
+                              ("blurs", _premultiplied(x["blurs"]), _premultiplied(y["blurs"])),
+                              ("frames", _premultiplied(x["frames"]), _premultiplied(y["frames"]))]:
+                assert v.shape == w.shape, key
+                assert (v - w).abs().max() < 0.25 and (v - w).abs().mean() < 0.005, key
+
+
+def test_lossless_cropped_rows_are_bit_exact(tmp_path, root):
+    rows = pq.read_table(root / "shard-00000.parquet").to_pylist()
+    for cropped in (False, True):
+        out = []
+        for r in rows:
+            frames, blurs = decode_sequence(r)
+            box = content_box(frames, blurs) if cropped else None
+            if box is not None:
+                frames, blurs = crop(frames, box), crop(blurs, box)
+            out.append(dict(r, box=box, frames=encode_webp(frames, lossless=True),
+                            blurs=[encode_webp(x, lossless=True) for x in blurs]))
+        write_shard(out, tmp_path / f"cropped={cropped}" / "shard-00000.parquet")
+    a, b = FMOLoader(tmp_path / "cropped=True"), FMOLoader(tmp_path / "cropped=False")
+    for i in range(len(a)):
+        ra, rb = a.get(i), b.get(i)
+        assert ra.box is not None and rb.box is None
+        _same_pixels(ra.frames(), rb.frames(), rgb_tol=0)
+        for name in ra.blur_names:
+            _same_pixels(ra.blur(name), rb.blur(name), rgb_tol=0)
+
+
+def test_rows_without_box_column_still_load(tmp_path):
+    root = write_synthetic_dataset(tmp_path / "ds", num_sequences=8, cropped=False)
+    shard = root / "shard-00000.parquet"
+    pq.write_table(pq.read_table(shard).drop(["box"]), shard)  # a shard written before the column existed
+    assert "box" not in pq.read_schema(shard).names
+    loader = FMOLoader(root)
+    assert len(loader) == 8 and not loader.skipped
+    row = loader.get(3)
+    assert row.box is None and row.frames().shape == (8, 48, 64, 4) and row.blur("full").shape == (48, 64, 4)
+    ds = build_dataset(make_cfg(root, "double_blur"), "all")
+    assert all(ds[i]["inputs"].shape == (6, 48, 64) for i in range(len(ds))) and not ds.skipped
+
+
+def test_rows_whose_crop_disagrees_with_their_box_are_skipped(tmp_path):
+    root = write_synthetic_dataset(tmp_path / "ds")
+    shard = root / "shard-00000.parquet"
+    rows = pq.read_table(shard).to_pylist()
+    y0, x0, y1, x1 = rows[1]["box"]
+    rows[1]["box"] = [y0, x0, y1, x1 + 1] if x1 < 64 else [y0, x0 - 1, y1, x1]  # one column too wide
+    rows[4]["box"] = [0, 0, 60, 10]  # taller than the image
+    write_shard(rows, shard)
+    ds = build_dataset(make_cfg(root, "double_blur"), "all")
+    items = [ds[i] for i in range(len(ds))]
+    assert len(items) == 16 and all(it["inputs"].shape == (6, 48, 64) for it in items)
+    assert set(ds.skipped) == {"shard-00000.parquet#1", "shard-00000.parquet#4"}
+    assert "its box is" in ds.skipped["shard-00000.parquet#1"]
+    assert "does not fit a 64x48 image" in ds.skipped["shard-00000.parquet#4"]
+    assert not {it["seq_id"] for it in items} & {"0-1", "0-4"}
 
 
 def test_unreadable_datasets_fail_clearly(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from fmolab.config import load_config
-from fmolab.shards import BACKGROUND_SCHEMA, SEQUENCE_SCHEMA, ShardReader, decode_webp
+from fmolab.shards import BACKGROUND_SCHEMA, SEQUENCE_SCHEMA, ShardReader, content_box, decode_sequence, decode_webp
 from render_cluster import trajectory as T
 
 try:
@@ -226,10 +226,11 @@ def test_blur_matches_mean_of_sharp_frames(tmp_path):
         except Exception:  # rejected draw: try the next index
             continue
     assert row is not None
-    frames = decode_webp(row["frames"]).astype(np.float32) / 255
+    frames, blurs = decode_sequence(row)
+    frames = frames.astype(np.float32) / 255
     times = T.frame_times(16)
-    for blob, (a, b) in zip(row["blurs"], row["blur_spans"]):
-        blur = decode_webp(blob)[0].astype(np.float32) / 255
+    for blur, (a, b) in zip(blurs, row["blur_spans"]):
+        blur = blur.astype(np.float32) / 255
         inside = frames[(times >= a) & (times <= b)]
         mean_alpha = inside[..., 3].mean(0)
         support = (mean_alpha > 0.02) | (blur[..., 3] > 0.02)
@@ -267,11 +268,15 @@ def test_render_dataset_rows_and_manifest(dataset):
     assert len(reader) == m["num_rows"] == 3 - len(m["failed_indices"])
     assert sorted(reader.column("index")) == [i for i in range(3) if i not in m["failed_indices"]]
     for row in reader:
-        frames = decode_webp(row["frames"])
+        frames, blurs = decode_sequence(row)  # stored cropped to row["box"], pasted back full size
         assert frames.shape == (4, 48, 64, 4)
         assert frames[..., 3].max() == 255 and frames[..., 3].min() == 0  # object on transparent film
         assert row["blur_names"] == ["full", "first", "second"]
-        assert len(row["blurs"]) == 3 and all(decode_webp(b).shape == (1, 48, 64, 4) for b in row["blurs"])
+        assert len(row["blurs"]) == 3 and blurs.shape == (3, 48, 64, 4)
+        # The box holds every visible pixel of frames and blurs, and no more (WebP alpha is lossless).
+        y0, x0, y1, x1 = row["box"]
+        assert decode_webp(row["frames"]).shape == (4, y1 - y0, x1 - x0, 4)
+        assert content_box(frames, blurs) == row["box"]
         assert all(c >= cfg.render.min_coverage for c in row["blur_coverage"])
         p = json.loads(row["params"])
         assert {"trajectory", "object", "texture", "try"} <= set(p)
@@ -317,7 +322,7 @@ def test_same_seed_and_index_give_same_params_in_process(dataset, tmp_path):
     scene = Scene(cfg.render, tmp_dir=str(tmp_path))
     again = render_index(scene, cfg.render, Assets("procedural", "procedural"), row["index"], Counter(), Counter())
     assert again["params"] == row["params"] and again["object_id"] == row["object_id"]
-    a, b = decode_webp(again["frames"]), decode_webp(row["frames"])
+    a, b = decode_sequence(again)[0], decode_sequence(row)[0]
     assert np.abs(a[..., 3].astype(int) - b[..., 3]).mean() < 1.0  # same seed -> same pixels
     scene.close()
 

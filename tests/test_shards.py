@@ -69,3 +69,53 @@ def test_missing_or_empty_dataset_is_a_clear_error(tmp_path):
         shards.ShardReader(tmp_path / "nope")
     with pytest.raises(shards.ShardError, match="no .parquet"):
         shards.ShardReader(tmp_path)
+
+
+def test_content_box_crop_paste_round_trip():
+    frames = _frames()
+    blurs = frames.mean(0, keepdims=True).astype(np.uint8)
+    box = shards.content_box(frames, blurs)
+    assert box == [6, 4, 18, 31]  # the square's rows, and its columns over all four positions
+    assert shards.content_box(frames, blurs, pad=2) == [4, 2, 20, 32]  # clipped to the image
+    cropped = shards.crop(frames, box)
+    assert cropped.shape == (4, 12, 27, 4) and cropped.flags.c_contiguous
+    np.testing.assert_array_equal(shards.paste(cropped, box, 24, 32), frames)  # zeros outside the box
+    np.testing.assert_array_equal(shards.paste(shards.crop(blurs[0], box), box, 24, 32), blurs[0])
+    # Through WebP (lossless): the stored crop pastes back to the original.
+    decoded = shards.decode_webp(shards.encode_webp(cropped, lossless=True))
+    np.testing.assert_array_equal(shards.paste(decoded, box, 24, 32), frames)
+
+
+def test_content_box_of_empty_alpha_is_one_pixel():
+    empty = np.zeros((3, 24, 32, 4), np.uint8)
+    box = shards.content_box(empty, empty[:1])
+    assert box == [0, 0, 1, 1]
+    data = shards.encode_webp(shards.crop(empty[0], box))  # a WebP cannot be 0x0
+    np.testing.assert_array_equal(shards.paste(shards.decode_webp(data), box, 24, 32), empty[:1])
+    assert shards.content_box(empty, np.zeros((0, 24, 32, 4), np.uint8)) == [0, 0, 1, 1]  # no blurs
+
+
+def test_paste_rejects_sizes_that_disagree():
+    img = np.ones((2, 5, 6, 4), np.uint8)
+    with pytest.raises(ValueError, match="its box is"):
+        shards.paste(img, [0, 0, 5, 7], 24, 32)
+    with pytest.raises(ValueError, match="does not fit"):
+        shards.paste(img, [20, 0, 25, 6], 24, 32)
+    with pytest.raises(ValueError, match="expected 32x24"):
+        shards.paste(img, None, 24, 32)
+    assert shards.paste(img, None, 5, 6) is img  # not cropped: as is
+
+
+def test_box_column_is_optional_for_writers(tmp_path):
+    old, new = _row(0), _row(1)
+    assert "box" not in old  # a writer from before the column
+    f = _frames(seed=1)
+    box = shards.content_box(f, f[:1])
+    new.update(frames=shards.encode_webp(shards.crop(f, box)), box=box,
+               blurs=[shards.encode_webp(shards.crop(f.mean(0).astype(np.uint8), box))])
+    shards.write_shard([old, new], tmp_path / "part-00000.parquet")
+    reader = shards.ShardReader(tmp_path)
+    assert reader.row(0)["box"] is None and reader.row(1)["box"] == box
+    for i in range(2):
+        frames, blurs = shards.decode_sequence(reader.row(i))
+        assert frames.shape == (4, 24, 32, 4) and blurs.shape == (1, 24, 32, 4)

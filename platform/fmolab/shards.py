@@ -13,12 +13,19 @@ texture_id          string                 e.g. ``"procedural/voronoi/3"`` or an
 params              string (JSON)          every sampled parameter (trajectory, rotation...)
 width, height       int32                  render resolution
 num_frames          int32                  sharp sub-frames in ``frames``
-frames              binary                 animated RGBA WebP of the sharp sub-frames
-blurs               list<binary>           one RGBA WebP per exposure span
+frames              binary                 animated RGBA WebP of the sharp sub-frames, cropped to ``box``
+blurs               list<binary>           one RGBA WebP per exposure span, cropped to ``box``
 blur_names          list<string>           e.g. ``["full", "first", "second"]``
 blur_spans          list<list<float>>      exposure span of each blur in [0, 1] time
-blur_coverage       list<float>            mean alpha of each blur (coverage statistic)
+blur_coverage       list<float>            mean alpha of each blur over the full image (coverage statistic)
+box                 list<int32> or null    ``[y0, x0, y1, x1]`` (half-open): where ``frames`` and ``blurs``
+                                           sit in the ``height x width`` image, the union of alpha > 0 over
+                                           all of them; outside it every pixel is 0. Null (or no column, in
+                                           older datasets): images are stored full size
 ==================  =====================  ==============================================
+
+Cropping to ``box`` is for read speed: WebP decode time scales with pixels and the object covers a
+small part of the image. Read images back with :func:`paste` (or :func:`decode_sequence`).
 
 Background datasets use the columns ``clip_id, source, width, height, num_frames, frames`` (frames
 is an animated RGB(A) WebP of consecutive video frames).
@@ -59,8 +66,11 @@ SEQUENCE_SCHEMA = pa.schema(
         ("blur_names", pa.list_(pa.string())),
         ("blur_spans", pa.list_(pa.list_(pa.float32()))),
         ("blur_coverage", pa.list_(pa.float32())),
+        ("box", pa.list_(pa.int32())),
     ]
 )
+# Columns a writer may leave out (written as null): added after datasets existed.
+OPTIONAL_COLUMNS = ("box",)
 
 BACKGROUND_SCHEMA = pa.schema(
     [
@@ -110,6 +120,64 @@ def decode_webp(data: bytes, mode: str = "RGBA") -> np.ndarray:
     return np.stack(frames)
 
 
+# ---------------------------------------------------------------- content box
+
+
+def content_box(frames: np.ndarray, blurs: np.ndarray, pad: int = 0) -> list[int]:
+    """``[y0, x0, y1, x1]`` (half-open) holding every alpha > 0 of ``frames [N,H,W,4]`` and ``blurs [K,H,W,4]``.
+
+    ``pad`` widens it (clipped to the image). No visible pixel at all gives ``[0, 0, 1, 1]``: a WebP
+    cannot be empty.
+    """
+    frames, blurs = np.asarray(frames), np.asarray(blurs)
+    mask = (frames[..., 3] > 0).any(0)
+    if blurs.size:
+        mask |= (blurs[..., 3] > 0).any(0)
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        return [0, 0, 1, 1]
+    h, w = mask.shape
+    return [max(0, int(rows[0]) - pad), max(0, int(cols[0]) - pad),
+            min(h, int(rows[-1]) + 1 + pad), min(w, int(cols[-1]) + 1 + pad)]
+
+
+def crop(images: np.ndarray, box) -> np.ndarray:
+    """``images[..., y0:y1, x0:x1, :]``, contiguous (for the encoder)."""
+    y0, x0, y1, x1 = box
+    return np.ascontiguousarray(images[..., y0:y1, x0:x1, :])
+
+
+def paste(cropped: np.ndarray, box, height: int, width: int) -> np.ndarray:
+    """Put ``cropped [..., h, w, C]`` at ``box`` in a zero ``[..., height, width, C]`` canvas.
+
+    ``box`` None means "not cropped": the input must already be ``height x width`` and is returned as is.
+    Raises ValueError when the sizes disagree.
+    """
+    if box is None:
+        if cropped.shape[-3:-1] != (height, width):
+            raise ValueError(f"image is {cropped.shape[-2]}x{cropped.shape[-3]}, expected {width}x{height}")
+        return cropped
+    y0, x0, y1, x1 = (int(v) for v in box)
+    if not (0 <= y0 < y1 <= height and 0 <= x0 < x1 <= width):
+        raise ValueError(f"box {[y0, x0, y1, x1]} does not fit a {width}x{height} image")
+    if cropped.shape[-3:-1] != (y1 - y0, x1 - x0):
+        raise ValueError(f"image is {cropped.shape[-2]}x{cropped.shape[-3]}, its box is {x1 - x0}x{y1 - y0}")
+    out = np.zeros(cropped.shape[:-3] + (height, width, cropped.shape[-1]), cropped.dtype)
+    out[..., y0:y1, x0:x1, :] = cropped
+    return out
+
+
+def decode_sequence(row: dict) -> tuple[np.ndarray, np.ndarray]:
+    """All sharp frames ``[N,H,W,4]`` and blurs ``[K,H,W,4]`` (uint8, full size) of a sequence row dict."""
+    box, h, w = row.get("box"), int(row["height"]), int(row["width"])
+    try:
+        frames = paste(decode_webp(row["frames"]), box, h, w)
+        blurs = [paste(decode_webp(b)[0], box, h, w) for b in row["blurs"]]
+    except ValueError as exc:
+        raise ShardError(f"{row.get('seq_id')}: {exc}") from exc
+    return frames, np.stack(blurs) if blurs else np.zeros((0, h, w, 4), np.uint8)
+
+
 # ---------------------------------------------------------------- writing
 
 
@@ -130,8 +198,9 @@ def write_table_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
 
 
 def write_shard(rows: list[dict], path: str | os.PathLike, schema: pa.Schema = SEQUENCE_SCHEMA) -> Path:
-    """Write rows (dicts keyed by column) as one atomic shard; missing columns are an error."""
-    missing = [n for n in schema.names if rows and n not in rows[0]]
+    """Write rows (dicts keyed by column) as one atomic shard; missing columns are an error, except
+    :data:`OPTIONAL_COLUMNS` (written as null)."""
+    missing = [n for n in schema.names if rows and n not in rows[0] and n not in OPTIONAL_COLUMNS]
     if missing:
         raise ValueError(f"shard rows lack columns {missing}")
     table = pa.Table.from_pylist(rows, schema=schema) if rows else schema.empty_table()

@@ -9,13 +9,14 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
 
 from fmolab.data.augment import Augment
 from fmolab.data.backgrounds import BackgroundAdder
 from fmolab.data.formats import InputFormat, assemble, build_format
-from fmolab.data.loader import COLUMNS, FMOLoader, RowError, Sequence, stable_key
+from fmolab.data.loader import COLUMNS, OPTIONAL, FMOLoader, RowError, Sequence, stable_key
 from fmolab.shards import ShardError
 
 log = logging.getLogger("fmolab.data")
@@ -180,7 +181,10 @@ def ray_dataset(cfg, split: str, epoch_seed: int = 0, batch_size: int = 16, conc
     root, loader_split = _split_args(cfg, split)
     loader = FMOLoader(root, split="all", val_fraction=cfg.data.val_fraction)  # shard list + held-out objects
     held_out = loader.val_objects
-    ds = ray.data.read_parquet([str(f) for f in loader.files], columns=COLUMNS, include_paths=True,
+    # Optional columns only if some shard has them (Ray fills nulls for the shards that do not).
+    names = set().union(*(pq.read_schema(f).names for f in loader.files))
+    columns = COLUMNS + [c for c in OPTIONAL if c in names]
+    ds = ray.data.read_parquet([str(f) for f in loader.files], columns=columns, include_paths=True,
                                ray_remote_args={"num_cpus": num_cpus})
     if loader_split == "train":
         ds = ds.filter(lambda r: r["object_id"] not in held_out, num_cpus=num_cpus)

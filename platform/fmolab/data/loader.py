@@ -1,7 +1,8 @@
 """FMO loader: indexed, filterable, split-by-object access to sequence shards, decoding lazily.
 
 A :class:`Sequence` holds a row's compressed bytes; WebP is decoded only when a blur or frames are
-asked for, and only up to the last frame needed (animated WebP decodes sequentially).
+asked for, and only up to the last frame needed (animated WebP decodes sequentially). Images stored
+cropped to the row's ``box`` are pasted back into a full-size zero canvas after decoding.
 """
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from fmolab.shards import SEQUENCE_SCHEMA, ShardError, ShardReader
+from fmolab.shards import SEQUENCE_SCHEMA, ShardError, ShardReader, paste
 
 log = logging.getLogger("fmolab.data")
 
 COLUMNS = ["seq_id", "index", "object_id", "texture_id", "params", "width", "height", "num_frames",
            "frames", "blurs", "blur_names", "blur_spans"]
+# Read when the shard has it (older shards do not: their images are full size).
+OPTIONAL = ["box"]
 SPLITS = ("all", "train", "val")
 
 
@@ -59,6 +62,12 @@ def frame_indices(num_frames: int, count: int) -> np.ndarray:
     return np.minimum(((np.arange(count) + 0.5) * num_frames / count).astype(np.int64), num_frames - 1)
 
 
+def manifest_size(manifest: dict) -> tuple[int, int] | None:
+    """(height, width) a dataset's manifest gives (render cluster: under ``render``), if any."""
+    m = manifest.get("render", manifest)
+    return (int(m["height"]), int(m["width"])) if isinstance(m, dict) and "width" in m and "height" in m else None
+
+
 def decode_frames(data: bytes, indices: Iterable[int], source: str = "") -> np.ndarray:
     """Decode only frames ``indices`` of an animated RGBA WebP -> ``[len(indices),H,W,4]`` uint8."""
     indices = list(indices)
@@ -90,6 +99,7 @@ class Sequence:
         self.texture_id: str = row["texture_id"]
         self.width, self.height, self.num_frames = int(row["width"]), int(row["height"]), int(row["num_frames"])
         self._params = row["params"]
+        self.box: list[int] | None = row.get("box")
         self._frames: bytes = row["frames"]
         self._blurs: list[bytes] = row["blurs"]
         self.blur_names: list[str] = list(row["blur_names"])
@@ -113,10 +123,11 @@ class Sequence:
         return self.blur_names.index(name)
 
     def _check(self, img: np.ndarray, what: str) -> np.ndarray:
-        if img.shape[-3:-1] != (self.height, self.width):
-            raise RowError(self.source, f"{what} is {img.shape[-2]}x{img.shape[-3]}, the row says "
-                                        f"{self.width}x{self.height}")
-        return img
+        """The full-size image: ``img`` pasted at the row's box (a crop must match the box exactly)."""
+        try:
+            return paste(img, self.box, self.height, self.width)
+        except ValueError as exc:
+            raise RowError(self.source, f"{what}: {exc}") from exc
 
     def blur(self, name: str) -> np.ndarray:
         """RGBA blur ``[H,W,4]`` uint8."""
@@ -154,6 +165,8 @@ class FMOLoader:
         self.root = Path(root)
         reader = ShardReader(self.root)  # raises ShardError for a missing or wholly unreadable path
         self.manifest = reader.manifest
+        # A cropped image cannot show that its row's width/height is wrong: the manifest can.
+        self.size = manifest_size(self.manifest)
         self.skipped: dict[str, str] = dict(reader.bad_shards)
         self.files: list[Path] = []
         files: dict[Path, list[int]] = {}
@@ -216,7 +229,7 @@ class FMOLoader:
         g = int(np.searchsorted(starts, row, side="right") - 1)
         key = (f, g)
         if key not in self._groups:
-            self._groups[key] = pf.read_row_group(g, columns=COLUMNS)
+            self._groups[key] = pf.read_row_group(g, columns=COLUMNS + OPTIONAL)  # absent ones are left out
             if len(self._groups) > self._cache_groups:
                 self._groups.popitem(last=False)
         self._groups.move_to_end(key)
@@ -231,7 +244,10 @@ class FMOLoader:
             row = table.slice(local, 1).to_pylist()[0]
         except Exception as exc:
             raise RowError(source, f"unreadable row: {exc}") from exc
-        return Sequence(row, source)
+        seq = Sequence(row, source)
+        if self.size is not None and (seq.height, seq.width) != self.size:
+            raise RowError(source, f"row is {seq.width}x{seq.height}, the manifest says {self.size[1]}x{self.size[0]}")
+        return seq
 
     def __getitem__(self, i: int) -> Sequence:
         return self.get(i)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmolab.shards import BACKGROUND_SCHEMA, encode_webp, write_json_atomic, write_shard
+from fmolab.shards import BACKGROUND_SCHEMA, content_box, crop, encode_webp, write_json_atomic, write_shard
 
 BLUR_SPANS = {"full": (0.0, 1.0), "first": (0.0, 0.5), "second": (0.5, 1.0)}
 SUPERSAMPLE = 8  # positions per half span: enough for a smooth streak at test sizes
@@ -56,7 +56,7 @@ def _u8(x: np.ndarray) -> np.ndarray:
 
 
 def _sequence_row(i: int, seed: int, width: int, height: int, num_frames: int, num_objects: int,
-                  quality: int) -> dict:
+                  quality: int, cropped: bool = True) -> dict:
     rng = np.random.default_rng([seed, i])
     obj = i % num_objects
     look = _object_look(obj, seed)
@@ -84,6 +84,11 @@ def _sequence_row(i: int, seed: int, width: int, height: int, num_frames: int, n
     blur_imgs = {"first": _premult_mean(halves["first"]), "second": _premult_mean(halves["second"])}
     blur_imgs["full"] = _premult_mean(halves["first"] + halves["second"])
     names = list(BLUR_SPANS)
+    frames_u8, blurs_u8 = _u8(np.stack(frames)), _u8(np.stack([blur_imgs[n] for n in names]))
+    # Stored cropped to the object (faster decode); cropped=False writes the old full-size layout.
+    box = content_box(frames_u8, blurs_u8) if cropped else None
+    if box is not None:
+        frames_u8, blurs_u8 = crop(frames_u8, box), crop(blurs_u8, box)
     params = dict(generator="fmolab.data.synthetic", start=start.tolist(), end=end.tolist(),
                   rotation=[a0, a1], radius=look["radius"], aspect=look["aspect"])
     return dict(
@@ -96,11 +101,12 @@ def _sequence_row(i: int, seed: int, width: int, height: int, num_frames: int, n
         width=width,
         height=height,
         num_frames=num_frames,
-        frames=encode_webp(_u8(np.stack(frames)), quality=quality, method=0),
-        blurs=[encode_webp(_u8(blur_imgs[n]), quality=quality, method=0) for n in names],
+        frames=encode_webp(frames_u8, quality=quality, method=0),
+        blurs=[encode_webp(b, quality=quality, method=0) for b in blurs_u8],
         blur_names=names,
         blur_spans=[list(BLUR_SPANS[n]) for n in names],
         blur_coverage=[float(blur_imgs[n][..., 3].mean()) for n in names],
+        box=box,
     )
 
 
@@ -131,10 +137,14 @@ def _background_row(j: int, seed: int, width: int, height: int, clip_frames: int
 
 def write_synthetic_dataset(root, num_sequences: int = 16, width: int = 64, height: int = 48, num_frames: int = 8,
                             num_objects: int = 4, seed: int = 0, num_clips: int = 4, clip_frames: int = 6,
-                            quality: int = 90) -> Path:
-    """Write sequences to ``root`` and background clips to ``root/backgrounds``; returns ``root``."""
+                            quality: int = 90, cropped: bool = True) -> Path:
+    """Write sequences to ``root`` and background clips to ``root/backgrounds``; returns ``root``.
+
+    ``cropped=False`` stores full-size images and no box (the layout of datasets written before ``box``).
+    """
     root = Path(root)
-    rows = [_sequence_row(i, seed, width, height, num_frames, num_objects, quality) for i in range(num_sequences)]
+    rows = [_sequence_row(i, seed, width, height, num_frames, num_objects, quality, cropped)
+            for i in range(num_sequences)]
     for s in range(0, num_sequences, ROWS_PER_SHARD):
         write_shard(rows[s:s + ROWS_PER_SHARD], root / f"shard-{s // ROWS_PER_SHARD:05d}.parquet")
     write_json_atomic(dict(generator="fmolab.data.synthetic", seed=seed, num_sequences=num_sequences,
