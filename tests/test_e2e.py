@@ -38,7 +38,9 @@ def test_demo_end_to_end(session_home):
     assert (data / "backgrounds" / "manifest.json").exists()
 
     # the MLflow run: params, metrics, an animated preview, a registered model loading by alias
-    mlflow.set_tracking_uri(f"sqlite:///{work / 'mlflow.db'}")
+    store = f"sqlite:///{work / 'mlflow.db'}"
+    mlflow.set_tracking_uri(store)
+    mlflow.set_registry_uri(store)  # process-global: an earlier test's registry would answer otherwise
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name("fmolab-demo")
     (run,) = client.search_runs([exp.experiment_id])
