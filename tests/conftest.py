@@ -53,3 +53,21 @@ def free_port():
             return s.getsockname()[1]
 
     return pick
+
+
+def wait_for_http(url: str, seconds: float) -> bool:
+    """Poll ``url`` until a server answers at all (any status, 401 included) or ``seconds`` pass."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return True
+        except urllib.error.HTTPError:  # e.g. 401 from Ray's token auth: the server is up
+            return True
+        except OSError:
+            time.sleep(0.5)
+    return False

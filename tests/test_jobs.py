@@ -5,14 +5,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import wait_for_http
 from fmolab.cli import main
 from fmolab.config import ConfigError
 from fmolab.jobs import load_spec
@@ -49,16 +47,7 @@ def ray_head(free_port):
          f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(address + "/api/version", timeout=2)
-            break
-        except urllib.error.HTTPError:  # 401: up, and asking for Ray's auth token (clients send it)
-            break
-        except OSError:
-            time.sleep(1)
-    else:
+    if not wait_for_http(address + "/api/version", 120):  # 401 counts: it asks for Ray's token
         os.killpg(head.pid, signal.SIGKILL)
         pytest.fail("Ray head did not start its job server in 120 s")
     yield address

@@ -2,13 +2,13 @@
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import wait_for_http
 from fmolab.config import load_config
 from fmolab.tracking import TrackingError, setup_tracking
 
@@ -33,14 +33,7 @@ def mlflow_server(work, free_port):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(uri + "/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
+    if not wait_for_http(uri + "/health", 90):
         proc.kill()
         pytest.fail("mlflow server did not start in 90 s")
     yield uri
