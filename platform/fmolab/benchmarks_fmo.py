@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fmolab.compose import composite, span_mask
 from fmolab.metrics import Box, alpha_centroids, equivalent_radius, scoring_crop
 
 KINDS = ("falling", "tbd", "tbd3d")
@@ -385,11 +386,10 @@ def shard_samples(cfg, data: str | Path, num_frames: int | None = None,
         spans = item["spans"].numpy()  # [K,2]
         images, backgrounds = item["images"].numpy(), item["backgrounds"].numpy()  # [K,3,H,W]
         which = np.zeros(len(times), dtype=int)  # the image whose exposure holds each time
-        for kk, (a, b) in enumerate(spans):
-            inside = (times >= a) & ((times < b) | ((b >= 1.0) & (times <= b)))
-            which[inside] = kk
+        for kk, span in enumerate(spans):
+            which[span_mask(times, span)] = kk
         bg_t, im_t = backgrounds[which], images[which]
-        gt = frames[:, :3] * frames[:, 3:4] + bg_t * (1 - frames[:, 3:4])
+        gt = composite(frames, bg_t)
         alpha = frames[:, 3]
         h, w = frames.shape[-2:]
         traj = alpha_centroids(alpha)

@@ -16,7 +16,9 @@ def frame_times(num_frames: int) -> torch.Tensor:
 
 
 def composite(rgba: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
-    """``rgb * alpha + bg * (1 - alpha)`` over the channel axis (-3); rgba ``[...,4,H,W]``, bg ``[...,3,H,W]``."""
+    """``rgb * alpha + bg * (1 - alpha)`` over the channel axis (-3); rgba ``[...,4,H,W]``, bg ``[...,3,H,W]``.
+
+    Plain slicing and arithmetic: numpy arrays work as well as tensors (evaluation uses both)."""
     rgb, alpha = rgba[..., :3, :, :], rgba[..., 3:4, :, :]
     return rgb * alpha + background * (1 - alpha)
 
@@ -30,7 +32,8 @@ def over(top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
 
 
 def span_mask(times: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
-    """Which ``times [..., T]`` fall inside ``span [..., 2]`` (start inclusive, end exclusive but 1.0 kept)."""
+    """Which ``times [..., T]`` fall inside ``span [..., 2]`` (start inclusive, end exclusive but 1.0 kept).
+    Arrays or tensors."""
     start, end = span[..., 0:1], span[..., 1:2]
     return (times >= start) & ((times < end) | ((end >= 1.0) & (times <= end)))
 

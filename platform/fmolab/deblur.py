@@ -195,7 +195,6 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
     """
 
     from fmolab.benchmarks_fmo import grow, model_box, resize, union
-    from fmolab.metrics import composite_np
     from fmolab.video import VideoError, detect_mover, open_video, with_background
 
     kind = predictor.input_kind
@@ -229,7 +228,7 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
             else:
                 y0, x0, y1, x1 = box
                 rr = np.clip(resize(renders, (y1 - y0, x1 - x0)), 0, 1)
-                comp = composite_np(rr, bg[:, y0:y1, x0:x1])
+                comp = composite(rr, bg[:, y0:y1, x0:x1])
                 frames = []
                 for t in range(n):
                     f = image.copy()

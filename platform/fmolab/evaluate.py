@@ -23,6 +23,7 @@ import numpy as np
 
 from fmolab import metrics as M
 from fmolab.atomic import atomic_dir
+from fmolab.compose import composite
 from fmolab.benchmarks_fmo import Sample, benchmark_samples, detect_kind, resize, shard_samples
 
 METHODS = ("model", "bg", "im")
@@ -64,7 +65,7 @@ def predict_sample(predictor, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     traj = M.alpha_centroids(renders[:, 3])
     traj += np.array([x0, y0], dtype=np.float64)
     pred = np.array(sample.images, dtype=np.float32, copy=True)
-    pred[..., y0:y1, x0:x1] = M.composite_np(renders, sample.backgrounds[..., y0:y1, x0:x1])
+    pred[..., y0:y1, x0:x1] = composite(renders, sample.backgrounds[..., y0:y1, x0:x1])
     return pred, traj
 
 

@@ -211,12 +211,6 @@ def crop(images: np.ndarray, box: Box) -> np.ndarray:
 # ---------------------------------------------------------------- one sample
 
 
-def composite_np(rgba: np.ndarray, background: np.ndarray) -> np.ndarray:
-    """``rgb * alpha + bg * (1 - alpha)`` (numpy twin of :func:`fmolab.compose.composite`)."""
-    a = rgba[..., 3:4, :, :]
-    return rgba[..., :3, :, :] * a + background * (1 - a)
-
-
 def baselines(images: np.ndarray, backgrounds: np.ndarray) -> dict[str, np.ndarray]:
     """The benchmark's trivial methods: "bg" (the background for every sub-frame) and "im" (the input
     image for every sub-frame); both ``[T,3,H,W]`` given the per-sub-frame image and background."""
