@@ -14,14 +14,22 @@ def _banner(text: str) -> None:
     print(f"\n=== {text} " + "=" * max(0, 70 - len(text)), flush=True)
 
 
+def remove_demo_outputs(cfg: Config) -> None:
+    """The demo's dataset and its runs (``train.run_name``, or every ``demo-<time>`` run), nothing else
+    in the work folder: an empty run name must not select the whole runs folder."""
+    shutil.rmtree(cfg.dataset_dir, ignore_errors=True)
+    pattern = cfg.train.run_name or "demo-*"
+    for folder in ("runs", "ray_results"):
+        for path in (cfg.work_dir / folder).glob(pattern):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def run_demo(cfg: Config, fresh: bool = False) -> dict:
     from fmolab.shards import shard_files
 
     started = time.time()
     if fresh:
-        shutil.rmtree(cfg.dataset_dir, ignore_errors=True)
-        shutil.rmtree(cfg.work_dir / "runs" / cfg.train.run_name, ignore_errors=True)
-        shutil.rmtree(cfg.work_dir / "ray_results" / cfg.train.run_name, ignore_errors=True)
+        remove_demo_outputs(cfg)
 
     _banner(f"1/4 render {cfg.render.num_sequences} sequences with Blender (Ray Data) -> {cfg.dataset_dir}")
     from render_cluster.pipeline import render_dataset
