@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -141,8 +140,7 @@ def run_trial(params: dict, setup: dict) -> None:
     run_name = trial_run_name(setup["name"], trial_id)
     cfg.train.run_name = run_name
     cfg.tracking.register_as = ""  # the driver registers the best trial only
-    uri = setup["tracking_uri"]
-    os.environ["MLFLOW_TRACKING_URI"] = uri
+    uri = setup["tracking_uri"]  # Train workers get it with their config
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     rdir = run_dir(cfg, run_name)
