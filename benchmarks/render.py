@@ -1,8 +1,9 @@
 """Render benchmark: core-seconds and bytes per sequence by engine/quality, WebP PSNR per quality.
 
-Runs in one process (no Ray: the figures are per core, which is what a Ray actor gets) and measures
-CPU time with getrusage (Blender's render thread included), so other load on the machine matters
-less than for wall time. Writes ``benchmarks/results/render.json``.
+Runs each configuration in a fresh process (no Ray: the figures are per core, which is what a Ray
+actor gets; bpy and the TBB thread cap are per process) and measures CPU time with getrusage
+(Blender's render and TBB threads included), so other load on the machine matters less than for
+wall time. Writes ``benchmarks/results/render.json``.
 
     .venv/bin/python benchmarks/render.py --n 4
 """
@@ -40,7 +41,19 @@ def psnr_opaque(images: list[np.ndarray], decoded: list[np.ndarray]) -> float:
     return 10 * np.log10(255 ** 2 / max(se / max(n, 1), 1e-12))
 
 
-def run_config(overrides: list[str], n: int, keep_raw: bool = False) -> dict:
+def _cpu_timed(fn, key: str, split: dict):
+    def wrapped(*a, **kw):
+        c0 = cpu_seconds()
+        try:
+            return fn(*a, **kw)
+        finally:
+            split[key] = split.get(key, 0.0) + cpu_seconds() - c0
+    return wrapped
+
+
+def run_config(overrides: list[str], n: int, keep_raw: bool = False, cap_tbb: bool = True) -> dict:
+    """Render ``n`` indices with ``overrides``; call it in a fresh process (:func:`run_isolated`):
+    bpy and the TBB thread cap are per process, and so is getrusage."""
     import render_cluster.sequence as seq
     from render_cluster.scene import Scene
 
@@ -48,19 +61,25 @@ def run_config(overrides: list[str], n: int, keep_raw: bool = False) -> dict:
     rc = cfg.render
     t0 = time.time()
     try:
-        scene = Scene(rc)
+        scene = Scene(rc, cap_tbb=cap_tbb)
     except Exception as exc:  # e.g. EEVEE without a GPU
         return {"overrides": overrides, "error": str(exc)}
     setup = time.time() - t0
     raw: list[list] = []  # per row: the (cropped) images it encodes, then (box, height, width)
-    original = seq.encode_webp
+    split: dict[str, float] = {}
+    original, original_render = seq.encode_webp, Scene.render
+    encode = _cpu_timed(original, "encode", split)
 
     def keep(x, **kw):  # capture the uint8 images the row encodes
         raw[-1].append(x)
-        return original(x, **kw)
+        return encode(x, **kw)
 
-    seq.encode_webp = keep
-    reasons, bad, sizes, rows = Counter(), Counter(), [], 0
+    def render(self, t_or_span, *a, **kw):
+        key = "render_blurs" if isinstance(t_or_span, (tuple, list)) else "render_frames"
+        return _cpu_timed(original_render, key, split)(self, t_or_span, *a, **kw)
+
+    seq.encode_webp, Scene.render = keep, render
+    reasons, bad, sizes, frame_bytes, rows = Counter(), Counter(), [], [], 0
     c0, w0 = cpu_seconds(), time.time()
     try:
         for i in range(n):
@@ -72,39 +91,108 @@ def run_config(overrides: list[str], n: int, keep_raw: bool = False) -> dict:
             rows += 1
             raw[-1].append((row["box"], row["height"], row["width"]))
             sizes.append(len(row["frames"]) + sum(len(b) for b in row["blurs"]))
+            frame_bytes.append(len(row["frames"]))
     finally:
-        seq.encode_webp = original
+        seq.encode_webp, Scene.render = original, original_render
         scene.close()
     cpu, wall = cpu_seconds() - c0, time.time() - w0
-    out = {"overrides": overrides, "rows": rows, "rejections": dict(reasons), "setup_seconds": round(setup, 2),
-           "core_seconds_per_sequence": round(cpu / max(rows, 1), 3),  # rejected tries included
-           "wall_seconds_per_sequence": round(wall / max(rows, 1), 3),
-           "bytes_per_sequence": int(np.mean(sizes)) if sizes else None}
+    per = max(rows, 1)
+    split["other"] = cpu - sum(split.values())  # object/material build, clear, checks, cropping
+    out = {"overrides": overrides, "cap_tbb": cap_tbb, "tbb_capped": scene.tbb_limited, "rows": rows,
+           "rejections": dict(reasons), "setup_seconds": round(setup, 2),
+           "core_seconds_per_sequence": round(cpu / per, 3),  # rejected tries included
+           "core_seconds_split": {k: round(v / per, 3) for k, v in split.items()},
+           "wall_seconds_per_sequence": round(wall / per, 3),
+           "bytes_per_sequence": int(np.mean(sizes)) if sizes else None,
+           "frame_bytes_per_sequence": int(np.mean(frame_bytes)) if sizes else None}
     if keep_raw:
         out["_raw"] = raw
     return out
 
 
-def webp_sweep(raw: list[list], qualities=(60, 70, 80, 90), method: int = 4) -> list[dict]:
+def run_isolated(overrides: list[str], n: int, keep_raw: bool = False, cap_tbb: bool = True) -> dict:
+    """:func:`run_config` in a fresh spawned process."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
+        return ex.submit(run_config, overrides, n, keep_raw, cap_tbb).result()
+
+
+def _alpha_psnr(images: list[np.ndarray], decoded: list[np.ndarray]) -> float:
+    se = sum(float(((x.astype(np.float64)[..., 3] - y[..., 3]) ** 2).sum()) for x, y in zip(images, decoded))
+    n = sum(x[..., 3].size for x in images)
+    return 10 * np.log10(255 ** 2 / max(se / max(n, 1), 1e-12))
+
+
+# Encoder settings compared on the same rendered rows (Pillow 13's WebP plugin exposes quality,
+# method, alpha_quality, and for animations kmin/kmax, allow_mixed, minimize_size; libwebp's
+# sharp_yuv / near_lossless / sns are not reachable through it).
+WEBP_SETTINGS = [dict(quality=q, method=4, blur_method=4) for q in (60, 70, 80, 90, 100)] + [
+    dict(quality=80, method=5, blur_method=5), dict(quality=80, method=6, blur_method=6)] + [
+    dict(quality=q, method=5, blur_method=6) for q in (70, 75, 80, 90, 100)] + [
+    dict(quality=80, method=4, blur_method=4, alpha_quality=70),
+    dict(quality=80, method=4, blur_method=4, minimize_size=True),
+    dict(quality=80, method=4, blur_method=4, allow_mixed=True),
+    dict(quality=80, method=4, blur_method=4, kmin=1, kmax=1),
+    dict(lossless=True, method=4, blur_method=4),
+]
+
+
+def webp_sweep(raw: list[list], settings=WEBP_SETTINGS) -> list[dict]:
+    """Re-encode the rows with each setting: ``method`` for the frames, ``blur_method`` for the blurs."""
     res = []
-    for q in qualities:
-        t0 = time.time()
-        sizes, per_seq, all_x, all_y = [], [], [], []
+    for opts in settings:
+        c0 = cpu_seconds()
+        sizes, frame_sizes, per_seq, all_x, all_y = [], [], [], [], []
+        frame_x, frame_y, blur_x, blur_y = [], [], [], []
         for *images, (box, h, w) in raw:
-            enc = [encode_webp(x, quality=q, method=method) for x in images]
+            frame_opts = {k: v for k, v in opts.items() if k != "blur_method"}
+            blur_opts = {**frame_opts, "method": opts["blur_method"]}
+            enc = [_encode(x, frame_opts if k == 0 else blur_opts) for k, x in enumerate(images)]
             # PSNR on the full-size images the loader gives (pasted), as before cropping.
             dec = [paste(decode_webp(e), box, h, w) for e in enc]
             images = [paste(x if x.ndim == 4 else x[None], box, h, w) for x in images]
             sizes.append(sum(map(len, enc)))
+            frame_sizes.append(len(enc[0]))
             per_seq.append(psnr_opaque(images, dec))
             all_x += images
             all_y += dec
-        res.append({"quality": q, "method": method, "bytes_per_sequence": int(np.mean(sizes)),
+            frame_x.append(images[0])
+            frame_y.append(dec[0])
+            blur_x += images[1:]
+            blur_y += dec[1:]
+        res.append({**opts, "bytes_per_sequence": int(np.mean(sizes)),
+                    "frame_bytes_per_sequence": int(np.mean(frame_sizes)),
                     "psnr_opaque_pooled_db": round(psnr_opaque(all_x, all_y), 2),
+                    "psnr_opaque_frames_db": round(psnr_opaque(frame_x, frame_y), 2),
+                    "psnr_opaque_blurs_db": round(psnr_opaque(blur_x, blur_y), 2),
                     "psnr_opaque_median_db": round(float(np.median(per_seq)), 2),
                     "psnr_opaque_min_db": round(float(np.min(per_seq)), 2),
-                    "encode_seconds_per_sequence": round((time.time() - t0) / len(raw), 3)})
+                    "alpha_psnr_db": round(_alpha_psnr(all_x, all_y), 1),
+                    "encode_decode_core_seconds_per_sequence": round((cpu_seconds() - c0) / len(raw), 3)})
     return res
+
+
+def _encode(x: np.ndarray, opts: dict) -> bytes:
+    """encode_webp plus the options it does not take (alpha_quality, kmin/kmax, allow_mixed, ...)."""
+    import io
+
+    from PIL import Image
+
+    plain = {"quality", "method", "lossless"}
+    if set(opts) <= plain:
+        return encode_webp(x, **opts)
+    frames = x[None] if x.ndim == 3 else x
+    pil = [Image.fromarray(f, "RGBA") for f in frames]
+    o = dict(format="WEBP", **opts)
+    if len(pil) > 1:
+        o = {"save_all": True, "append_images": pil[1:], "duration": 40, "loop": 0, "minimize_size": False, **o}
+    else:
+        o = {k: v for k, v in o.items() if k not in ("kmin", "kmax", "allow_mixed", "minimize_size")}
+    buf = io.BytesIO()
+    pil[0].save(buf, **o)
+    return buf.getvalue()
 
 
 def main(argv=None) -> dict:
@@ -116,22 +204,29 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     use_work_dir(args.work)
     base = ["render.engine=cycles"]
+    # name, overrides, cap_tbb. "before" = the previous defaults: TBB uncapped, full blur engine-rendered.
     configs = [
-        ("cycles default", []),
-        ("cycles samples=8 no denoise", ["render.samples=8", "render.denoise=false"]),
-        ("cycles samples=16 no denoise", ["render.samples=16", "render.denoise=false"]),
-        ("cycles samples=16 max_bounces=4 no denoise", ["render.samples=16", "render.max_bounces=4",
-                                                         "render.denoise=false"]),
+        ("before: samples=4 denoise, TBB uncapped, full blur rendered, WebP effort 4",
+         ["render.full_from_halves=false", "render.webp_method=4", "render.webp_blur_method=4"], False),
+        ("TBB capped, full blur rendered, WebP effort 4",
+         ["render.full_from_halves=false", "render.webp_method=4", "render.webp_blur_method=4"], True),
+        ("TBB capped, full blur from halves, WebP effort 4", ["render.webp_method=4", "render.webp_blur_method=4"],
+         True),
+        ("cycles default", [], True),
+        ("samples=4 no denoise", ["render.denoise=false"], True),
+        ("samples=8 denoise", ["render.samples=8"], True),
+        ("samples=8 no denoise", ["render.samples=8", "render.denoise=false"], True),
+        ("samples=16 no denoise", ["render.samples=16", "render.denoise=false"], True),
     ]
     if args.eevee:  # without a GPU EEVEE runs on software OpenGL: minutes per sequence
-        configs.append(("eevee default", ["render.engine=eevee"]))
+        configs.append(("eevee default", ["render.engine=eevee"], True))
     results = []
     raw = None
-    for name, extra in configs:
+    for name, extra, cap in configs:
         ov = base + extra if "eevee" not in name else extra
         # EEVEE without a GPU falls back to software OpenGL (very slow): one sequence is enough.
         n = 1 if "eevee" in name else args.n
-        r = run_config(ov, n, keep_raw=name == "cycles default")
+        r = run_isolated(ov, n, keep_raw=name == "cycles default", cap_tbb=cap)
         if "_raw" in r:
             raw = r.pop("_raw")
         r["name"] = name
@@ -141,12 +236,18 @@ def main(argv=None) -> dict:
     report = {
         "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine()},
         "defaults": {k: getattr(default, k) for k in ("width", "height", "num_frames", "samples", "max_bounces",
-                                                      "denoise", "motion_blur_steps", "webp_quality", "webp_method")},
+                                                      "denoise", "motion_blur_steps", "webp_quality", "webp_method",
+                                                      "webp_blur_method", "full_from_halves")},
         "blurs": default.blurs,
         "n_per_config": args.n,
         "configs": results,
         "webp": webp_sweep(raw) if raw else [],
-        "note": "core-seconds = process CPU time / accepted sequence (rejected tries included)",
+        "note": ("core-seconds = process CPU time / accepted sequence (rejected tries included), one fresh "
+                 "process per config; split: render_blurs/render_frames = CPU inside Scene.render (path "
+                 "tracing, OIDN, scene sync, PNG readback), encode = WebP encoding, other = build/checks; "
+                 "denoise cost = a config minus its 'no denoise' twin. webp: every setting re-encodes the "
+                 "default config's rows; PSNR over opaque pixels (alpha 255) of RGB, pooled over frames "
+                 "and blurs unless named; alpha_psnr over all pixels."),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

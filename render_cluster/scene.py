@@ -47,6 +47,46 @@ def _quiet():
         os.close(devnull)
 
 
+_TBB_LIMIT = None  # the tbb::global_control below; must live as long as the process
+
+
+def limit_tbb_threads(threads: int) -> bool:
+    """Cap oneTBB (Blender's and OIDN's task scheduler) at ``threads`` threads for this process.
+
+    Why: Blender's oneTBB (2021.13) starts one worker per core, and an idle worker spins in
+    ``sched_yield`` for as long as a render runs in its arena (the "delayed leave" of oneTBB
+    2021.13). With one render thread per actor that spinning worker burned as much CPU as the
+    render itself (measured: 57 -> 26 core-ms per 80x80 frame; benchmarks/render.py). Blender
+    caps TBB only for its ``--threads`` command-line option, which the bpy module has no way to
+    take, so this creates the same ``tbb::global_control(max_allowed_parallelism, threads)``
+    through ctypes. It only fully works before bpy is imported (TBB starts its workers then);
+    returns False (and changes nothing) when the library or symbol is not there.
+    """
+    global _TBB_LIMIT
+    import ctypes
+    import importlib.util
+
+    if _TBB_LIMIT is not None:
+        return True
+    spec = importlib.util.find_spec("bpy")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    lib_path = Path(list(spec.submodule_search_locations)[0]) / "lib" / "libtbb.so.12"
+    try:
+        lib = ctypes.CDLL(str(lib_path))
+        create = lib["_ZN3tbb6detail2r16createERNS0_2d114global_controlE"]
+    except (OSError, AttributeError):  # another platform or TBB build: leave TBB alone
+        return False
+
+    class GlobalControl(ctypes.Structure):  # tbb::detail::d1::global_control
+        _fields_ = [("value", ctypes.c_size_t), ("reserved", ctypes.c_ssize_t), ("param", ctypes.c_int)]
+
+    control = GlobalControl(max(1, threads), 0, 0)  # param 0 = max_allowed_parallelism
+    create(ctypes.byref(control))
+    _TBB_LIMIT = (lib, control)
+    return True
+
+
 class RenderError(RuntimeError):
     """The engine/device cannot render here (e.g. GPU asked for on a CPU-only machine)."""
 
@@ -60,7 +100,9 @@ def _nodes_on(idblock) -> None:
 class Scene:
     """The static scene plus render primitives; per sample call :meth:`clear` then add one object."""
 
-    def __init__(self, rcfg, threads: int = 1, tmp_dir: str | None = None):
+    def __init__(self, rcfg, threads: int = 1, tmp_dir: str | None = None, cap_tbb: bool = True):
+        # Before the first bpy import (see limit_tbb_threads); cap_tbb=False only for benchmarks.
+        self.tbb_limited = limit_tbb_threads(threads) if cap_tbb else False
         import bpy
 
         self.bpy = bpy

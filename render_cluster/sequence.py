@@ -51,6 +51,36 @@ def to_pixels(box: np.ndarray, width: int, height: int) -> tuple[int, int, int, 
     return max(0, x0), max(0, y0), min(width, x1), min(height, y1)
 
 
+def derived_blurs(spans: dict[str, list[float]]) -> dict[str, tuple[str, str]]:
+    """Blurs that two other (engine-rendered) blurs partition: ``{name: (first, second)}``.
+
+    A blur over [a, b] is the time average of the object over the span; when [a, m] and [m, b]
+    are also rendered, it equals their length-weighted mean in premultiplied alpha (see
+    :func:`mean_blur`), which is what the engine integrates anyway (its shutter times are drawn
+    uniformly over [a, b]), so a third path-traced render is not needed.
+    """
+    out: dict[str, tuple[str, str]] = {}
+    for name, (a, b) in spans.items():
+        for p, (pa, pb) in spans.items():
+            q = next((q for q, (qa, qb) in spans.items() if q not in (name, p) and qa == pb and qb == b), None)
+            if p != name and pa == a and pb < b and q is not None and p not in out and q not in out:
+                out[name] = (p, q)
+                break
+    return {k: v for k, v in out.items() if not set(v) & set(out)}  # parts are engine-rendered
+
+
+def mean_blur(images: list[np.ndarray], spans: list[list[float]]) -> np.ndarray:
+    """Length-weighted mean of straight-alpha RGBA uint8 blurs, in premultiplied alpha."""
+    w = np.array([b - a for a, b in spans], dtype=np.float64)
+    w /= w.sum()
+    x = np.stack(images).astype(np.float64) / 255  # [K, H, W, 4]
+    alpha = np.einsum("k,khw->hw", w, x[..., 3])
+    premul = np.einsum("k,khwc->hwc", w, x[..., :3] * x[..., 3:])
+    rgb = np.divide(premul, alpha[..., None], out=np.zeros_like(premul), where=alpha[..., None] > 0)
+    out = np.concatenate([rgb, alpha[..., None]], -1)
+    return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
+
+
 class Assets:
     """Object/texture pools; a folder is listed once (in the driver) and passed to the workers."""
 
@@ -105,17 +135,27 @@ def render_try(scene, rc, assets: Assets, index: int, attempt: int) -> dict:
     if (every[:, :2] < 0).any() or (every[:, 2] > W).any() or (every[:, 3] > H).any():
         raise Rejected("out_of_frame", f"object box {every[:, :2].min(0)}-{every[:, 2:].max(0)}")
     seed32 = int(rng.integers(2**31 - 1))  # render-noise seed, also from the sample's RNG
+    derived = derived_blurs(rc.blurs) if rc.full_from_halves else {}
+    images: dict[str, np.ndarray] = {}
     blurs, coverage, opacity = [], [], []
-    for name, (a, b) in rc.blurs.items():
-        span_boxes = screen_boxes(verts, traj, np.linspace(a, b, 17), W, H)
-        box = to_pixels(np.concatenate([span_boxes[:, :2].min(0), span_boxes[:, 2:].max(0)]), W, H)
-        img = scene.render((a, b), box, seed32)
+    # Engine-rendered spans first (in config order), then the ones derived from them.
+    for name in sorted(rc.blurs, key=lambda k: k in derived):
+        a, b = rc.blurs[name]
+        if name in derived:
+            img = mean_blur([images[p] for p in derived[name]], [rc.blurs[p] for p in derived[name]])
+        else:
+            span_boxes = screen_boxes(verts, traj, np.linspace(a, b, 17), W, H)
+            box = to_pixels(np.concatenate([span_boxes[:, :2].min(0), span_boxes[:, 2:].max(0)]), W, H)
+            img = scene.render((a, b), box, seed32)
         alpha = img[..., 3].astype(np.float32) / 255
         cov = float(alpha.mean())
         if cov < rc.min_coverage:
             raise Rejected("low_coverage", f"blur {name} coverage {cov:.4f} < {rc.min_coverage}")
-        blurs.append(img)
-        coverage.append(cov)
+        images[name] = img
+    for name in rc.blurs:  # rows keep the config's order
+        alpha = images[name][..., 3].astype(np.float32) / 255
+        blurs.append(images[name])
+        coverage.append(float(alpha.mean()))
         support = alpha > 0
         opacity.append(float(alpha[support].mean()) if support.any() else 0.0)
     frames = np.stack([scene.render(float(t), to_pixels(bx, W, H), seed32) for t, bx in zip(times, boxes)])
@@ -128,13 +168,13 @@ def render_try(scene, rc, assets: Assets, index: int, attempt: int) -> dict:
     blurs = np.stack(blurs)
     keep = content_box(frames, blurs)
     frames, blurs = crop(frames, keep), crop(blurs, keep)
-    q, m = rc.webp_quality, rc.webp_method
+    q, m, mb = rc.webp_quality, rc.webp_method, rc.webp_blur_method
     return {
         "seq_id": f"{rc.seed}-{index}", "index": index, "seed": rc.seed,
         "object_id": object_id, "texture_id": texture_id, "params": json.dumps(params),
         "width": W, "height": H, "num_frames": N,
         "frames": encode_webp(frames, quality=q, method=m),
-        "blurs": [encode_webp(b, quality=q, method=m) for b in blurs],
+        "blurs": [encode_webp(b, quality=q, method=mb) for b in blurs],
         "blur_names": list(rc.blurs), "blur_spans": [list(map(float, s)) for s in rc.blurs.values()],
         "blur_coverage": coverage, "box": keep,
     }

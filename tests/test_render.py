@@ -239,6 +239,57 @@ def test_blur_matches_mean_of_sharp_frames(tmp_path):
     scene.close()
 
 
+@pytest.mark.bpy
+@needs_bpy
+def test_full_blur_from_halves_matches_engine(tmp_path):
+    """render.full_from_halves: the full blur derived from the two half blurs (premultiplied mean)
+    ~ the engine-rendered full blur, with one engine render less; off = every blur rendered."""
+    from render_cluster.scene import Scene
+    from render_cluster.sequence import Assets, Rejected, derived_blurs, render_try
+
+    size = ["render.width=96", "render.height=72", "render.num_frames=4", "render.samples=4",
+            "render.motion_blur_steps=32", "render.trajectory.max_travel=2"]
+    engine = _cfg(tmp_path, [*size, "render.full_from_halves=false"]).render
+    derived = _cfg(tmp_path, size).render
+    assert derived.full_from_halves and derived_blurs(derived.blurs) == {"full": ("first", "second")}
+    assert derived_blurs({"first": [0, 0.5], "second": [0.5, 1]}) == {}
+    assert derived_blurs({"full": [0, 1], "first": [0, 0.5], "second": [0.6, 1]}) == {}
+    scene = Scene(engine, tmp_dir=str(tmp_path))
+    spans = []
+    original = scene.render
+
+    def counting(t_or_span, *a, **kw):
+        if isinstance(t_or_span, (tuple, list)):
+            spans.append(tuple(t_or_span))
+        return original(t_or_span, *a, **kw)
+
+    scene.render = counting
+    rows = None
+    for i in range(10):
+        try:
+            spans.clear()
+            a = render_try(scene, engine, Assets("procedural", "procedural"), i, 0)
+            n_engine = len(spans)
+            spans.clear()
+            rows = a, render_try(scene, derived, Assets("procedural", "procedural"), i, 0)
+            break
+        except Rejected:  # rejected draw: try the next index
+            continue
+    assert rows is not None
+    assert n_engine == 3 and sorted(spans) == [(0.0, 0.5), (0.5, 1.0)]
+    (fa, ba), (fb, bb) = (decode_sequence(r) for r in rows)
+    assert rows[0]["blur_names"] == rows[1]["blur_names"] == ["full", "first", "second"]
+    assert np.array_equal(fa, fb) and np.array_equal(ba[1:], bb[1:])  # same seed: same halves and frames
+    x, y = ba[0].astype(np.float64) / 255, bb[0].astype(np.float64) / 255
+    support = (x[..., 3] > 0.02) | (y[..., 3] > 0.02)
+    d_alpha = np.abs(x[..., 3] - y[..., 3])[support].mean()
+    d_rgb = np.abs(x[..., :3] * x[..., 3:] - y[..., :3] * y[..., 3:])[support].mean()
+    assert d_alpha < 0.05 and d_rgb < 0.04, (d_alpha, d_rgb)
+    assert abs(y[..., 3].sum() / x[..., 3].sum() - 1) < 0.05
+    assert abs(rows[1]["blur_coverage"][0] - np.mean(rows[1]["blur_coverage"][1:])) < 1e-3
+    scene.close()
+
+
 # ---------------------------------------------------------------- bpy: the pipeline through Ray
 
 

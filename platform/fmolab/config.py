@@ -91,12 +91,18 @@ class RenderConfig:
     blurs: dict[str, list[float]] = field(
         default_factory=lambda: {"full": [0.0, 1.0], "first": [0.0, 0.5], "second": [0.5, 1.0]}
     )
+    # A blur whose span two other blurs partition (full = first + second) is their length-weighted
+    # premultiplied mean instead of a third engine render (same integral, one render less); false =
+    # every blur engine-rendered.
+    full_from_halves: bool = True
     engine: Literal["cycles", "eevee"] = "cycles"
     device: Literal["cpu", "gpu"] = "cpu"
     # Render-cluster defaults measured on CPU (benchmarks/render.py, results/render.json): 4 samples
-    # + OIDN denoising + 1 bounce (environment light only, nothing to inter-reflect) is the cheapest
-    # and smallest (~2.6 core-s, ~30 KB/sequence); 8-16 samples without denoising cost more CPU and
-    # bytes (noise compresses badly). Blurs always use max(samples, motion_blur_steps) samples.
+    # + OIDN denoising + 1 bounce (environment light only, nothing to inter-reflect) is the smallest
+    # (~1.7 core-s and ~27 KB/sequence with the WebP settings below, full blur from the halves and
+    # the TBB cap of render_cluster/scene.py); without denoising, 4 samples save ~0.3 core-s but
+    # cost +30% bytes (noise compresses badly), and 8-16 samples cost more CPU and still more bytes.
+    # Blurs always use max(samples, motion_blur_steps) samples (80 instead of 40: more bytes too).
     samples: int = 4
     max_bounces: int = 1
     denoise: bool = True
@@ -104,8 +110,13 @@ class RenderConfig:
     textures: str = "procedural"  # "procedural" or a DTD-style image folder
     min_coverage: float = 0.01  # minimum mean alpha of every blur, else the sample is re-drawn
     max_tries: int = 5
+    # WebP (benchmarks/render.py "webp"): quality 80; effort 5 for the animated frames (2% smaller
+    # than 4 at the same speed; 6 saves 4% more for +0.7 core-s) and 6 for the blurs (lossless alpha
+    # of the soft matte: 18% smaller than 4 for +0.5 core-s). Lossy alpha (alpha_quality < 100)
+    # would save more but erases faint blur tails (alpha 1..12 -> 0), so it is not used.
     webp_quality: int = 80
-    webp_method: int = 4  # WebP effort 0-6 (added by the render cluster: size/speed trade-off)
+    webp_method: int = 5  # WebP effort 0-6 for frames and background clips (size/speed trade-off)
+    webp_blur_method: int = 6  # WebP effort 0-6 for the blurs
     shard_rows: int = 64  # rows per shard (bounds shard size)
     workers: int = 0  # render actors; 0 = one per CPU
     trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
@@ -125,6 +136,8 @@ class RenderConfig:
         _require(self.max_tries >= 1, "render.max_tries", self.max_tries, "must be >= 1")
         _require(1 <= self.webp_quality <= 101, "render.webp_quality", self.webp_quality,
                  "must be 1..100 (101 = lossless)")
+        for key in ("webp_method", "webp_blur_method"):
+            _require(0 <= getattr(self, key) <= 6, f"render.{key}", getattr(self, key), "must be 0..6")
         _require(self.shard_rows >= 1, "render.shard_rows", self.shard_rows, "must be >= 1")
         _require(self.workers >= 0, "render.workers", self.workers, "must be >= 0")
 
