@@ -1,4 +1,4 @@
-"""Render benchmark: core-seconds and bytes per sequence by engine/quality, WebP PSNR per quality.
+"""Render benchmark: core-seconds and bytes per sequence by engine/quality, WebP/AVIF PSNR per setting.
 
 Runs each configuration in a fresh process (no Ray: the figures are per core, which is what a Ray
 actor gets; bpy and the TBB thread cap are per process) and measures CPU time with getrusage
@@ -6,6 +6,7 @@ actor gets; bpy and the TBB thread cap are per process) and measures CPU time wi
 wall time. Writes ``benchmarks/results/render.json``.
 
     .venv/bin/python benchmarks/render.py --n 4
+    .venv/bin/python benchmarks/render.py --n 6 --only-encoders --out benchmarks/results/encoders.json
 """
 from __future__ import annotations
 
@@ -139,19 +140,41 @@ WEBP_SETTINGS = [dict(quality=q, method=4, blur_method=4) for q in (60, 70, 80, 
 ]
 
 
-def webp_sweep(raw: list[list], settings=WEBP_SETTINGS) -> list[dict]:
-    """Re-encode the rows with each setting: ``method`` for the frames, ``blur_method`` for the blurs."""
+# AVIF for comparison (Pillow 13 bundles libavif: aom encodes, dav1d decodes). Unlike WebP lossy it
+# can keep full chroma (4:4:4); 4:2:0 for reference. Both run on one thread, as a Ray actor or a
+# loader worker gets one core. ``advanced`` goes to aom (tune=psnr: fewer dB lost per byte;
+# alpha is lossy unless a:lossless).
+_AVIF = dict(format="AVIF", subsampling="4:4:4", speed=6)
+AVIF_SETTINGS = [dict(_AVIF, quality=q) for q in (50, 60, 70, 80, 90)] + [
+    dict(_AVIF, quality=q, subsampling="4:2:0") for q in (70, 80, 90)] + [
+    dict(_AVIF, quality=80, speed=4)] + [
+    dict(_AVIF, quality=q, speed=4, advanced={"tune": "psnr"}) for q in (65, 70, 75)] + [
+    dict(_AVIF, quality=70, speed=4, advanced={"tune": "psnr", "a:lossless": "1"})]  # "a:": alpha only
+
+
+def encoder_sweep(raw: list[list], settings=None) -> list[dict]:
+    """Re-encode the rows with each setting (frames as one animation, blurs as stills; WebP:
+    ``method`` for the frames, ``blur_method`` for the blurs) and decode them as the loader does."""
+    from PIL import AvifImagePlugin, features
+
+    AvifImagePlugin.DEFAULT_MAX_THREADS = 1  # decoder threads
+    if settings is None:
+        settings = WEBP_SETTINGS + (AVIF_SETTINGS if features.check("avif") else [])
     res = []
     for opts in settings:
-        c0 = cpu_seconds()
+        t_enc = t_dec = 0.0
         sizes, frame_sizes, per_seq, all_x, all_y = [], [], [], [], []
         frame_x, frame_y, blur_x, blur_y = [], [], [], []
+        frame_opts = {k: v for k, v in opts.items() if k != "blur_method"}
+        blur_opts = {**frame_opts, "method": opts["blur_method"]} if "blur_method" in opts else frame_opts
         for *images, (box, h, w) in raw:
-            frame_opts = {k: v for k, v in opts.items() if k != "blur_method"}
-            blur_opts = {**frame_opts, "method": opts["blur_method"]}
+            c0 = cpu_seconds()
             enc = [_encode(x, frame_opts if k == 0 else blur_opts) for k, x in enumerate(images)]
+            c1 = cpu_seconds()
+            dec = [decode_webp(e) for e in enc]  # PIL's Image.open: reads AVIF too
+            t_enc, t_dec = t_enc + c1 - c0, t_dec + cpu_seconds() - c1
             # PSNR on the full-size images the loader gives (pasted), as before cropping.
-            dec = [paste(decode_webp(e), box, h, w) for e in enc]
+            dec = [paste(d, box, h, w) for d in dec]
             images = [paste(x if x.ndim == 4 else x[None], box, h, w) for x in images]
             sizes.append(sum(map(len, enc)))
             frame_sizes.append(len(enc[0]))
@@ -162,20 +185,23 @@ def webp_sweep(raw: list[list], settings=WEBP_SETTINGS) -> list[dict]:
             frame_y.append(dec[0])
             blur_x += images[1:]
             blur_y += dec[1:]
-        res.append({**opts, "bytes_per_sequence": int(np.mean(sizes)),
+        res.append({"format": "WEBP", **opts, "bytes_per_sequence": int(np.mean(sizes)),
                     "frame_bytes_per_sequence": int(np.mean(frame_sizes)),
+                    "blur_bytes_per_sequence": int(np.mean(sizes) - np.mean(frame_sizes)),
                     "psnr_opaque_pooled_db": round(psnr_opaque(all_x, all_y), 2),
                     "psnr_opaque_frames_db": round(psnr_opaque(frame_x, frame_y), 2),
                     "psnr_opaque_blurs_db": round(psnr_opaque(blur_x, blur_y), 2),
                     "psnr_opaque_median_db": round(float(np.median(per_seq)), 2),
                     "psnr_opaque_min_db": round(float(np.min(per_seq)), 2),
                     "alpha_psnr_db": round(_alpha_psnr(all_x, all_y), 1),
-                    "encode_decode_core_seconds_per_sequence": round((cpu_seconds() - c0) / len(raw), 3)})
+                    "encode_core_seconds_per_sequence": round(t_enc / len(raw), 3),
+                    "decode_core_seconds_per_sequence": round(t_dec / len(raw), 4)})
+        print(json.dumps(res[-1]), file=sys.stderr)
     return res
 
 
 def _encode(x: np.ndarray, opts: dict) -> bytes:
-    """encode_webp plus the options it does not take (alpha_quality, kmin/kmax, allow_mixed, ...)."""
+    """encode_webp plus the options it does not take (alpha_quality, kmin/kmax, allow_mixed, ...) and AVIF."""
     import io
 
     from PIL import Image
@@ -185,8 +211,12 @@ def _encode(x: np.ndarray, opts: dict) -> bytes:
         return encode_webp(x, **opts)
     frames = x[None] if x.ndim == 3 else x
     pil = [Image.fromarray(f, "RGBA") for f in frames]
-    o = dict(format="WEBP", **opts)
-    if len(pil) > 1:
+    o = {"format": "WEBP", **opts}
+    if o["format"] == "AVIF":
+        o["max_threads"] = 1
+        if len(pil) > 1:
+            o.update(save_all=True, append_images=pil[1:], duration=40)
+    elif len(pil) > 1:
         o = {"save_all": True, "append_images": pil[1:], "duration": 40, "loop": 0, "minimize_size": False, **o}
     else:
         o = {k: v for k, v in o.items() if k not in ("kmin", "kmax", "allow_mixed", "minimize_size")}
@@ -201,6 +231,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "render.json"))
     ap.add_argument("--work", default="fmolab-work")
     ap.add_argument("--eevee", action="store_true", help="also time EEVEE (needs a GPU to be practical)")
+    ap.add_argument("--only-encoders", action="store_true",
+                    help="render the default config only, then run the encoder sweep (WebP, AVIF)")
     args = ap.parse_args(argv)
     use_work_dir(args.work)
     base = ["render.engine=cycles"]
@@ -218,7 +250,9 @@ def main(argv=None) -> dict:
         ("samples=8 no denoise", ["render.samples=8", "render.denoise=false"], True),
         ("samples=16 no denoise", ["render.samples=16", "render.denoise=false"], True),
     ]
-    if args.eevee:  # without a GPU EEVEE runs on software OpenGL: minutes per sequence
+    if args.only_encoders:
+        configs = [c for c in configs if c[0] == "cycles default"]
+    elif args.eevee:  # without a GPU EEVEE runs on software OpenGL: minutes per sequence
         configs.append(("eevee default", ["render.engine=eevee"], True))
     results = []
     raw = None
@@ -241,18 +275,18 @@ def main(argv=None) -> dict:
         "blurs": default.blurs,
         "n_per_config": args.n,
         "configs": results,
-        "webp": webp_sweep(raw) if raw else [],
+        "encoders": encoder_sweep(raw) if raw else [],
         "note": ("core-seconds = process CPU time / accepted sequence (rejected tries included), one fresh "
                  "process per config; split: render_blurs/render_frames = CPU inside Scene.render (path "
                  "tracing, OIDN, scene sync, PNG readback), encode = WebP encoding, other = build/checks; "
-                 "denoise cost = a config minus its 'no denoise' twin. webp: every setting re-encodes the "
-                 "default config's rows; PSNR over opaque pixels (alpha 255) of RGB, pooled over frames "
-                 "and blurs unless named; alpha_psnr over all pixels."),
+                 "denoise cost = a config minus its 'no denoise' twin. encoders: every setting re-encodes "
+                 "the default config's rows (WebP, AVIF; one thread); PSNR over opaque pixels (alpha 255) "
+                 "of RGB, pooled over frames and blurs unless named; alpha_psnr over all pixels; encode/"
+                 "decode = CPU seconds per sequence (24 frames + 3 blurs, decode to uint8 RGBA)."),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report["webp"], indent=1), file=sys.stderr)
     return report
 
 
