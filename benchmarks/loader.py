@@ -2,7 +2,10 @@
 
 Time per item is split into shard read (Parquet row), WebP decode (blurs + needed frames) and
 composite (uint8 -> float, backgrounds, augmentation, compositing). One process, one torch thread:
-the figure is samples/s per core. Writes benchmarks/results/loader.json.
+the figure is samples/s per core. The ground-truth frames leave the loader as uint8 and become float
+on the training device (``fmolab.data.to_device``); what batching and that conversion would cost if
+the device were this CPU is reported beside it (``collate_ms``, ``to_float_on_cpu_ms``).
+Writes benchmarks/results/loader.json.
 
     .venv/bin/python benchmarks/loader.py [--items 200]
 """
@@ -19,7 +22,7 @@ from pathlib import Path
 import torch
 
 from fmolab.config import load_config
-from fmolab.data import build_dataset, write_synthetic_dataset
+from fmolab.data import build_dataset, collate, write_synthetic_dataset
 from fmolab.data import loader as loader_mod
 
 FORMATS = ["double_blur", "background_blur", "single_blur", "multi_object", "double_blur:contrastive=true"]
@@ -37,6 +40,14 @@ def timed(cls, name: str, bucket: str) -> None:
             TIMES[bucket] += time.process_time() - t
 
     setattr(cls, name, wrapper)
+
+
+def to_cpu(batch: dict) -> dict:
+    try:
+        from fmolab.data import to_device
+    except ImportError:  # code before uint8 frames: nothing left to convert
+        return batch
+    return to_device(batch, "cpu")
 
 
 def main() -> None:
@@ -69,6 +80,15 @@ def main() -> None:
             total = time.process_time() - t  # CPU time: per-core figure even on a shared machine
             wall = time.perf_counter() - wall
             n = args.items
+            items = [ds[k % len(ds)] for k in range(8)]
+            t = time.process_time()
+            for _ in range(4):
+                batch = collate(items)
+            collate_s = (time.process_time() - t) / 32
+            t = time.process_time()
+            for _ in range(4):
+                to_cpu(batch)
+            convert_s = (time.process_time() - t) / 32
             read, decode = TIMES["read"], TIMES["decode"]
             results[spec] = dict(
                 samples_per_s_per_core=round(n / total, 1),
@@ -77,6 +97,8 @@ def main() -> None:
                 read_ms=round(1000 * read / n, 3),
                 decode_ms=round(1000 * decode / n, 3),
                 composite_ms=round(1000 * (total - read - decode) / n, 3),
+                collate_ms=round(1000 * collate_s, 3),
+                to_float_on_cpu_ms=round(1000 * convert_s, 3),
             )
             print(f"{spec:32s} {results[spec]}")
     report = dict(

@@ -11,7 +11,7 @@ import torch
 from fmolab.compose import composite, over
 from fmolab.config import load_config
 from fmolab.data import (FORMATS, Augment, BackgroundAdder, FMOLoader, build_dataset, build_format, collate,
-                         contrast, in_channels, write_synthetic_dataset)
+                         contrast, in_channels, to_device, write_synthetic_dataset)
 from fmolab.registry import SpecError
 from fmolab.shards import (SEQUENCE_SCHEMA, ShardError, content_box, crop, decode_sequence, encode_webp,
                            write_shard)
@@ -58,7 +58,11 @@ def test_half_blurs_average_to_full_blur(root):
 @pytest.mark.parametrize("fmt", ALL_FORMATS)
 def test_items_follow_contract_and_composite_exactly(root, fmt):
     ds = build_dataset(make_cfg(root, fmt, "data.flip=true", "data.time_reverse=true", "data.jitter=0.1"), "train")
-    batch = collate([ds[i] for i in range(4)])
+    raw = collate([ds[i] for i in range(4)])
+    # ground-truth frames travel as uint8 (channels-last memory) until to_device scales them
+    assert raw["frames"].dtype == torch.uint8 and raw["frames"].movedim(-3, -1).is_contiguous()
+    batch = to_device(raw)
+    torch.testing.assert_close(batch["frames"], raw["frames"].float() / 255)
     k = 1 if fmt in ("background_blur", "single_blur") else 2
     c = in_channels(fmt)
     assert batch["inputs"].shape == (4, c, 48, 64) and c == ds.fmt.in_channels
@@ -92,7 +96,7 @@ def test_multi_object_masks_padding_and_order(root):
     ds = build_dataset(make_cfg(root, "multi_object:min_objects=1,max_objects=3"), "all")
     counts = set()
     for i in range(len(ds)):
-        item = ds[i]
+        item = to_device(ds[i])
         valid = item["object_valid"]
         n = int(valid.sum())
         counts.add(n)
@@ -103,7 +107,11 @@ def test_multi_object_masks_padding_and_order(root):
         expected = item["object_frames"][0]
         for o in range(1, n):  # later objects are drawn over earlier ones
             expected = over(item["object_frames"][o], expected)
-        torch.testing.assert_close(item["frames"], expected)
+        # computed in float, stored in 8 bits like every ground-truth frame; colour under alpha 0 is moot
+        def premult(x):
+            return torch.cat([x[:, :3] * x[:, 3:], x[:, 3:]], 1)
+
+        torch.testing.assert_close(premult(item["frames"]), premult(expected), atol=1 / 255, rtol=0)
         # the composite is at least as opaque as each of its objects
         assert (item["frames"][:, 3] + 1e-6 >= item["object_frames"][:n, :, 3].amax(0)).all()
     assert counts <= {1, 2, 3} and len(counts) >= 2
@@ -129,6 +137,30 @@ def test_no_object_leaks_across_splits(root):
     assert not set(train.loader.object_ids) & set(val.loader.object_ids)
     assert {train[i]["seq_id"] for i in range(len(train))}.isdisjoint({val[i]["seq_id"] for i in range(len(val))})
     assert val.augment == Augment()  # validation is never augmented
+
+
+def _clip_frames(adder, clips) -> dict:
+    return {adder.reader.row(c)["clip_id"]: adder.clip(c, 48, 64) for c in clips}
+
+
+def test_validation_backgrounds_are_never_seen_in_training(root, tmp_path):
+    cfg = make_cfg(root, "double_blur", "data.bg_val_fraction=0.25", "data.flip=false")  # pixels as stored
+    train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
+    train_clips, val_clips = _clip_frames(train.adder, train.adder.clips), _clip_frames(val.adder, val.adder.clips)
+    assert train_clips and val_clips and not set(train_clips) & set(val_clips)
+    assert len(train_clips) + len(val_clips) == 4
+    for ds, own, other in ((val, val_clips, train_clips), (train, train_clips, val_clips)):
+        for i in range(min(len(ds), 4)):
+            for bg in ds[i]["backgrounds"]:  # each background frame is a frame of one of its split's clips
+                bg = (bg.movedim(0, -1) * 255).round().to(torch.uint8).numpy()
+                assert any((f == bg).all() for frames in own.values() for f in frames)
+                assert not any((f == bg).all() for frames in other.values() for f in frames)
+    # a separate validation folder (the thesis: OTB clips for validation, VOT for training)
+    other = write_synthetic_dataset(tmp_path / "other", seed=7, num_sequences=2, num_clips=2)
+    cfg = make_cfg(root, "double_blur", f"data.val_backgrounds={other / 'backgrounds'}")
+    train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
+    assert val.adder.root == other / "backgrounds" and len(val.adder.clips) == 2
+    assert train.adder.root == root / "backgrounds" and len(train.adder.clips) == 4
 
 
 def test_index_range_filter(root):
@@ -211,7 +243,7 @@ def test_cropped_rows_give_the_items_of_full_size_rows(tmp_path, root):
     for fmt in ALL_FORMATS:
         da, db = build_dataset(make_cfg(root, fmt), "all"), build_dataset(make_cfg(full, fmt), "all")
         for i in (0, 5):
-            x, y = da[i], db[i]
+            x, y = to_device(da[i]), to_device(db[i])
             assert x.keys() == y.keys() and x["seq_id"] == y["seq_id"]
             for key in ("backgrounds", "spans", "times"):
                 torch.testing.assert_close(x[key], y[key], atol=0, rtol=0)
@@ -313,12 +345,12 @@ def test_torch_dataloader_workers(root):
 
 
 def test_ray_data_path_matches_torch_path(root, ray_local):
-    from fmolab.data import ray_collate, ray_dataset
+    from fmolab.data.ray_pipeline import RayCollate, ray_dataset
 
     cfg = make_cfg(root, "double_blur")
     torch_ds = build_dataset(cfg, "train")
     expected = {torch_ds[i]["seq_id"]: torch_ds[i] for i in range(len(torch_ds))}
-    batches = list(ray_dataset(cfg, "train", batch_size=4).iter_torch_batches(batch_size=4, collate_fn=ray_collate))
+    batches = list(ray_dataset(cfg, "train", batch_size=4).iter_torch_batches(batch_size=4, collate_fn=RayCollate()))
     seen = [s for b in batches for s in b["seq_id"]]
     assert sorted(seen) == sorted(expected)  # same split
     ref = collate(list(expected.values())[:1])

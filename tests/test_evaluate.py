@@ -125,7 +125,7 @@ def test_tbd_layout_adapter_with_gt_txt(tmp_path):
 def test_oracle_on_shards_scores_perfectly(session_home):
     """Renders equal to the ground truth: PSNR capped, SSIM 1, TIoU 1 (checks the shard adapter end to end)."""
     from fmolab.benchmarks_fmo import shard_samples
-    from fmolab.data import build_dataset, write_synthetic_dataset
+    from fmolab.data import build_dataset, to_device, write_synthetic_dataset
     from fmolab.evaluate import score
 
     data = write_synthetic_dataset(session_home / "eval-oracle", num_sequences=4, width=64, height=48, seed=3)
@@ -143,7 +143,7 @@ def test_oracle_on_shards_scores_perfectly(session_home):
 
     oracle = Oracle()
     for i, sample in enumerate(shard_samples(cfg, data, max_samples=3)):
-        oracle.frames = ds[i]["frames"].numpy()
+        oracle.frames = to_device(ds[i])["frames"].numpy()
         row = score(oracle, sample)
         assert row["model_psnr"] == 100.0 and row["model_ssim"] == pytest.approx(1.0)
         assert row["model_tiou"] == pytest.approx(1.0) and row["model_reversed"] == 0.0

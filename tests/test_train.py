@@ -140,3 +140,21 @@ def test_validation_with_fewer_items_than_workers(work, toy, ray_local):
     for key in ("val/loss", "val/psnr", "val/crop_psnr", "val/ssim", "val/tiou"):
         assert key in metrics, key
     assert 0 <= metrics["val/tiou"] <= 1 and 0 < metrics["val/ssim"] <= 1
+
+
+def test_ray_data_pipeline_feeds_the_workers(work, toy, ray_local):
+    """data.pipeline=ray_data: Ray Data actors make the items, each worker reads its dataset shard."""
+    import mlflow
+
+    from fmolab.train import train
+
+    cfg = _cfg(work, toy, **{"data.pipeline": "ray_data", "train.steps": 12, "train.val_every": 6,
+                             "train.ckpt_every": 6, "train.log_every": 3})
+    out = train(cfg, register=False)
+    assert out["metrics"]["step"] == 12
+    client = mlflow.MlflowClient()
+    losses = client.get_metric_history(out["run_id"], "train/loss")
+    assert [m.step for m in losses] == [3, 6, 9, 12] and all(np.isfinite(m.value) for m in losses)
+    waits = [m.value for m in client.get_metric_history(out["run_id"], "data_wait_frac")]
+    assert waits and all(0 <= w <= 1 for w in waits)
+    assert "val/psnr" in client.get_run(out["run_id"]).data.metrics

@@ -369,7 +369,7 @@ def shard_samples(cfg, data: str | Path, num_frames: int | None = None,
     ground truth is instantaneous, so renders are not sub-sampled."""
     import copy
 
-    from fmolab.data import build_dataset
+    from fmolab.data import build_dataset, to_device
 
     cfg = copy.deepcopy(cfg)
     cfg.data.train, cfg.data.val = str(data), ""
@@ -380,7 +380,7 @@ def shard_samples(cfg, data: str | Path, num_frames: int | None = None,
     ds = build_dataset(cfg, "all")
     n = len(ds) if max_samples is None else min(len(ds), max_samples)
     for i in range(n):
-        item = ds[i]
+        item = to_device(ds[i])  # float frames
         frames = item["frames"].numpy()  # [T,4,H,W]
         times = item["times"].numpy()
         spans = item["spans"].numpy()  # [K,2]

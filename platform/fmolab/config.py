@@ -149,6 +149,8 @@ class DataConfig:
     train: str = ""  # sequence dataset folder; "" = the render section's output
     val: str = ""  # "" = split ``val_fraction`` of the objects off ``train``
     backgrounds: str = ""  # background dataset folder; "" = <train>/backgrounds
+    val_backgrounds: str = ""  # validation background folder; "" = hold out bg_val_fraction of the clips
+    bg_val_fraction: float = 0.1  # background clips (by clip id) held out for validation
     format: str = "double_blur"  # input format spec, see `fmolab list formats`
     val_fraction: float = 0.1
     frames_per_sample: int = 8  # ground-truth sub-frames used per item (evenly spaced)
@@ -162,14 +164,22 @@ class DataConfig:
     seed: int = 0
     # Decoded background clips are cached per process (decoding a clip costs more than an item).
     bg_cache_mb: float = 512.0
+    # "torch": each Train worker makes its own items; "ray_data": Ray Data actors make them (on any
+    # node) and stream them to the workers (fmolab.data.ray_pipeline)
+    pipeline: Literal["torch", "ray_data"] = "torch"
+    loader_actors: int = 1  # ray_data: actors making items
+    loader_cpus: float = 0.25  # ray_data: CPUs per actor/read task (fractional: Train must not starve)
 
     def check(self) -> None:
         _require(0 <= self.val_fraction < 1, "data.val_fraction", self.val_fraction, "must be in [0, 1)")
+        _require(0 <= self.bg_val_fraction < 1, "data.bg_val_fraction", self.bg_val_fraction, "must be in [0, 1)")
         _require(self.frames_per_sample >= 2, "data.frames_per_sample", self.frames_per_sample, "must be >= 2")
         _require(len(self.objects_per_image) == 2 and 1 <= self.objects_per_image[0] <= self.objects_per_image[1],
                  "data.objects_per_image", self.objects_per_image, "must be [min, max] with 1 <= min <= max")
         _require(self.noise >= 0 and self.jitter >= 0, "data.noise/jitter", (self.noise, self.jitter), "must be >= 0")
         _require(self.bg_cache_mb >= 0, "data.bg_cache_mb", self.bg_cache_mb, "must be >= 0")
+        _require(self.loader_actors >= 1, "data.loader_actors", self.loader_actors, "must be >= 1")
+        _require(self.loader_cpus > 0, "data.loader_cpus", self.loader_cpus, "must be > 0")
 
 
 @dataclass

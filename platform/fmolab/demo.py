@@ -70,13 +70,13 @@ def run_demo(cfg: Config, fresh: bool = False) -> dict:
 def deblur_held_out(cfg: Config, model_uri: str) -> dict:
     """Run the registered model on the first validation item (objects never seen in training)."""
     from fmolab.compose import composite
-    from fmolab.data import build_dataset
+    from fmolab.data import build_dataset, to_device
     from fmolab.deblur import load_predictor, write_outputs
     from fmolab.media import prediction_animation, save_animation
     from fmolab.train import psnr
 
     predictor = load_predictor(model_uri)
-    item = build_dataset(cfg, "val")[0]
+    item = to_device(build_dataset(cfg, "val")[0])
     inputs = item["inputs"][None].numpy().astype(np.float32)
     renders = torch.from_numpy(predictor(inputs, item["frames"].shape[0]))[0]
     out_dir = cfg.work_dir / "demo" / "deblurred"

@@ -93,10 +93,6 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def _to(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
 def _batches(dataset, batch_size: int, rank: int, world: int, seed: int, collate):
     """Endless stream of batches: a fresh permutation each epoch, strided over ranks."""
     epoch = 0
@@ -110,6 +106,48 @@ def _batches(dataset, batch_size: int, rank: int, world: int, seed: int, collate
         for i in range(0, len(order), batch_size):
             yield epoch, collate([dataset[j] for j in order[i:i + batch_size]])
         epoch += 1
+
+
+def _ray_batches(shard, batch_size: int, seed: int):
+    """Endless stream of batches from this worker's Ray Data shard (a fresh pass per epoch)."""
+    from fmolab.data.ray_pipeline import RayCollate
+
+    collate_fn = RayCollate()
+    epoch = 0
+    while True:
+        got = 0
+        for batch in shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate_fn, drop_last=True,
+                                              local_shuffle_buffer_size=4 * batch_size,
+                                              local_shuffle_seed=seed + epoch):
+            got += 1
+            yield epoch, batch
+        if not got:
+            raise RuntimeError(f"this worker's Ray Data shard holds fewer than batch_size={batch_size} items: "
+                               "render more sequences or lower train.batch_size")
+        epoch += 1
+
+
+def torch_trainer(cfg: Config, loop_config: dict, run_config):
+    """The ``TorchTrainer`` of :func:`train_loop` for ``cfg`` (plain runs and Tune trials alike)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    tc = cfg.train
+    datasets = None
+    if cfg.data.pipeline == "ray_data":
+        from fmolab.data.ray_pipeline import ray_dataset
+
+        datasets = {"train": ray_dataset(cfg, "train", batch_size=tc.batch_size)}
+    return TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=tc.workers, use_gpu=tc.use_gpu,
+            resources_per_worker={"CPU": tc.cpus_per_worker, **({"GPU": 1} if tc.use_gpu else {})},
+        ),
+        run_config=run_config,
+        datasets=datasets,
+    )
 
 
 def metric_name(name: str) -> str:
@@ -146,7 +184,7 @@ def train_loop(loop_config: dict) -> None:
     import ray.train
     import torch.distributed as dist
 
-    from fmolab.data import build_dataset, collate, in_channels
+    from fmolab.data import build_dataset, collate, in_channels, to_device
     from fmolab.losses import LossSet
     from fmolab.models import build_model
 
@@ -159,7 +197,7 @@ def train_loop(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     bf16 = tc.precision == "bf16"
 
-    train_ds = build_dataset(cfg, "train")
+    train_ds = build_dataset(cfg, "train") if cfg.data.pipeline == "torch" else None
     val_ds = build_dataset(cfg, "val")
     model = build_model(cfg.model, in_channels(cfg.data.format))
     if tc.channels_last:
@@ -186,10 +224,14 @@ def train_loop(loop_config: dict) -> None:
     log = _Logger(loop_config.get("run_id", ""), loop_config.get("tracking_uri", ""), rank == 0)
     if checkpoint:  # a resume or a recovery after a lost worker: on the record, not only in a log
         log.metrics({"resumed_from_step": state.step}, state.step)
-    stream = _batches(train_ds, tc.batch_size, rank, world, tc.seed + state.step, collate)
+    if cfg.data.pipeline == "ray_data":
+        stream = _ray_batches(ray.train.get_dataset_shard("train"), tc.batch_size, tc.seed + state.step)
+    else:
+        stream = _batches(train_ds, tc.batch_size, rank, world, tc.seed + state.step, collate)
     start, start_step = time.time(), state.step
     sums: dict[str, float] = {}
     count = 0
+    waited, window_start = 0.0, time.perf_counter()
 
     def gather(obj):
         if world == 1:
@@ -233,8 +275,10 @@ def train_loop(loop_config: dict) -> None:
         optimizer.zero_grad(set_to_none=True)
         step_values: dict[str, float] = {}
         for micro in range(tc.grad_accum):
+            t_wait = time.perf_counter()
             _, batch = next(stream)
-            batch = _to(batch, device)
+            waited += time.perf_counter() - t_wait
+            batch = to_device(batch, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 outputs = model(batch["inputs"], batch["times"], batch.get("contrast_inputs"))
                 total, values = losses(batch, outputs)
@@ -261,7 +305,10 @@ def train_loop(loop_config: dict) -> None:
         stop = should_stop()
         last = state.step >= tc.steps or stop
         if state.step % tc.log_every == 0 or last:
-            means = all_mean({f"train/{k}": v / max(1, count) for k, v in sums.items()})
+            window = max(time.perf_counter() - window_start, 1e-9)
+            # share of the time spent waiting for batches: > ~0.1 means training is data-bound
+            means = all_mean({**{f"train/{k}": v / max(1, count) for k, v in sums.items()},
+                              "data_wait_frac": waited / window})
             elapsed = time.time() - start
             rate = (state.step - start_step) * tc.batch_size * tc.grad_accum * world / max(elapsed, 1e-9)
             means.update({"lr": scheduler.get_last_lr()[0], "samples_per_s": rate, "nan_skipped": state.nan_skipped})
@@ -272,8 +319,9 @@ def train_loop(loop_config: dict) -> None:
                     remaining = min(remaining, max(0.0, tc.time_limit - elapsed))
                 _say(f"[train] step {state.step}/{tc.steps} ({100 * state.step / tc.steps:.0f}%) "
                      f"loss {means.get('train/loss', float('nan')):.4f} | {rate:.1f} samples/s | "
-                     f"ETA {_fmt_seconds(remaining)}")
+                     f"data wait {100 * means['data_wait_frac']:.0f}% | ETA {_fmt_seconds(remaining)}")
             sums, count = {}, 0
+            waited, window_start = 0.0, time.perf_counter()
 
         validate = state.step % tc.val_every == 0 or last
         if validate or state.step % tc.ckpt_every == 0:
@@ -334,6 +382,7 @@ def _report(model, optimizer, scheduler, state, best_weights, cfg, metrics, rank
 def _validate(model, val_ds, losses, cfg, rank, world, device, collate) -> tuple[dict, dict]:
     """This rank's share of the validation items: (sum per metric, count per metric)."""
     from fmolab.compose import composite
+    from fmolab.data import to_device
 
     model.eval()
     n = min(len(val_ds), cfg.train.val_samples)
@@ -347,7 +396,7 @@ def _validate(model, val_ds, losses, cfg, rank, world, device, collate) -> tuple
             counts[key] = counts.get(key, 0) + weight
 
     for i in range(0, len(idx), cfg.train.batch_size):
-        batch = _to(collate([val_ds[j] for j in idx[i:i + cfg.train.batch_size]]), device)
+        batch = to_device(collate([val_ds[j] for j in idx[i:i + cfg.train.batch_size]]), device)
         outputs = _unwrap(model)(batch["inputs"], batch["times"], batch.get("contrast_inputs"))
         total, values = losses(batch, outputs)
         b = batch["inputs"].shape[0]
@@ -381,12 +430,13 @@ def _benchmark_scores(renders: torch.Tensor, frames: torch.Tensor, bg: torch.Ten
 
 @torch.no_grad()
 def _log_previews(model, val_ds, cfg, step, device, collate, log) -> None:
+    from fmolab.data import to_device
     from fmolab.media import prediction_animation, save_animation, stack_rows
 
     n = min(cfg.train.preview_samples, len(val_ds))
     if n == 0:
         return
-    batch = _to(collate([val_ds[i] for i in range(n)]), device)
+    batch = to_device(collate([val_ds[i] for i in range(n)]), device)
     renders = _unwrap(model)(batch["inputs"], batch["times"])["renders"].float().cpu()
     rows = [prediction_animation([im for im in batch["images"][b].cpu()], batch["frames"][b].cpu(), renders[b])
             for b in range(n)]
@@ -417,7 +467,6 @@ def load_run_config(work_dir: str | Path, run_name: str) -> Config:
 def train(cfg: Config, register: bool = True) -> dict:
     """Train (or resume) ``cfg``; returns run id, model URI, registered version and final metrics."""
     import ray.train
-    from ray.train.torch import TorchTrainer
 
     from fmolab import tracking
     from fmolab.runtime import init_ray
@@ -438,14 +487,9 @@ def train(cfg: Config, register: bool = True) -> dict:
     run_id = tracking.start_or_resume_run(cfg, run_name, tags)
     print(f"[train] run {run_name} (MLflow run {run_id}) on {cfg.train.workers} worker(s)", flush=True)
 
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"config": to_dict(cfg), "run_id": run_id, "tracking_uri": uri},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.train.workers, use_gpu=cfg.train.use_gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})},
-        ),
-        run_config=ray.train.RunConfig(
+    trainer = torch_trainer(
+        cfg, {"config": to_dict(cfg), "run_id": run_id, "tracking_uri": uri},
+        ray.train.RunConfig(
             name=run_name,
             storage_path=str(cfg.work_dir / "ray_results"),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),

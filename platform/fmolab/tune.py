@@ -129,10 +129,9 @@ def run_trial(params: dict, setup: dict) -> None:
     import mlflow
     import ray.train
     import ray.tune
-    from ray.train.torch import TorchTrainer
 
     from fmolab import tracking
-    from fmolab.train import run_dir, train_loop
+    from fmolab.train import run_dir, torch_trainer
 
     space: SearchSpace = setup["space"]
     cfg = space.build_config(setup["base"], params, overrides=False)
@@ -158,14 +157,9 @@ def run_trial(params: dict, setup: dict) -> None:
     client.update_run(run_id, status="RUNNING")
 
     tc = cfg.train
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"config": to_dict(cfg), "run_id": run_id, "tracking_uri": uri},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=tc.workers, use_gpu=tc.use_gpu,
-            resources_per_worker={"CPU": tc.cpus_per_worker, **({"GPU": 1} if tc.use_gpu else {})},
-        ),
-        run_config=ray.train.RunConfig(
+    trainer = torch_trainer(
+        cfg, {"config": to_dict(cfg), "run_id": run_id, "tracking_uri": uri},
+        ray.train.RunConfig(
             name=run_name,
             storage_path=setup["train_storage"],
             callbacks=_train_callbacks(space.metric),

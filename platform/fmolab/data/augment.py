@@ -5,7 +5,8 @@
   images the images swap as well, because in reversed time the second-half blur on frame k+1 comes
   first: blurs and backgrounds are flipped along K and spans mirrored, which is exact for every format;
 * colour jitter: one affine brightness/contrast map on every RGB layer (motion blur is a weighted mean
-  of colours, so jittering frames and blurs alike keeps them consistent);
+  of colours, so jittering frames and blurs alike keeps them consistent); the uint8 ground-truth
+  frames go through the same map as a 256-entry lookup table (within half a grey level);
 * sensor noise: on the composited input images only (see :func:`fmolab.data.formats.assemble`).
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fmolab.data.formats import to_float
+from fmolab.data.formats import UINT8_LAYERS, to_chw, to_float
 
 SPATIAL = ("blurs", "backgrounds", "frames", "object_frames", "contrast_backgrounds")
 RGB_LAYERS = ("blurs", "frames", "object_frames")
@@ -38,7 +39,8 @@ class Augment:
                    noise=data_cfg.noise)
 
     def __call__(self, layers: dict, rng: np.random.Generator, background: bool = True) -> dict:
-        """Geometric changes on the gathered layers, conversion to float tensors, then colour jitter."""
+        """Geometric changes on the gathered layers, conversion to ``[..., C, H, W]`` tensors (float, but
+        uint8 for :data:`UINT8_LAYERS`), then colour jitter."""
         # Draw every random number whatever the flags, so items stay comparable across settings.
         hflip, vflip, reverse = rng.random(3) < 0.5
         bright, contr = rng.uniform(-1, 1, size=2)
@@ -58,17 +60,27 @@ class Augment:
         if reversing:
             out["times"] = 1.0 - out["times"].flip(0)
             out["spans"] = 1.0 - out["spans"].flip([0, 1])
+        b, c = self.jitter * bright, 1.0 + self.jitter * contr
+
+        def jit(x):
+            return ((x - 0.5) * c + 0.5 + b).clip(0, 1)
+
         for k in SPATIAL:
-            if k in out:
+            if k not in out:
+                continue
+            if k in UINT8_LAYERS and out[k].dtype == torch.uint8:
+                if self.jitter > 0:
+                    lut = (jit(np.arange(256, dtype=np.float32) / 255) * 255 + 0.5).astype(np.uint8)
+                    x = out[k].numpy()
+                    y = x.copy()
+                    y[..., :3] = lut[x[..., :3]]
+                    out[k] = y
+                out[k] = to_chw(out[k])
+            else:
                 out[k] = to_float(out[k])
         if self.jitter > 0:
-            b, c = self.jitter * bright, 1.0 + self.jitter * contr
-
-            def jit(x: torch.Tensor) -> torch.Tensor:
-                return ((x - 0.5) * c + 0.5 + b).clamp_(0, 1)
-
             for k in RGB_LAYERS:
-                if k in out:
+                if k in out and out[k].dtype != torch.uint8:
                     t = out[k].clone()
                     t[..., :3, :, :] = jit(t[..., :3, :, :])
                     out[k] = t

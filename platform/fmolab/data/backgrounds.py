@@ -1,6 +1,9 @@
 """Background adder: random consecutive frames of background clips, with a minimum FMO contrast.
 
 Decoded clips are cached (resized once to cover the FMO resolution), so a sample costs a crop.
+Validation never sees a training background: a held-out fraction of the clips (chosen by clip id
+hash, like the objects) serves validation, or a separate folder does (``data.val_backgrounds``; the
+thesis validated on OTB clips after training on VOT ones).
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
+from fmolab.data.loader import val_objects
 from fmolab.shards import ShardError, ShardReader, decode_webp
 
 log = logging.getLogger("fmolab.data")
@@ -43,17 +47,30 @@ def cover(frames: np.ndarray, height: int, width: int) -> np.ndarray:
 class BackgroundAdder:
     """Picks ``k`` consecutive background frames for ``k`` blurs, retrying for contrast."""
 
-    def __init__(self, root, min_contrast: float = 0.1, max_tries: int = 5, cache_mb: float = 512):
+    def __init__(self, root, min_contrast: float = 0.1, max_tries: int = 5, cache_mb: float = 512,
+                 split: str = "all", val_fraction: float = 0.0):
         self.root = Path(root)
         try:
             reader = ShardReader(self.root)
         except ShardError as exc:
             raise ShardError(f"no background dataset at {self.root} ({exc}); {HOW_TO}") from exc
-        keep = {f for f in {r.file for r in reader.refs} if "clip_id" in pq.read_schema(f).names}
+        ids: dict[Path, list] = {}
+        for f in {r.file for r in reader.refs}:
+            if "clip_id" in pq.read_schema(f).names:
+                ids[f] = pq.read_table(f, columns=["clip_id"]).column("clip_id").to_pylist()
         self.reader = reader
-        self.clips = [i for i, r in enumerate(reader.refs) if r.file in keep]
-        if not self.clips:
+        clips = {i: str(ids[r.file][r.row]) for i, r in enumerate(reader.refs) if r.file in ids}
+        if not clips:
             raise ShardError(f"{self.root} holds no background clips (column clip_id); {HOW_TO}")
+        held = val_objects(clips.values(), val_fraction) if split != "all" else set()
+        if split == "all" or not held:
+            self.clips = sorted(clips)
+            if split != "all" and val_fraction > 0:
+                log.warning("%s has %d background clip(s): too few to hold any out, train and val share them",
+                            self.root, len(set(clips.values())))
+        else:
+            self.clips = sorted(i for i, c in clips.items() if (c in held) == (split == "val"))
+        self.split = split
         self.min_contrast = min_contrast
         self.max_tries = max(1, max_tries)
         self.cache_bytes = cache_mb * 2**20
@@ -118,3 +135,14 @@ class BackgroundAdder:
             raise ShardError(f"no usable background clip with >= {k} frames under {self.root} "
                              f"(skipped: {self.skipped})")
         return best
+
+
+def build_adder(cfg, split: str) -> BackgroundAdder:
+    """The background adder of ``split`` ("train", "val" or "all") for a :class:`fmolab.config.Config`."""
+    d = cfg.data
+    if d.val_backgrounds:  # a separate validation folder: each split uses its folder whole
+        root, split = (Path(d.val_backgrounds) if split == "val" else cfg.backgrounds_dir), "all"
+    else:
+        root = cfg.backgrounds_dir
+    return BackgroundAdder(root, d.min_contrast, d.max_tries, d.bg_cache_mb, split=split,
+                           val_fraction=d.bg_val_fraction)

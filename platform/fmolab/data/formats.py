@@ -5,6 +5,11 @@ arrays where it can (flips are then free views) or float ``[..., C, H, W]`` tens
 :func:`assemble` composites them with :func:`fmolab.compose.composite`, so every format
 obeys ``image = blur_rgb * alpha + bg * (1 - alpha)`` exactly, and augmentation (applied to layers
 between the two) keeps that identity.
+
+The ground-truth frames (:data:`UINT8_LAYERS`) are the biggest tensors of an item (8 RGBA frames are
+4x the input images) and nothing on the CPU computes with them, so they stay uint8 until
+:func:`fmolab.data.to_device` scales them on the device: 4x less to convert, batch, ship through
+Ray's object store and copy to a GPU.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from fmolab.registry import Registry, SpecError, parse_spec
 from fmolab.data.loader import Sequence, frame_indices
 
 FORMATS: Registry = Registry("input format")
+UINT8_LAYERS = ("frames", "object_frames")  # items carry these as uint8 [..., 4, H, W] (channels-last memory)
 
 
 def to_float(x) -> torch.Tensor:
@@ -32,6 +38,20 @@ def to_float(x) -> torch.Tensor:
     y = x.astype(np.float32)  # numpy's cast + in-place scale beats torch's on one thread
     y *= np.float32(1 / 255)
     return torch.from_numpy(y).movedim(-1, -3)
+
+
+def to_chw(x) -> torch.Tensor:
+    """uint8 ``[..., H, W, C]`` (array or tensor) -> uint8 ``[..., C, H, W]`` view, no copy."""
+    return (x if isinstance(x, torch.Tensor) else torch.from_numpy(x)).movedim(-1, -3)
+
+
+def over_u8(top: np.ndarray, bottom: np.ndarray, box) -> None:
+    """``bottom = over(top, bottom)`` in place on uint8 RGBA ``[..., H, W, 4]``, only inside ``top``'s
+    content ``box`` [y0, x0, y1, x1] (outside it ``top`` is transparent, so ``bottom`` is the answer)."""
+    y0, x0, y1, x1 = box if box is not None else (0, 0, top.shape[-3], top.shape[-2])
+    t = to_float(top[..., y0:y1, x0:x1, :])
+    b = to_float(bottom[..., y0:y1, x0:x1, :])
+    bottom[..., y0:y1, x0:x1, :] = (over(t, b).movedim(-3, -1) * 255 + 0.5).to(torch.uint8).numpy()
 
 
 class InputFormat:
@@ -120,24 +140,24 @@ class MultiObject(DoubleBlur):
         base = rows[0]
         idx = frame_indices(base.num_frames, count)
         times = frame_times(base.num_frames)[torch.from_numpy(idx)]
-        per_blurs, per_frames = [], []
-        for row in rows:
+        m = self.max_objects
+        object_frames = np.zeros((m, count, base.height, base.width, 4), np.uint8)
+        for o, row in enumerate(rows):
             if (row.height, row.width) != (base.height, base.width):
                 raise ValueError(f"multi_object: {row.source} is {row.width}x{row.height}, "
                                  f"{base.source} is {base.width}x{base.height}")
             # the same times in every row, whatever its frame count
             ridx = np.minimum((times.numpy() * row.num_frames).astype(np.int64), row.num_frames - 1)
-            per_blurs.append(to_float(np.stack([row.blur(n) for n in self.blur_names])))
-            per_frames.append(to_float(row.frames(ridx)))
-        blurs, frames = per_blurs[0], per_frames[0]
-        for b, f in zip(per_blurs[1:], per_frames[1:]):
-            blurs, frames = over(b, blurs), over(f, frames)
-        m = self.max_objects
-        object_frames = torch.zeros((m, *frames.shape))
-        object_frames[: len(rows)] = torch.stack(per_frames)
+            object_frames[o] = row.frames(ridx)
+            b = np.stack([row.blur(n) for n in self.blur_names])
+            if o == 0:
+                blurs, frames = b, object_frames[0].copy()
+            else:  # later objects over earlier ones, computed inside each object's box only
+                over_u8(b, blurs, row.box)
+                over_u8(object_frames[o], frames, row.box)
         valid = torch.zeros(m, dtype=torch.bool)
         valid[: len(rows)] = True
-        contrast_src = [(b.movedim(0, -1) * 255).numpy() for b in blurs]  # contrast on what is seen
+        contrast_src = list(blurs)  # contrast on what is seen
         shape = (2, base.height, base.width, 3)
         layers = dict(
             blurs=blurs,
@@ -145,7 +165,7 @@ class MultiObject(DoubleBlur):
             spans=torch.tensor([base.span(n) for n in self.blur_names], dtype=torch.float32),
             times=times,
             frames=frames,
-            object_frames=object_frames,
+            object_frames=object_frames,  # uint8 [M,T,H,W,4]; padding slots stay transparent
             object_valid=valid,
             seq_id="+".join(r.seq_id for r in rows),
         )
