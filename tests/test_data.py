@@ -347,17 +347,22 @@ def test_torch_dataloader_workers(root):
 def test_ray_data_path_matches_torch_path(root, ray_local):
     from fmolab.data.ray_pipeline import RayCollate, ray_dataset
 
-    cfg = make_cfg(root, "double_blur")
-    torch_ds = build_dataset(cfg, "train")
-    expected = {torch_ds[i]["seq_id"]: torch_ds[i] for i in range(len(torch_ds))}
-    batches = list(ray_dataset(cfg, "train", batch_size=4).iter_torch_batches(batch_size=4, collate_fn=RayCollate()))
-    seen = [s for b in batches for s in b["seq_id"]]
-    assert sorted(seen) == sorted(expected)  # same split
+    cfg = make_cfg(root, "double_blur", "data.jitter=0.1")
+    expected = {}
+    for epoch in (0, 1):
+        torch_ds = build_dataset(cfg, "train", epoch_seed=epoch)
+        expected.update({(epoch, torch_ds[i]["seq_id"]): torch_ds[i] for i in range(len(torch_ds))})
+    ds = ray_dataset(cfg, "train", batch_size=4, epochs=2)
+    batches = list(ds.iter_torch_batches(batch_size=4, collate_fn=RayCollate()))
     ref = collate(list(expected.values())[:1])
+    seen = []
     for b in batches:
         assert set(b) == set(ref)
-        for key, value in b.items():
+        for key, value in ref.items():
             if isinstance(value, torch.Tensor):
-                assert value.shape[1:] == ref[key].shape[1:] and value.dtype == ref[key].dtype
-        for j, sid in enumerate(b["seq_id"]):  # one per-sample function: the very same item
-            torch.testing.assert_close(b["inputs"][j], expected[sid]["inputs"])
+                assert b[key].shape[1:] == value.shape[1:] and b[key].dtype == value.dtype, key
+        for j, sid in enumerate(b["seq_id"]):  # one per-sample function: the item of that row and epoch
+            e = next(e for e in (0, 1) if torch.allclose(b["inputs"][j], expected[(e, sid)]["inputs"]))
+            seen.append((e, sid))
+            assert torch.equal(b["frames"][j], expected[(e, sid)]["frames"])  # uint8, layout restored
+    assert sorted(seen) == sorted(expected)  # same split, each row once per epoch (jitter tells them apart)

@@ -109,7 +109,8 @@ def _batches(dataset, batch_size: int, rank: int, world: int, seed: int, collate
 
 
 def _ray_batches(shard, batch_size: int, seed: int):
-    """Endless stream of batches from this worker's Ray Data shard (a fresh pass per epoch)."""
+    """Endless stream of batches from this worker's Ray Data shard (it holds many epochs: see
+    :func:`torch_trainer`; should a run outlast them, the shard is read again)."""
     from fmolab.data.ray_pipeline import RayCollate
 
     collate_fn = RayCollate()
@@ -135,9 +136,15 @@ def torch_trainer(cfg: Config, loop_config: dict, run_config):
     tc = cfg.train
     datasets = None
     if cfg.data.pipeline == "ray_data":
+        from fmolab.data import FMOLoader
+        from fmolab.data.dataset import split_args
         from fmolab.data.ray_pipeline import ray_dataset
 
-        datasets = {"train": ray_dataset(cfg, "train", batch_size=tc.batch_size)}
+        # enough passes for the whole run in one Ray Data execution (each start costs seconds)
+        root, split = split_args(cfg, "train")
+        rows = max(1, len(FMOLoader(root, split=split, val_fraction=cfg.data.val_fraction)))
+        epochs = min(10_000, math.ceil(tc.steps * tc.batch_size * tc.grad_accum * tc.workers / rows) + 1)
+        datasets = {"train": ray_dataset(cfg, "train", batch_size=tc.batch_size, epochs=epochs)}
     return TorchTrainer(
         train_loop,
         train_loop_config=loop_config,

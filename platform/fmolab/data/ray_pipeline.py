@@ -32,7 +32,7 @@ class RayItems:
     """``map_batches`` callable: a batch of shard rows (pyarrow) -> a batch of items (numpy columns).
 
     Extra objects for ``multi_object`` come from the same batch (the torch path draws from the split).
-    The epoch of an item's seed is ``epoch_seed`` + how many times this actor has made that row before,
+    An item is seeded by ``(data.seed, epoch_seed + the row's epoch, seq_id)`` like the torch path's,
     so every pass over the data draws new augmentations and backgrounds.
     """
 
@@ -45,22 +45,20 @@ class RayItems:
         self.adder = build_adder(cfg, split) if self.fmt.uses_background else None
         self.augment = Augment.from_config(d, train=split == "train")
         self.count, self.seed, self.epoch = d.frames_per_sample, d.seed, epoch_seed
-        self.passes: dict[str, int] = {}
         self.skipped: dict[str, str] = {}
 
     def __call__(self, batch) -> dict:
-        seqs = []
+        seqs, epochs = [], []
         for r in batch.to_pylist():
             source = f"{Path(r.get('path') or '?').name}:{r.get('seq_id')}"
             try:
                 seqs.append(Sequence(r, source))
+                epochs.append(int(r.get("epoch") or 0))
             except RowError as exc:
                 self._skip(exc)
         items = []
         for k, row in enumerate(seqs):
-            passes = self.passes.get(row.seq_id, 0)
-            self.passes[row.seq_id] = passes + 1
-            rng = item_rng(self.seed, self.epoch + passes, row.seq_id)
+            rng = item_rng(self.seed, self.epoch + epochs[k], row.seq_id)
             others = [s for j, s in enumerate(seqs) if j != k]
             n_extra = min(self.fmt.rows_needed(rng) - 1, len(others))
             extras = [others[j] for j in rng.choice(len(others), n_extra, replace=False)] if n_extra > 0 else []
@@ -95,12 +93,13 @@ class RayCollate(NumpyBatchCollateFn):
 
 
 def read_row_groups(batch: dict, columns: list[str], held_out: frozenset, keep: str) -> pa.Table:
-    """``map_batches`` fn: ``(path, row_group)`` units -> their rows (``columns`` + ``path``) of split ``keep``.
+    """``map_batches`` fn: ``(path, row_group, epoch)`` units -> their rows (``columns`` + ``path`` +
+    ``epoch``) of split ``keep``.
 
     A shard that cannot be read is skipped with a warning (its rows are simply not produced).
     """
     tables = []
-    for path, group in zip(batch["path"], batch["row_group"]):
+    for path, group, epoch in zip(batch["path"], batch["row_group"], batch["epoch"]):
         try:
             pf = pq.ParquetFile(path)
             have = set(pf.schema_arrow.names)
@@ -112,15 +111,19 @@ def read_row_groups(batch: dict, columns: list[str], held_out: frozenset, keep: 
             if c not in t.column_names:
                 t = t.append_column(c, pa.nulls(len(t), SEQUENCE_SCHEMA.field(c).type))
         t = t.select(columns).append_column("path", pa.array([str(path)] * len(t)))
+        t = t.append_column("epoch", pa.array([int(epoch)] * len(t), pa.int64()))
         if keep != "all":
             held = pa.array([o in held_out for o in t.column("object_id").to_pylist()])
             t = t.filter(held if keep == "val" else pa.compute.invert(held))
         tables.append(t)
-    return pa.concat_tables(tables) if tables else pa.table({c: [] for c in [*columns, "path"]})
+    return pa.concat_tables(tables) if tables else pa.table({c: [] for c in [*columns, "path", "epoch"]})
 
 
-def ray_dataset(cfg, split: str, epoch_seed: int = 0, batch_size: int = 16):
+def ray_dataset(cfg, split: str, epoch_seed: int = 0, batch_size: int = 16, epochs: int = 1):
     """Row groups of the shards -> ``map_batches(read_row_groups)`` -> ``map_batches(RayItems)``.
+
+    One dataset covers ``epochs`` passes (row groups in a fresh seeded order each pass): starting a
+    Ray Data execution costs seconds (actors, scheduling), far more than an epoch of a small dataset.
 
     Every stage runs in tasks/actors of ``data.loader_cpus`` CPUs (``data.loader_actors`` item
     makers). The shards are read by fmolab's own stage rather than ``read_parquet``: Ray 2.60 lists
@@ -134,8 +137,11 @@ def ray_dataset(cfg, split: str, epoch_seed: int = 0, batch_size: int = 16):
     d = cfg.data
     root, loader_split = split_args(cfg, split)
     loader = FMOLoader(root, split="all", val_fraction=d.val_fraction)  # shard list + held-out objects
-    units = [{"path": str(f), "row_group": g} for f in loader.files
-             for g in range(pq.ParquetFile(f).metadata.num_row_groups)]
+    groups = [(str(f), g) for f in loader.files for g in range(pq.ParquetFile(f).metadata.num_row_groups)]
+    units = []
+    for e in range(max(1, epochs)):
+        order = np.random.default_rng([d.seed, epoch_seed + e]).permutation(len(groups))
+        units += [{"path": groups[k][0], "row_group": groups[k][1], "epoch": e} for k in order]
     columns = COLUMNS + OPTIONAL
     ds = ray.data.from_items(units)
     ds = ds.map_batches(read_row_groups, batch_size=1, batch_format="numpy", num_cpus=d.loader_cpus,
