@@ -158,3 +158,20 @@ def test_ray_data_pipeline_feeds_the_workers(work, toy, ray_local):
     waits = [m.value for m in client.get_metric_history(out["run_id"], "data_wait_frac")]
     assert waits and all(0 <= w <= 1 for w in waits)
     assert "val/psnr" in client.get_run(out["run_id"]).data.metrics
+
+
+def test_each_epoch_draws_new_backgrounds_and_augmentations(work, toy):
+    """The torch path's stream sets the dataset's epoch: a row's item changes from one pass to the next."""
+    from fmolab.data import build_dataset, collate
+    from fmolab.train import _batches
+
+    ds = build_dataset(_cfg(work, toy), "train")
+    stream = _batches(ds, 2, 0, 1, 0, collate)
+    seen: dict[int, dict[str, torch.Tensor]] = {0: {}, 1: {}}
+    for epoch, batch in stream:
+        if epoch > 1:
+            break
+        seen[epoch].update(zip(batch["seq_id"], batch["inputs"]))
+    assert seen[0].keys() == seen[1].keys() and len(seen[0]) >= 6
+    changed = sum(not torch.equal(seen[0][k], seen[1][k]) for k in seen[0])
+    assert changed >= len(seen[0]) - 1, f"only {changed} of {len(seen[0])} items changed between epochs"

@@ -100,6 +100,7 @@ def _batches(dataset, batch_size: int, rank: int, world: int, seed: int, collate
     if n < world:
         raise RuntimeError(f"training split has {n} items, fewer than {world} workers: render more sequences")
     while True:
+        dataset.set_epoch(epoch)  # new backgrounds and augmentations every pass
         g = torch.Generator().manual_seed(seed * 100003 + epoch)
         order = torch.randperm(n, generator=g)[rank::world].tolist()
         order = order[: len(order) // batch_size * batch_size] or order  # tiny datasets: one short batch
