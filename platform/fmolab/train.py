@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import re
@@ -109,6 +110,16 @@ def _batches(dataset, batch_size: int, rank: int, world: int, seed: int, collate
         epoch += 1
 
 
+def _quiet_ray_reports() -> None:
+    """Ray Train V2 logs each report's whole metrics dict at INFO on every rank (two screenfuls per
+    validation); the loop's own ``[train]``/``[val]`` lines say it shorter."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: leave its logging alone
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def _ray_batches(shard, batch_size: int, seed: int):
     """Endless stream of batches from this worker's Ray Data shard (it holds many epochs: see
     :func:`torch_trainer`; should a run outlast them, the shard is read again)."""
@@ -198,6 +209,7 @@ def train_loop(loop_config: dict) -> None:
 
     cfg = config_from_dict(loop_config["config"])
     tc = cfg.train
+    _quiet_ray_reports()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(tc.seed + rank)
