@@ -137,6 +137,7 @@ def render_try(scene, rc, assets: Assets, index: int, attempt: int) -> dict:
     seed32 = int(rng.integers(2**31 - 1))  # render-noise seed, also from the sample's RNG
     derived = derived_blurs(rc.blurs) if rc.full_from_halves else {}
     images: dict[str, np.ndarray] = {}
+    alphas: dict[str, np.ndarray] = {}
     blurs, coverage, opacity = [], [], []
     # Engine-rendered spans first (in config order), then the ones derived from them.
     for name in sorted(rc.blurs, key=lambda k: k in derived):
@@ -151,9 +152,9 @@ def render_try(scene, rc, assets: Assets, index: int, attempt: int) -> dict:
         cov = float(alpha.mean())
         if cov < rc.min_coverage:
             raise Rejected("low_coverage", f"blur {name} coverage {cov:.4f} < {rc.min_coverage}")
-        images[name] = img
+        images[name], alphas[name] = img, alpha
     for name in rc.blurs:  # rows keep the config's order
-        alpha = images[name][..., 3].astype(np.float32) / 255
+        alpha = alphas[name]
         blurs.append(images[name])
         coverage.append(float(alpha.mean()))
         support = alpha > 0

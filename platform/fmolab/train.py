@@ -148,15 +148,11 @@ def torch_trainer(cfg: Config, loop_config: dict, run_config):
     tc = cfg.train
     datasets = None
     if cfg.data.pipeline == "ray_data":
-        from fmolab.data import FMOLoader
-        from fmolab.data.dataset import split_args
         from fmolab.data.ray_pipeline import ray_dataset
 
         # enough passes for the whole run in one Ray Data execution (each start costs seconds)
-        root, split = split_args(cfg, "train")
-        rows = max(1, len(FMOLoader(root, split=split, val_fraction=cfg.data.val_fraction)))
-        epochs = min(10_000, math.ceil(tc.steps * tc.batch_size * tc.grad_accum * tc.workers / rows) + 1)
-        datasets = {"train": ray_dataset(cfg, "train", batch_size=tc.batch_size, epochs=epochs)}
+        samples = tc.steps * tc.batch_size * tc.grad_accum * tc.workers
+        datasets = {"train": ray_dataset(cfg, "train", batch_size=tc.batch_size, samples=samples)}
     return TorchTrainer(
         train_loop,
         train_loop_config=loop_config,

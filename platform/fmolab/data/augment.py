@@ -65,12 +65,12 @@ class Augment:
         def jit(x):
             return ((x - 0.5) * c + 0.5 + b).clip(0, 1)
 
+        lut = (jit(np.arange(256, dtype=np.float32) / 255) * 255 + 0.5).astype(np.uint8) if self.jitter > 0 else None
         for k in SPATIAL:
             if k not in out:
                 continue
             if k in UINT8_LAYERS and out[k].dtype == torch.uint8:
-                if self.jitter > 0:
-                    lut = (jit(np.arange(256, dtype=np.float32) / 255) * 255 + 0.5).astype(np.uint8)
+                if lut is not None:
                     x = out[k].numpy()
                     y = x.copy()
                     y[..., :3] = lut[x[..., :3]]

@@ -70,7 +70,6 @@ class BackgroundAdder:
                             self.root, len(set(clips.values())))
         else:
             self.clips = sorted(i for i, c in clips.items() if (c in held) == (split == "val"))
-        self.split = split
         self.min_contrast = min_contrast
         self.max_tries = max(1, max_tries)
         self.cache_bytes = cache_mb * 2**20

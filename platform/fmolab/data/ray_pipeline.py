@@ -9,6 +9,7 @@ training step instead of running inside the Train worker.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -119,11 +120,12 @@ def read_row_groups(batch: dict, columns: list[str], held_out: frozenset, keep: 
     return pa.concat_tables(tables) if tables else pa.table({c: [] for c in [*columns, "path", "epoch"]})
 
 
-def ray_dataset(cfg, split: str, epoch_seed: int = 0, batch_size: int = 16, epochs: int = 1):
+def ray_dataset(cfg, split: str, epoch_seed: int = 0, batch_size: int = 16, epochs: int = 1, samples: int = 0):
     """Row groups of the shards -> ``map_batches(read_row_groups)`` -> ``map_batches(RayItems)``.
 
-    One dataset covers ``epochs`` passes (row groups in a fresh seeded order each pass): starting a
-    Ray Data execution costs seconds (actors, scheduling), far more than an epoch of a small dataset.
+    One dataset covers ``epochs`` passes, or as many as yield ``samples`` items plus one (at most
+    10,000), with the row groups in a fresh seeded order each pass: starting a Ray Data execution
+    costs seconds (actors, scheduling), far more than an epoch of a small dataset.
 
     Every stage runs in tasks/actors of ``data.loader_cpus`` CPUs (``data.loader_actors`` item
     makers). The shards are read by fmolab's own stage rather than ``read_parquet``: Ray 2.60 lists
@@ -138,6 +140,10 @@ def ray_dataset(cfg, split: str, epoch_seed: int = 0, batch_size: int = 16, epoc
     root, loader_split = split_args(cfg, split)
     loader = FMOLoader(root, split="all", val_fraction=d.val_fraction)  # shard list + held-out objects
     groups = [(str(f), g) for f in loader.files for g in range(pq.ParquetFile(f).metadata.num_row_groups)]
+    if samples > 0:
+        held = loader.val_objects
+        rows = sum((o in held) == (loader_split == "val") or loader_split == "all" for o in loader.object_ids)
+        epochs = max(epochs, min(10_000, math.ceil(samples / max(1, rows)) + 1))
     units = []
     for e in range(max(1, epochs)):
         order = np.random.default_rng([d.seed, epoch_seed + e]).permutation(len(groups))
