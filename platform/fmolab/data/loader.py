@@ -18,14 +18,14 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from fmolab.shards import SEQUENCE_SCHEMA, ShardError, ShardReader, paste
+from fmolab.shards import OPTIONAL_COLUMNS, SEQUENCE_SCHEMA, ShardError, ShardReader, paste
 
 log = logging.getLogger("fmolab.data")
 
 COLUMNS = ["seq_id", "index", "object_id", "texture_id", "params", "width", "height", "num_frames",
            "frames", "blurs", "blur_names", "blur_spans"]
 # Read when the shard has it (older shards do not: their images are full size).
-OPTIONAL = ["box"]
+OPTIONAL = list(OPTIONAL_COLUMNS)
 SPLITS = ("all", "train", "val")
 
 
