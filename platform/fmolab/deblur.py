@@ -17,6 +17,7 @@ from fmolab.atomic import atomic_dir
 from fmolab.compose import composite, frame_times
 from fmolab.config import Config, config_from_dict
 from fmolab.media import flatten_rgba, save_animation, to_uint8
+from fmolab.shards import encode_webp
 
 
 class DeblurError(ValueError):
@@ -165,14 +166,6 @@ def write_outputs(renders: torch.Tensor, out_dir: str | Path, background: torch.
 # ---------------------------------------------------------------- video
 
 
-def _save_webp(path: Path, frames: list[np.ndarray], frame_ms: float, quality: int = 85) -> None:
-    """Animated WebP of uint8 ``[H,W,C]`` frames, ``frame_ms`` each."""
-    mode = "RGBA" if frames[0].shape[-1] == 4 else "RGB"
-    pil = [Image.fromarray(f, mode) for f in frames]
-    pil[0].save(path, format="WEBP", save_all=len(pil) > 1, append_images=pil[1:], duration=max(1, round(frame_ms)),
-                loop=0, quality=quality, method=0)
-
-
 def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, num_frames: int = 8,
                  window: int = 9, threshold: float = 0.1, min_area: int = 12, ext_factor: float = 2.0,
                  chunk_frames: int = 240) -> dict:
@@ -217,7 +210,7 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
             if not chunk:
                 return
             name = "super_resolved.webp" if final and not parts else f"super_resolved_{len(parts):03d}.webp"
-            _save_webp(tmp / name, chunk, sub_ms)
+            (tmp / name).write_bytes(encode_webp(np.stack(chunk), quality=85, method=0, frame_ms=sub_ms))
             parts.append(name)
             chunk.clear()
 

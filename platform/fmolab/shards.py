@@ -91,8 +91,10 @@ class ShardError(RuntimeError):
 # ---------------------------------------------------------------- WebP encoding
 
 
-def encode_webp(images: np.ndarray, quality: int = 80, method: int = 4, lossless: bool = False) -> bytes:
-    """Encode ``[H,W,C]`` (one image) or ``[N,H,W,C]`` (animation) uint8 RGB/RGBA as WebP bytes."""
+def encode_webp(images: np.ndarray, quality: int = 80, method: int = 4, lossless: bool = False,
+                frame_ms: int = 40) -> bytes:
+    """Encode ``[H,W,C]`` (one image) or ``[N,H,W,C]`` (animation, ``frame_ms`` per frame) uint8
+    RGB/RGBA as WebP bytes."""
     images = np.asarray(images)
     if images.dtype != np.uint8:
         raise TypeError(f"encode_webp wants uint8 pixels, got {images.dtype}")
@@ -105,7 +107,8 @@ def encode_webp(images: np.ndarray, quality: int = 80, method: int = 4, lossless
     options: dict[str, Any] = dict(format="WEBP", quality=quality, method=method, lossless=lossless)
     if len(pil) > 1:
         # minimize_size off: keyframe search costs much time for little gain on short clips.
-        options.update(save_all=True, append_images=pil[1:], duration=40, loop=0, minimize_size=False)
+        options.update(save_all=True, append_images=pil[1:], duration=max(1, round(frame_ms)), loop=0,
+                       minimize_size=False)
     pil[0].save(buf, **options)
     return buf.getvalue()
 
