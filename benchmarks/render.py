@@ -59,10 +59,10 @@ def run_config(overrides: list[str], n: int, keep_raw: bool = False, cap_tbb: bo
     from render_cluster.scene import Scene
 
     cfg = load_config(overrides=overrides)
-    rc = cfg.render
+    render_cfg = cfg.render
     t0 = time.time()
     try:
-        scene = Scene(rc, cap_tbb=cap_tbb)
+        scene = Scene(render_cfg, cap_tbb=cap_tbb)
     except Exception as exc:  # e.g. EEVEE without a GPU
         return {"overrides": overrides, "error": str(exc)}
     setup = time.time() - t0
@@ -85,7 +85,7 @@ def run_config(overrides: list[str], n: int, keep_raw: bool = False, cap_tbb: bo
     try:
         for i in range(n):
             raw.append([])
-            row = seq.render_index(scene, rc, seq.Assets("procedural", "procedural"), i, reasons, bad)
+            row = seq.render_index(scene, render_cfg, seq.Assets("procedural", "procedural"), i, reasons, bad)
             if row is None:
                 raw.pop()
                 continue

@@ -134,13 +134,13 @@ def video_frames(path: Path, width: int, height: int, limit: int = 10000) -> np.
 
 
 def _clip_rows(cfg, indices: list[int], sources, counts: Counter) -> list[dict]:
-    rc, bg = cfg.render, cfg.render.backgrounds
-    W, H, F = rc.width, rc.height, bg.frames_per_clip
+    render_cfg, bg = cfg.render, cfg.render.backgrounds
+    W, H, F = render_cfg.width, render_cfg.height, bg.frames_per_clip
     rows = []
     for i in indices:
-        rng = np.random.default_rng([rc.seed + SEED_OFFSET, i])
+        rng = np.random.default_rng([render_cfg.seed + SEED_OFFSET, i])
         if bg.source == "procedural":
-            clip, source, clip_id = procedural_clip(rng, W, H, F), "procedural", f"procedural/{rc.seed}/{i}"
+            clip, source, clip_id = procedural_clip(rng, W, H, F), "procedural", f"procedural/{render_cfg.seed}/{i}"
         else:
             folders, videos = sources
             items = [("folder", f) for f in folders] + [("video", v) for v in videos]
@@ -166,23 +166,23 @@ def _clip_rows(cfg, indices: list[int], sources, counts: Counter) -> list[dict]:
                 continue
             source, clip_id = rel, f"{rel}/{start}"
         rows.append({"clip_id": clip_id, "source": source, "width": W, "height": H, "num_frames": len(clip),
-                     "frames": encode_webp(clip, quality=rc.webp_quality, method=rc.webp_method)})
+                     "frames": encode_webp(clip, quality=render_cfg.webp_quality, method=render_cfg.webp_method)})
     return rows
 
 
 def write_backgrounds(cfg, out_dir: Path) -> dict:
     """Write ``num_clips`` clips as shards of ``shard_rows`` (existing shards are kept) + manifest."""
-    rc, bg = cfg.render, cfg.render.backgrounds
+    render_cfg, bg = cfg.render, cfg.render.backgrounds
     check_source(bg.source)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sources = ([], []) if bg.source == "procedural" else list_sources(bg.source)
     counts: Counter = Counter()
-    n_blocks = math.ceil(bg.num_clips / rc.shard_rows)
+    n_blocks = math.ceil(bg.num_clips / render_cfg.shard_rows)
     todo = [b for b in range(n_blocks) if not (out_dir / f"part-{b:05d}.parquet").exists()]
 
     def block(b: int, counts: Counter):
-        idx = list(range(b * rc.shard_rows, min(bg.num_clips, (b + 1) * rc.shard_rows)))
+        idx = list(range(b * render_cfg.shard_rows, min(bg.num_clips, (b + 1) * render_cfg.shard_rows)))
         write_shard(_clip_rows(cfg, idx, sources, counts), out_dir / f"part-{b:05d}.parquet", BACKGROUND_SCHEMA)
 
     try:
@@ -207,10 +207,10 @@ def write_backgrounds(cfg, out_dir: Path) -> dict:
 
     shards = sorted(out_dir.glob("part-*.parquet"))
     manifest = {
-        "kind": "backgrounds", "source": bg.source, "seed": rc.seed,
+        "kind": "backgrounds", "source": bg.source, "seed": render_cfg.seed,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "num_clips_requested": bg.num_clips, "frames_per_clip": bg.frames_per_clip,
-        "width": rc.width, "height": rc.height, "webp_quality": rc.webp_quality,
+        "width": render_cfg.width, "height": render_cfg.height, "webp_quality": render_cfg.webp_quality,
         "num_rows": sum(pq.ParquetFile(p).metadata.num_rows for p in shards),
         "skipped_this_run": dict(counts), "shards": [p.name for p in shards],
         "columns": BACKGROUND_SCHEMA.names,

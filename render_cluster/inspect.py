@@ -10,19 +10,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from fmolab.media import checkerboard
 from fmolab.shards import ShardReader, decode_sequence, read_manifest
-
-
-def checkerboard(h: int, w: int, cell: int = 8) -> np.ndarray:
-    yy, xx = np.mgrid[:h, :w]
-    v = np.where(((yy // cell) + (xx // cell)) % 2 == 0, 200, 150).astype(np.float32)
-    return np.repeat(v[..., None], 3, -1)
 
 
 def over_checker(rgba: np.ndarray) -> np.ndarray:
     """Straight-alpha RGBA ``[..., H, W, 4]`` uint8 over a grey checkerboard -> RGB uint8."""
     a = rgba[..., 3:4].astype(np.float32) / 255
-    bg = checkerboard(*rgba.shape[-3:-1])
+    bg = np.moveaxis(checkerboard(*rgba.shape[-3:-1]), 0, -1) * 255
     return (rgba[..., :3] * a + bg * (1 - a)).round().astype(np.uint8)
 
 
@@ -44,9 +39,11 @@ def summary(manifest: dict, rows: int) -> dict:
     }
 
 
-def inspect_dataset(path: str | Path, out_dir: str | Path, n: int = 8, columns: int = 8) -> dict:
-    """Print and return the manifest summary; write ``contact_sheet.png`` and ``preview.webp``."""
-    path, out_dir = Path(path), Path(out_dir)
+def inspect_dataset(path: str | Path, out_dir: str | Path | None = None, n: int = 8, columns: int = 8) -> dict:
+    """Print and return the manifest summary; write ``contact_sheet.png`` and ``preview.webp`` into
+    ``out_dir`` (default ``<path>/inspect``)."""
+    path = Path(path)
+    out_dir = Path(out_dir) if out_dir else path / "inspect"
     out_dir.mkdir(parents=True, exist_ok=True)
     reader = ShardReader(path, columns=["seq_id", "object_id", "texture_id", "width", "height", "frames", "blurs",
                                         "blur_names", "box"])  # box: absent in older datasets, then left out

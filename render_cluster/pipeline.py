@@ -32,15 +32,15 @@ def preflight(cfg: Config):
     from render_cluster.sequence import Assets
     from render_cluster.trajectory import check_bounds
 
-    rc = cfg.render
-    check_bounds(rc.trajectory, rc.width, rc.height)
-    assets = Assets(rc.objects, rc.textures)
-    check_source(rc.backgrounds.source)
-    if rc.device == "gpu" or rc.engine == "eevee":
+    render_cfg = cfg.render
+    check_bounds(render_cfg.trajectory, render_cfg.width, render_cfg.height)
+    assets = Assets(render_cfg.objects, render_cfg.textures)
+    check_source(render_cfg.backgrounds.source)
+    if render_cfg.device == "gpu" or render_cfg.engine == "eevee":
         import ray  # GPU work without a GPU in the cluster would hang in the scheduler: say so now
 
         if ray.is_initialized() and not ray.cluster_resources().get("GPU"):
-            raise RuntimeError(f"render.engine={rc.engine} device={rc.device} needs GPUs but the Ray "
+            raise RuntimeError(f"render.engine={render_cfg.engine} device={render_cfg.device} needs GPUs but the Ray "
                                "cluster has none; use render.engine=cycles render.device=cpu")
     return assets
 
@@ -71,7 +71,7 @@ class RenderActor:
     def __call__(self, batch: dict) -> dict:
         from render_cluster.sequence import render_block
 
-        rc = self.cfg.render
+        render_cfg = self.cfg.render
         summaries = []
         for block in batch["block"]:
             block = int(block)
@@ -79,7 +79,7 @@ class RenderActor:
             if path.exists():  # another attempt (actor restart) already finished it
                 summaries.append({"block": block, "rows": -1, "skipped": True})
                 continue
-            rows, summary = render_block(self.scene, rc, self.assets, block, rc.num_sequences)
+            rows, summary = render_block(self.scene, render_cfg, self.assets, block, render_cfg.num_sequences)
             summary.update(node=self.node, host=socket.gethostname(), blender=self.blender, file=path.name)
             write_shard(rows, path, SEQUENCE_SCHEMA)
             write_json_atomic(summary, self.out / SUMMARY_DIR / f"{path.stem}.json")
@@ -114,20 +114,20 @@ def render_dataset(cfg: Config, progress: bool = True) -> dict:
 
     from fmolab.runtime import init_ray
 
-    rc = cfg.render
+    render_cfg = cfg.render
     out = cfg.dataset_dir
     assets = preflight(cfg)  # clear errors before any Ray work
     init_ray(cfg.runtime.address, cfg.runtime.num_cpus, cfg.work_dir)
     preflight(cfg)  # again, now that the cluster's GPUs are known
     out.mkdir(parents=True, exist_ok=True)
-    n_blocks = math.ceil(rc.num_sequences / rc.shard_rows)
+    n_blocks = math.ceil(render_cfg.num_sequences / render_cfg.shard_rows)
     todo = [b for b in range(n_blocks) if not shard_path(out, b).exists()]
     t0 = time.time()
     if todo:
-        gpus = 1 if (rc.device == "gpu" or rc.engine == "eevee") else 0
+        gpus = 1 if (render_cfg.device == "gpu" or render_cfg.engine == "eevee") else 0
         cpus = int(ray.cluster_resources().get("CPU", 1))
         # A fixed pool: every actor pays the bpy start-up once; never more actors than CPUs (they'd wait).
-        workers = max(1, min(rc.workers or cpus, cpus, len(todo)))
+        workers = max(1, min(render_cfg.workers or cpus, cpus, len(todo)))
         ds = ray.data.from_items([{"block": b} for b in todo], override_num_blocks=len(todo))
         ds = ds.map_batches(
             RenderActor,
@@ -135,7 +135,7 @@ def render_dataset(cfg: Config, progress: bool = True) -> dict:
             compute=ray.data.ActorPoolStrategy(size=workers),
             batch_size=1, num_cpus=1, num_gpus=gpus,
         )
-        total = sum(min(rc.num_sequences, (b + 1) * rc.shard_rows) - b * rc.shard_rows for b in todo)
+        total = sum(min(render_cfg.num_sequences, (b + 1) * render_cfg.shard_rows) - b * render_cfg.shard_rows for b in todo)
         rejected = Counter()
         with _progress(total, progress) as bar:
             for row in ds.iter_rows():
@@ -156,7 +156,7 @@ def build_manifest(cfg: Config, out: Path, n_blocks: int, seconds: float, render
     """Self-documenting summary from the shard files and their per-shard summaries."""
     import pyarrow.parquet as pq
 
-    rc = cfg.render
+    render_cfg = cfg.render
     shards, rejections, bad, failed, nodes = [], Counter(), Counter(), [], set()
     blender, busy = "unknown", 0.0
     for b in range(n_blocks):
@@ -174,20 +174,20 @@ def build_manifest(cfg: Config, out: Path, n_blocks: int, seconds: float, render
         busy += s.get("seconds", 0.0)
         shards.append({"file": path.name, "block": b, "rows": rows, "node": s.get("node"), "host": s.get("host"),
                        "seconds": round(s.get("seconds", 0.0), 3),
-                       "indices": [b * rc.shard_rows, min(rc.num_sequences, (b + 1) * rc.shard_rows)]})
+                       "indices": [b * render_cfg.shard_rows, min(render_cfg.num_sequences, (b + 1) * render_cfg.shard_rows)]})
     num_rows = sum(s["rows"] for s in shards)
     return {
         "kind": "fmo_sequences",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "seed": rc.seed,
-        "num_sequences": rc.num_sequences,
+        "seed": render_cfg.seed,
+        "num_sequences": render_cfg.num_sequences,
         "num_rows": num_rows,
         "num_shards": len(shards),
         "complete": len(shards) == n_blocks,
         "failed_indices": sorted(failed),
         "rejections": dict(rejections),
         "bad_assets": dict(bad),
-        "render": to_dict(rc),
+        "render": to_dict(render_cfg),
         "software": _versions(blender),
         "nodes": sorted(n for n in nodes if n),
         "shards": shards,

@@ -164,33 +164,33 @@ class Scene:
         world.cycles.sampling_method = "NONE"
 
     def _engine(self) -> None:
-        rc, scene = self.rcfg, self.scene
-        if rc.engine == "eevee":
+        render_cfg, scene = self.rcfg, self.scene
+        if render_cfg.engine == "eevee":
             scene.render.engine = "BLENDER_EEVEE"
-            scene.eevee.motion_blur_steps = rc.motion_blur_steps
-            if rc.device != "gpu":
+            scene.eevee.motion_blur_steps = render_cfg.motion_blur_steps
+            if render_cfg.device != "gpu":
                 # EEVEE is a GPU rasterizer; on a machine without an OpenGL/Vulkan GPU the render fails.
                 pass
             self._probe("EEVEE needs a GPU with OpenGL/Vulkan; use render.engine=cycles on CPU-only machines")
             return
         scene.render.engine = "CYCLES"
         c = scene.cycles
-        c.samples = rc.samples
+        c.samples = render_cfg.samples
         c.use_adaptive_sampling = True
         c.adaptive_threshold = 0.02
-        c.max_bounces = rc.max_bounces
-        c.diffuse_bounces = c.glossy_bounces = min(rc.max_bounces, 2)
-        c.transmission_bounces = c.volume_bounces = min(rc.max_bounces, 2)
+        c.max_bounces = render_cfg.max_bounces
+        c.diffuse_bounces = c.glossy_bounces = min(render_cfg.max_bounces, 2)
+        c.transmission_bounces = c.volume_bounces = min(render_cfg.max_bounces, 2)
         c.caustics_reflective = c.caustics_refractive = False
-        c.use_denoising = rc.denoise
-        if rc.denoise:  # OIDN on the CPU: the cheapest settings are plenty at 320x240
+        c.use_denoising = render_cfg.denoise
+        if render_cfg.denoise:  # OIDN on the CPU: the cheapest settings are plenty at 320x240
             c.denoiser, c.denoising_quality, c.denoising_prefilter = "OPENIMAGEDENOISE", "FAST", "FAST"
         c.use_animated_seed = False
-        if rc.device == "gpu":
+        if render_cfg.device == "gpu":
             self._enable_gpu()
         else:
             c.device = "CPU"
-        if rc.denoise:
+        if render_cfg.denoise:
             self._probe("denoising (OpenImageDenoise) is not available in this Blender build; set render.denoise=false")
 
     def _enable_gpu(self) -> None:
@@ -249,10 +249,10 @@ class Scene:
     def render(self, t_or_span, box: tuple[int, int, int, int], seed: int = 0) -> np.ndarray:
         """Render at time ``t`` (float, sharp) or over span ``(a, b)`` (motion blur) inside pixel
         ``box = (x0, y0, x1, y1)`` (top-left origin, exclusive end); returns full-size RGBA uint8."""
-        scene, rc = self.scene, self.rcfg
+        scene, render_cfg = self.scene, self.rcfg
         r = scene.render
         blur = isinstance(t_or_span, (tuple, list))
-        samples = max(rc.samples, rc.motion_blur_steps) if blur else rc.samples
+        samples = max(render_cfg.samples, render_cfg.motion_blur_steps) if blur else render_cfg.samples
         if blur:
             a, b = t_or_span
             r.use_motion_blur = True

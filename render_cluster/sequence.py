@@ -96,7 +96,7 @@ class Assets:
                     object_files=self.object_files, texture_files=self.texture_files)
 
 
-def _build(scene, rc, assets: Assets, rng, size: float):
+def _build(scene, render_cfg, assets: Assets, rng, size: float):
     """Object + material from the pools; raises objects.AssetError for a bad file."""
     if assets.object_files:
         rel = assets.object_files[int(rng.integers(len(assets.object_files)))]
@@ -114,14 +114,14 @@ def _build(scene, rc, assets: Assets, rng, size: float):
     return obj, object_id, oparams, texture_id, tparams
 
 
-def render_try(scene, rc, assets: Assets, index: int, attempt: int) -> dict:
+def render_try(scene, render_cfg, assets: Assets, index: int, attempt: int) -> dict:
     """Render one try of ``index``; returns a shard row or raises :class:`Rejected`."""
-    W, H, N = rc.width, rc.height, rc.num_frames
-    rng = np.random.default_rng([rc.seed, index, attempt])
+    W, H, N = render_cfg.width, render_cfg.height, render_cfg.num_frames
+    rng = np.random.default_rng([render_cfg.seed, index, attempt])
     scene.clear()
-    traj = sample_trajectory(rng, rc.trajectory, W, H)
+    traj = sample_trajectory(rng, render_cfg.trajectory, W, H)
     try:
-        obj, object_id, oparams, texture_id, tparams = _build(scene, rc, assets, rng, traj.size)
+        obj, object_id, oparams, texture_id, tparams = _build(scene, render_cfg, assets, rng, traj.size)
     except objects.AssetError as exc:
         raise Rejected("bad_asset", str(exc)) from exc
     scene.animate(obj, traj)
@@ -135,25 +135,25 @@ def render_try(scene, rc, assets: Assets, index: int, attempt: int) -> dict:
     if (every[:, :2] < 0).any() or (every[:, 2] > W).any() or (every[:, 3] > H).any():
         raise Rejected("out_of_frame", f"object box {every[:, :2].min(0)}-{every[:, 2:].max(0)}")
     seed32 = int(rng.integers(2**31 - 1))  # render-noise seed, also from the sample's RNG
-    derived = derived_blurs(rc.blurs) if rc.full_from_halves else {}
+    derived = derived_blurs(render_cfg.blurs) if render_cfg.full_from_halves else {}
     images: dict[str, np.ndarray] = {}
     alphas: dict[str, np.ndarray] = {}
     blurs, coverage, opacity = [], [], []
     # Engine-rendered spans first (in config order), then the ones derived from them.
-    for name in sorted(rc.blurs, key=lambda k: k in derived):
-        a, b = rc.blurs[name]
+    for name in sorted(render_cfg.blurs, key=lambda k: k in derived):
+        a, b = render_cfg.blurs[name]
         if name in derived:
-            img = mean_blur([images[p] for p in derived[name]], [rc.blurs[p] for p in derived[name]])
+            img = mean_blur([images[p] for p in derived[name]], [render_cfg.blurs[p] for p in derived[name]])
         else:
             span_boxes = screen_boxes(verts, traj, np.linspace(a, b, 17), W, H)
             box = to_pixels(np.concatenate([span_boxes[:, :2].min(0), span_boxes[:, 2:].max(0)]), W, H)
             img = scene.render((a, b), box, seed32)
         alpha = img[..., 3].astype(np.float32) / 255
         cov = float(alpha.mean())
-        if cov < rc.min_coverage:
-            raise Rejected("low_coverage", f"blur {name} coverage {cov:.4f} < {rc.min_coverage}")
+        if cov < render_cfg.min_coverage:
+            raise Rejected("low_coverage", f"blur {name} coverage {cov:.4f} < {render_cfg.min_coverage}")
         images[name], alphas[name] = img, alpha
-    for name in rc.blurs:  # rows keep the config's order
+    for name in render_cfg.blurs:  # rows keep the config's order
         alpha = alphas[name]
         blurs.append(images[name])
         coverage.append(float(alpha.mean()))
@@ -169,23 +169,23 @@ def render_try(scene, rc, assets: Assets, index: int, attempt: int) -> dict:
     blurs = np.stack(blurs)
     keep = content_box(frames, blurs)
     frames, blurs = crop(frames, keep), crop(blurs, keep)
-    q, m, mb = rc.webp_quality, rc.webp_method, rc.webp_blur_method
+    q, m, mb = render_cfg.webp_quality, render_cfg.webp_method, render_cfg.webp_blur_method
     return {
-        "seq_id": f"{rc.seed}-{index}", "index": index, "seed": rc.seed,
+        "seq_id": f"{render_cfg.seed}-{index}", "index": index, "seed": render_cfg.seed,
         "object_id": object_id, "texture_id": texture_id, "params": json.dumps(params),
         "width": W, "height": H, "num_frames": N,
         "frames": encode_webp(frames, quality=q, method=m),
         "blurs": [encode_webp(b, quality=q, method=mb) for b in blurs],
-        "blur_names": list(rc.blurs), "blur_spans": [list(map(float, s)) for s in rc.blurs.values()],
+        "blur_names": list(render_cfg.blurs), "blur_spans": [list(map(float, s)) for s in render_cfg.blurs.values()],
         "blur_coverage": coverage, "box": keep,
     }
 
 
-def render_index(scene, rc, assets: Assets, index: int, reasons: Counter, bad_assets: Counter) -> dict | None:
+def render_index(scene, render_cfg, assets: Assets, index: int, reasons: Counter, bad_assets: Counter) -> dict | None:
     """Up to ``max_tries`` tries of ``index``; counts rejections by reason; None if all fail."""
-    for attempt in range(rc.max_tries):
+    for attempt in range(render_cfg.max_tries):
         try:
-            return render_try(scene, rc, assets, index, attempt)
+            return render_try(scene, render_cfg, assets, index, attempt)
         except Rejected as rej:
             reasons[rej.reason] += 1
             if rej.reason == "bad_asset":
@@ -193,14 +193,14 @@ def render_index(scene, rc, assets: Assets, index: int, reasons: Counter, bad_as
     return None
 
 
-def render_block(scene, rc, assets: Assets, block: int, num_sequences: int) -> tuple[list[dict], dict]:
+def render_block(scene, render_cfg, assets: Assets, block: int, num_sequences: int) -> tuple[list[dict], dict]:
     """All rows of one shard block plus its summary."""
     t0 = time.time()
     reasons, bad = Counter(), Counter()
-    lo, hi = block * rc.shard_rows, min(num_sequences, (block + 1) * rc.shard_rows)
+    lo, hi = block * render_cfg.shard_rows, min(num_sequences, (block + 1) * render_cfg.shard_rows)
     rows, failed = [], []
     for index in range(lo, hi):
-        row = render_index(scene, rc, assets, index, reasons, bad)
+        row = render_index(scene, render_cfg, assets, index, reasons, bad)
         (rows.append(row) if row is not None else failed.append(index))
     summary = {"block": block, "rows": len(rows), "first_index": lo, "end_index": hi, "failed": failed,
                "rejections": dict(reasons), "bad_assets": dict(bad), "seconds": time.time() - t0}

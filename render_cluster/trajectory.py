@@ -67,64 +67,64 @@ def _inside(p: np.ndarray, radius: float, margin: float, width: int, height: int
     return abs(p[0]) + radius <= hx * (1 - 2 * margin) and abs(p[1]) + radius <= hy * (1 - 2 * margin)
 
 
-def sample_trajectory(rng: np.random.Generator, tcfg, width: int, height: int, attempts: int = 200) -> Trajectory:
-    """Draw a trajectory within ``tcfg`` (fmolab.config.TrajectoryConfig) bounds.
+def sample_trajectory(rng: np.random.Generator, traj_cfg, width: int, height: int, attempts: int = 200) -> Trajectory:
+    """Draw a trajectory within ``traj_cfg`` (fmolab.config.TrajectoryConfig) bounds.
 
     Start and end both keep the object's bounding sphere inside the frustum with ``margin`` free at
     each edge; XY travel is in [min_travel, max_travel] diameters, |dz| <= max_dz, depth in ``depth``.
     Rejection-samples up to ``attempts`` times, then raises :class:`TrajectoryError`.
     """
-    near, far = tcfg.depth
+    near, far = traj_cfg.depth
     for _ in range(attempts):
-        size = float(rng.uniform(*tcfg.object_size))
+        size = float(rng.uniform(*traj_cfg.object_size))
         r = size / 2
         z0 = float(rng.uniform(near, far))
-        z1 = float(np.clip(z0 + rng.uniform(-tcfg.max_dz, tcfg.max_dz), near, far))
-        travel = float(rng.uniform(tcfg.min_travel, tcfg.max_travel))
+        z1 = float(np.clip(z0 + rng.uniform(-traj_cfg.max_dz, traj_cfg.max_dz), near, far))
+        travel = float(rng.uniform(traj_cfg.min_travel, traj_cfg.max_travel))
         angle = float(rng.uniform(0, 2 * math.pi))
         dx, dy = travel * size * math.cos(angle), travel * size * math.sin(angle)
         # Start uniformly where both start and end can be inside: sample start inside its own box,
         # then check the end (cheap rejection; boxes are convex so a valid pair is found quickly).
         hx, hy = frustum_half_extent(z0, width, height)
-        ax, ay = hx * (1 - 2 * tcfg.margin) - r, hy * (1 - 2 * tcfg.margin) - r
+        ax, ay = hx * (1 - 2 * traj_cfg.margin) - r, hy * (1 - 2 * traj_cfg.margin) - r
         if ax < 0 or ay < 0:
             continue
         start = np.array([rng.uniform(-ax, ax), rng.uniform(-ay, ay), -z0])
         end = start + np.array([dx, dy, 0.0])
         end[2] = -z1
-        if not _inside(end, r, tcfg.margin, width, height):
+        if not _inside(end, r, traj_cfg.margin, width, height):
             # Try the opposite direction before giving up on this draw (halves rejections).
             end = start - np.array([dx, dy, 0.0])
             end[2] = -z1
-            if not _inside(end, r, tcfg.margin, width, height):
+            if not _inside(end, r, traj_cfg.margin, width, height):
                 continue
         rot0 = rng.uniform(0, 2 * math.pi, size=3)
-        offset = np.radians(rng.uniform(-tcfg.max_end_rotation, tcfg.max_end_rotation, size=3))
+        offset = np.radians(rng.uniform(-traj_cfg.max_end_rotation, traj_cfg.max_end_rotation, size=3))
         return Trajectory(size=size, start=start.tolist(), end=end.tolist(), rot_start=rot0.tolist(),
                           rot_end=(rot0 + offset).tolist(), travel=travel)
     raise TrajectoryError(
-        f"no trajectory found in {attempts} draws: travel {tcfg.min_travel}-{tcfg.max_travel} diameters of "
-        f"objects {tcfg.object_size} at depth {tcfg.depth} with margin {tcfg.margin} does not fit the "
+        f"no trajectory found in {attempts} draws: travel {traj_cfg.min_travel}-{traj_cfg.max_travel} diameters of "
+        f"objects {traj_cfg.object_size} at depth {traj_cfg.depth} with margin {traj_cfg.margin} does not fit the "
         f"{width}x{height} frustum (tan half-fov {TAN_HALF_X:.2f}); lower min_travel/object_size/margin "
         f"or raise depth")
 
 
-def check_bounds(tcfg, width: int, height: int) -> None:
+def check_bounds(traj_cfg, width: int, height: int) -> None:
     """Fail early (before any Ray work) when the bounds can (almost) never be met.
 
     Uses the most favourable case: farthest depth, smallest object, shortest travel, along the wider
     image axis; then confirms by sampling a few trajectories.
     """
-    far = tcfg.depth[1]
+    far = traj_cfg.depth[1]
     hx, hy = frustum_half_extent(far, width, height)
-    r = tcfg.object_size[0] / 2
-    room = 2 * (max(hx, hy) * (1 - 2 * tcfg.margin) - r)
-    need = tcfg.min_travel * tcfg.object_size[0]
+    r = traj_cfg.object_size[0] / 2
+    room = 2 * (max(hx, hy) * (1 - 2 * traj_cfg.margin) - r)
+    need = traj_cfg.min_travel * traj_cfg.object_size[0]
     if room < need or room <= 0:
         raise TrajectoryError(
             f"impossible trajectory bounds: at the farthest depth {far} the usable frustum span is "
-            f"{room:.3f} units but min_travel {tcfg.min_travel} x object size {tcfg.object_size[0]} needs "
+            f"{room:.3f} units but min_travel {traj_cfg.min_travel} x object size {traj_cfg.object_size[0]} needs "
             f"{need:.3f}; lower min_travel/object_size/margin or raise depth")
     rng = np.random.default_rng(0)
     for _ in range(5):
-        sample_trajectory(rng, tcfg, width, height, attempts=2000)
+        sample_trajectory(rng, traj_cfg, width, height, attempts=2000)

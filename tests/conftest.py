@@ -1,4 +1,5 @@
-"""Shared fixtures: a short work folder (Ray's socket paths must stay short) and one local Ray."""
+"""Shared fixtures: a short work folder (Ray's socket paths must stay short), one local Ray, and the one
+way tests build configs."""
 import os
 import shutil
 import tempfile
@@ -33,6 +34,15 @@ def work(session_home, request):
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
     return d
+
+
+@pytest.fixture(scope="session")
+def make_config():
+    """``make_config(*layers, files=())``: the defaults <- files <- layers ({dotted.key: value} or
+    "dotted.key=value"), see fmo_fakes.make_config."""
+    from fmo_fakes import make_config
+
+    return make_config
 
 
 @pytest.fixture(scope="session")

@@ -9,40 +9,53 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fmolab.config import load_config, to_dict
+from fmolab.config import Config, load_config, to_dict
+
+# A tiny model at test sizes (the toy datasets are 64x48).
+TINY_MODEL = {"model.encoder": "tiny", "model.norm": "group", "data.frames_per_sample": 4, "render.width": 64,
+              "render.height": 48, "tracking.experiment": "tests"}
 
 
-def tiny_config(work, fmt="double_blur", **over):
-    base = {"runtime.work_dir": str(work), "data.format": fmt, "model.encoder": "tiny", "model.norm": "group",
-            "data.frames_per_sample": 4, "render.width": 64, "render.height": 48, "tracking.experiment": "tests"}
-    base.update(over)
-    return load_config([], [f"{k}={v}" for k, v in base.items()])
+def make_config(*layers, files=()) -> Config:
+    """A test's config: the defaults <- ``files`` <- each layer in turn: a ``{dotted.key: value}`` dict, a
+    ``"dotted.key=value"`` string or a list of them (what the ``make_config`` fixture of conftest.py returns)."""
+    overrides: list[str] = []
+    for layer in layers:
+        if isinstance(layer, dict):
+            overrides += [f"{k}={v}" for k, v in layer.items()]
+        else:
+            overrides += [layer] if isinstance(layer, str) else list(layer)
+    return load_config(list(files), overrides)
 
 
-def checkpoint_model(folder, fmt="double_blur", seed=0, **over) -> Path:
+def tiny_model_config(work, fmt="double_blur", *layers) -> Config:
+    return make_config(TINY_MODEL, {"runtime.work_dir": work, "data.format": fmt}, *layers)
+
+
+def checkpoint_model(folder, fmt="double_blur", seed=0) -> Path:
     """A randomly initialised tiny model saved as a checkpoint folder (best_model.pt + config.json)."""
-    from fmolab.data import in_channels
+    from fmolab.data import build_format
     from fmolab.models import build_model
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = tiny_config(folder, fmt, **over)
+    cfg = tiny_model_config(folder, fmt)
     torch.manual_seed(seed)
-    torch.save(build_model(cfg.model, in_channels(fmt)).state_dict(), folder / "best_model.pt")
+    torch.save(build_model(cfg.model, build_format(fmt).in_channels).state_dict(), folder / "best_model.pt")
     (folder / "config.json").write_text(json.dumps(to_dict(cfg)))
     return folder
 
 
-def registered_model(work, name, alias="test", fmt="double_blur", **over) -> str:
+def registered_model(work, name, alias="test", fmt="double_blur") -> str:
     """Log + register a randomly initialised tiny model in the work folder's MLflow store."""
-    from fmolab import tracking
+    from fmolab.tracking import model_registry, store
 
-    cfg = tiny_config(work, fmt, **over)
-    tracking.setup_tracking(cfg)
-    run_id = tracking.start_or_resume_run(cfg, f"{name}-run", {"variant": fmt})
-    folder = checkpoint_model(Path(work) / f"{name}-ckpt", fmt, **over)
-    uri = tracking.log_model(cfg, folder / "best_model.pt", run_id)
-    tracking.register(uri, name, alias)
+    cfg = tiny_model_config(work, fmt)
+    store.setup_tracking(cfg)
+    run_id = store.start_or_resume_run(cfg, f"{name}-run", {"variant": fmt})
+    folder = checkpoint_model(Path(work) / f"{name}-ckpt", fmt)
+    uri = model_registry.log_model(cfg, folder / "best_model.pt", run_id)
+    model_registry.register(uri, name, alias)
     return f"models:/{name}@{alias}"
 
 

@@ -9,7 +9,7 @@ def two_runs(work, monkeypatch):
     import mlflow
 
     from fmolab.config import load_config
-    from fmolab.tracking import ensure_experiment, setup_tracking
+    from fmolab.tracking.store import ensure_experiment, setup_tracking
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # this test's own store
     cfg = load_config([], [f"runtime.work_dir={work}", "tracking.experiment=cmp"])

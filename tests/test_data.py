@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from fmolab.compose import composite, over
-from fmolab.config import load_config
 from fmolab.data import (FORMATS, Augment, BackgroundAdder, FMOLoader, build_dataset, build_format, collate,
                          contrast, in_channels, to_device, write_synthetic_dataset)
 from fmolab.registry import SpecError
@@ -24,9 +23,12 @@ def root(tmp_path_factory):
     return write_synthetic_dataset(tmp_path_factory.mktemp("syn") / "ds")
 
 
-def make_cfg(root, fmt="double_blur", *extra):
-    return load_config(overrides=[f"data.train={root}", f"data.format={fmt}", "data.frames_per_sample=4",
-                                  "data.val_fraction=0.25", *extra])
+DATA = {"data.frames_per_sample": 4, "data.val_fraction": 0.25}
+
+
+def data_of(root, fmt="double_blur") -> dict:
+    """The config layer of a dataset read in a format."""
+    return {**DATA, "data.train": root, "data.format": fmt}
 
 
 def test_synthetic_is_in_schema(tmp_path):
@@ -56,8 +58,8 @@ def test_half_blurs_average_to_full_blur(root):
 
 
 @pytest.mark.parametrize("fmt", ALL_FORMATS)
-def test_items_follow_contract_and_composite_exactly(root, fmt):
-    ds = build_dataset(make_cfg(root, fmt, "data.flip=true", "data.time_reverse=true", "data.jitter=0.1"), "train")
+def test_items_follow_contract_and_composite_exactly(root, fmt, make_config):
+    ds = build_dataset(make_config(data_of(root, fmt), "data.flip=true", "data.time_reverse=true", "data.jitter=0.1"), "train")
     raw = collate([ds[i] for i in range(4)])
     # ground-truth frames travel as uint8 (channels-last memory) until to_device scales them
     assert raw["frames"].dtype == torch.uint8 and raw["frames"].movedim(-3, -1).is_contiguous()
@@ -92,8 +94,8 @@ def test_items_follow_contract_and_composite_exactly(root, fmt):
         assert not torch.equal(batch["contrast_inputs"], batch["inputs"])
 
 
-def test_multi_object_masks_padding_and_order(root):
-    ds = build_dataset(make_cfg(root, "multi_object:min_objects=1,max_objects=3"), "all")
+def test_multi_object_masks_padding_and_order(root, make_config):
+    ds = build_dataset(make_config(data_of(root, "multi_object:min_objects=1,max_objects=3")), "all")
     counts = set()
     for i in range(len(ds)):
         item = to_device(ds[i])
@@ -117,8 +119,8 @@ def test_multi_object_masks_padding_and_order(root):
     assert counts <= {1, 2, 3} and len(counts) >= 2
 
 
-def test_determinism_for_a_seed(root):
-    cfg = make_cfg(root, "double_blur", "data.noise=0.02", "data.jitter=0.1", "data.time_reverse=true")
+def test_determinism_for_a_seed(root, make_config):
+    cfg = make_config(data_of(root, "double_blur"), "data.noise=0.02", "data.jitter=0.1", "data.time_reverse=true")
     a, b = build_dataset(cfg, "train"), build_dataset(cfg, "train")
     for i in (0, 3, len(a) - 1):
         x, y = a[i], b[i]
@@ -130,8 +132,8 @@ def test_determinism_for_a_seed(root):
     assert not torch.equal(other_epoch[0]["inputs"], a[0]["inputs"])
 
 
-def test_no_object_leaks_across_splits(root):
-    cfg = make_cfg(root)
+def test_no_object_leaks_across_splits(root, make_config):
+    cfg = make_config(data_of(root))
     train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
     assert len(train) > 0 and len(val) > 0 and len(train) + len(val) == 16
     assert not set(train.loader.object_ids) & set(val.loader.object_ids)
@@ -143,8 +145,8 @@ def _clip_frames(adder, clips) -> dict:
     return {adder.reader.row(c)["clip_id"]: adder.clip(c, 48, 64) for c in clips}
 
 
-def test_validation_backgrounds_are_never_seen_in_training(root, tmp_path):
-    cfg = make_cfg(root, "double_blur", "data.bg_val_fraction=0.25", "data.flip=false")  # pixels as stored
+def test_validation_backgrounds_are_never_seen_in_training(root, tmp_path, make_config):
+    cfg = make_config(data_of(root, "double_blur"), "data.bg_val_fraction=0.25", "data.flip=false")  # pixels as stored
     train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
     train_clips, val_clips = _clip_frames(train.adder, train.adder.clips), _clip_frames(val.adder, val.adder.clips)
     assert train_clips and val_clips and not set(train_clips) & set(val_clips)
@@ -157,7 +159,7 @@ def test_validation_backgrounds_are_never_seen_in_training(root, tmp_path):
                 assert not any((f == bg).all() for frames in other.values() for f in frames)
     # a separate validation folder (the thesis: OTB clips for validation, VOT for training)
     other = write_synthetic_dataset(tmp_path / "other", seed=7, num_sequences=2, num_clips=2)
-    cfg = make_cfg(root, "double_blur", f"data.val_backgrounds={other / 'backgrounds'}")
+    cfg = make_config(data_of(root, "double_blur"), f"data.val_backgrounds={other / 'backgrounds'}")
     train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
     assert val.adder.root == other / "backgrounds" and len(val.adder.clips) == 2
     assert train.adder.root == root / "backgrounds" and len(train.adder.clips) == 4
@@ -184,7 +186,7 @@ def test_time_reversal_swaps_the_two_half_blurs(root):
     torch.testing.assert_close(out["spans"], base["spans"])
 
 
-def test_corrupt_rows_are_skipped_and_counted(tmp_path, caplog):
+def test_corrupt_rows_are_skipped_and_counted(tmp_path, caplog, make_config):
     root = write_synthetic_dataset(tmp_path / "ds")
     shard = root / "shard-00000.parquet"
     rows = pq.read_table(shard).to_pylist()
@@ -192,7 +194,7 @@ def test_corrupt_rows_are_skipped_and_counted(tmp_path, caplog):
     rows[3]["width"] = 99  # wrong size
     rows[5]["blur_names"] = None  # missing value
     write_shard(rows, shard)
-    ds = build_dataset(make_cfg(root, "double_blur"), "all")
+    ds = build_dataset(make_config(data_of(root, "double_blur")), "all")
     with caplog.at_level(logging.WARNING, logger="fmolab.data"):
         items = [ds[i] for i in range(len(ds))]
     assert len(items) == 16 and all(it["inputs"].shape == (6, 48, 64) for it in items)
@@ -228,7 +230,7 @@ def _same_pixels(got: np.ndarray, want: np.ndarray, rgb_tol: float) -> None:
     assert diff.mean() <= rgb_tol, f"mean premultiplied RGB difference {diff.mean():.3f} over the object"
 
 
-def test_cropped_rows_give_the_items_of_full_size_rows(tmp_path, root):
+def test_cropped_rows_give_the_items_of_full_size_rows(tmp_path, root, make_config):
     full = write_synthetic_dataset(tmp_path / "full", cropped=False)  # the layout before the box column
     a, b = FMOLoader(root), FMOLoader(full)
     boxes = [a.get(i).box for i in range(len(a))]
@@ -241,7 +243,7 @@ def test_cropped_rows_give_the_items_of_full_size_rows(tmp_path, root):
         for name in ra.blur_names:
             _same_pixels(ra.blur(name), rb.blur(name), rgb_tol=10)
     for fmt in ALL_FORMATS:
-        da, db = build_dataset(make_cfg(root, fmt), "all"), build_dataset(make_cfg(full, fmt), "all")
+        da, db = build_dataset(make_config(data_of(root, fmt)), "all"), build_dataset(make_config(data_of(full, fmt)), "all")
         for i in (0, 5):
             x, y = to_device(da[i]), to_device(db[i])
             assert x.keys() == y.keys() and x["seq_id"] == y["seq_id"]
@@ -275,7 +277,7 @@ def test_lossless_cropped_rows_are_bit_exact(tmp_path, root):
             _same_pixels(ra.blur(name), rb.blur(name), rgb_tol=0)
 
 
-def test_rows_without_box_column_still_load(tmp_path):
+def test_rows_without_box_column_still_load(tmp_path, make_config):
     root = write_synthetic_dataset(tmp_path / "ds", num_sequences=8, cropped=False)
     shard = root / "shard-00000.parquet"
     pq.write_table(pq.read_table(shard).drop(["box"]), shard)  # a shard written before the column existed
@@ -284,11 +286,11 @@ def test_rows_without_box_column_still_load(tmp_path):
     assert len(loader) == 8 and not loader.skipped
     row = loader.get(3)
     assert row.box is None and row.frames().shape == (8, 48, 64, 4) and row.blur("full").shape == (48, 64, 4)
-    ds = build_dataset(make_cfg(root, "double_blur"), "all")
+    ds = build_dataset(make_config(data_of(root, "double_blur")), "all")
     assert all(ds[i]["inputs"].shape == (6, 48, 64) for i in range(len(ds))) and not ds.skipped
 
 
-def test_rows_whose_crop_disagrees_with_their_box_are_skipped(tmp_path):
+def test_rows_whose_crop_disagrees_with_their_box_are_skipped(tmp_path, make_config):
     root = write_synthetic_dataset(tmp_path / "ds")
     shard = root / "shard-00000.parquet"
     rows = pq.read_table(shard).to_pylist()
@@ -296,7 +298,7 @@ def test_rows_whose_crop_disagrees_with_their_box_are_skipped(tmp_path):
     rows[1]["box"] = [y0, x0, y1, x1 + 1] if x1 < 64 else [y0, x0 - 1, y1, x1]  # one column too wide
     rows[4]["box"] = [0, 0, 60, 10]  # taller than the image
     write_shard(rows, shard)
-    ds = build_dataset(make_cfg(root, "double_blur"), "all")
+    ds = build_dataset(make_config(data_of(root, "double_blur")), "all")
     items = [ds[i] for i in range(len(ds))]
     assert len(items) == 16 and all(it["inputs"].shape == (6, 48, 64) for it in items)
     assert set(ds.skipped) == {"shard-00000.parquet#1", "shard-00000.parquet#4"}
@@ -337,17 +339,17 @@ def test_format_registry():
         build_format("double_blurr")
 
 
-def test_torch_dataloader_workers(root):
-    ds = build_dataset(make_cfg(root, "background_blur"), "train")
+def test_torch_dataloader_workers(root, make_config):
+    ds = build_dataset(make_config(data_of(root, "background_blur")), "train")
     dl = torch.utils.data.DataLoader(ds, batch_size=3, collate_fn=collate, num_workers=1)
     batch = next(iter(dl))
     assert batch["inputs"].shape == (3, 6, 48, 64) and len(batch["seq_id"]) == 3
 
 
-def test_ray_data_path_matches_torch_path(root, ray_local):
+def test_ray_data_path_matches_torch_path(root, ray_local, make_config):
     from fmolab.data.ray_pipeline import RayCollate, ray_dataset
 
-    cfg = make_cfg(root, "double_blur", "data.jitter=0.1")
+    cfg = make_config(data_of(root, "double_blur"), "data.jitter=0.1")
     expected = {}
     for epoch in (0, 1):
         torch_ds = build_dataset(cfg, "train", epoch_seed=epoch)

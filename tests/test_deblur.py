@@ -73,7 +73,8 @@ def _webp_duration(path):
 
 
 def test_deblur_video_from_frame_folder(models, tmp_path):
-    from fmolab.deblur import deblur_video, load_predictor
+    from fmolab.inference.predictor import load_predictor
+    from fmolab.inference.video import deblur_video
 
     gif = write_disc_gif(tmp_path / "disc.gif", n=6)
     folder = tmp_path / "frames"

@@ -7,56 +7,58 @@ import math
 import numpy as np
 import pytest
 
-from fmolab import metrics as M
+from fmolab import geometry
+from fmolab.data import build_format
+from fmolab.evaluation import metrics
 from fmo_fakes import checkpoint_model, disc_position, registered_model, write_fake_benchmark
 
 # ---------------------------------------------------------------- metrics, known answers
 
 
 def test_circle_iou_known_values():
-    assert M.circle_iou(0.0, 3.0) == pytest.approx(1.0)
-    assert M.circle_iou(6.0, 3.0) == pytest.approx(0.0)
-    assert M.circle_iou(100.0, 3.0) == pytest.approx(0.0)
+    assert metrics.circle_iou(0.0, 3.0) == pytest.approx(1.0)
+    assert metrics.circle_iou(6.0, 3.0) == pytest.approx(0.0)
+    assert metrics.circle_iou(100.0, 3.0) == pytest.approx(0.0)
     # d = r: lens area 2 r^2 (pi/3 - sqrt(3)/4) ... IoU = I / (2 pi r^2 - I)
     r = 2.0
     inter = 2 * r * r * (math.pi / 3 - math.sqrt(3) / 4)
-    assert M.circle_iou(r, r) == pytest.approx(inter / (2 * math.pi * r * r - inter))
+    assert metrics.circle_iou(r, r) == pytest.approx(inter / (2 * math.pi * r * r - inter))
 
 
 def test_tiou_identical_reversed_and_missing():
     gt = np.stack([np.linspace(0, 20, 8), np.full(8, 5.0)], -1)
-    assert M.trajectory_iou(gt, gt, 3.0) == (pytest.approx(1.0), False)
-    tiou, rev = M.trajectory_iou(gt, gt[::-1], 3.0)  # reversed prediction: the better direction wins
+    assert metrics.trajectory_iou(gt, gt, 3.0) == (pytest.approx(1.0), False)
+    tiou, rev = metrics.trajectory_iou(gt, gt[::-1], 3.0)  # reversed prediction: the better direction wins
     assert tiou == pytest.approx(1.0) and rev is True
     shifted = gt + np.array([3.0, 0.0])  # every sub-frame off by one radius
-    assert M.trajectory_iou(gt, shifted, 3.0)[0] == pytest.approx(float(M.circle_iou(3.0, 3.0)))
+    assert metrics.trajectory_iou(gt, shifted, 3.0)[0] == pytest.approx(float(metrics.circle_iou(3.0, 3.0)))
     empty = gt.copy()
     empty[0] = np.nan  # no alpha in one predicted sub-frame: it scores 0
-    assert M.trajectory_iou(gt, empty, 3.0)[0] == pytest.approx(7 / 8)
+    assert metrics.trajectory_iou(gt, empty, 3.0)[0] == pytest.approx(7 / 8)
 
 
 def test_psnr_ssim_known_values():
     a = np.random.default_rng(0).random((4, 3, 16, 16))
-    assert M.psnr(a, a) == M.PSNR_CAP == 100.0
-    assert M.psnr(np.zeros((2, 3, 4, 4)), np.full((2, 3, 4, 4), 0.1)) == pytest.approx(20.0)
+    assert metrics.psnr(a, a) == metrics.PSNR_CAP == 100.0
+    assert metrics.psnr(np.zeros((2, 3, 4, 4)), np.full((2, 3, 4, 4), 0.1)) == pytest.approx(20.0)
     # one MSE over all sub-frames, not a mean of per-frame PSNRs
     p = np.zeros((2, 1, 2, 2))
     t = np.stack([np.full((1, 2, 2), 0.1), np.full((1, 2, 2), 0.01)])
-    assert M.psnr(p, t) == pytest.approx(-10 * math.log10((0.01 + 0.0001) / 2))
-    assert M.ssim(a, a) == pytest.approx(1.0)
-    assert M.ssim(a, 1 - a) < 0.2
+    assert metrics.psnr(p, t) == pytest.approx(-10 * math.log10((0.01 + 0.0001) / 2))
+    assert metrics.ssim(a, a) == pytest.approx(1.0)
+    assert metrics.ssim(a, 1 - a) < 0.2
     # middle frame: T odd -> centre frame; T even -> mean of the two central frames
     frames = np.arange(5, dtype=float)[:, None, None, None] * np.ones((5, 1, 2, 2)) / 10
-    assert M.middle_frame(frames)[0, 0, 0] == pytest.approx(0.2)
-    assert M.middle_frame(frames[:4])[0, 0, 0] == pytest.approx(0.15)
-    assert M.middle_psnr(frames[::-1], frames) == 100.0  # direction-free
+    assert metrics.middle_frame(frames)[0, 0, 0] == pytest.approx(0.2)
+    assert metrics.middle_frame(frames[:4])[0, 0, 0] == pytest.approx(0.15)
+    assert metrics.middle_psnr(frames[::-1], frames) == 100.0  # direction-free
 
 
 def test_sync_directions_reports_the_better_order():
     gt = np.linspace(0, 1, 6)[:, None, None, None] * np.ones((6, 3, 4, 4))
-    pred, rev = M.sync_directions(gt[::-1], gt)
+    pred, rev = metrics.sync_directions(gt[::-1], gt)
     assert rev is True and np.allclose(pred, gt)
-    pred, rev = M.sync_directions(gt, gt, mode="all")
+    pred, rev = metrics.sync_directions(gt, gt, mode="all")
     assert rev is False
 
 
@@ -64,22 +66,22 @@ def test_scoring_crop_and_centroids():
     alpha = np.zeros((3, 20, 30))
     alpha[0, 5:8, 4:6] = 1
     alpha[2, 10:12, 20:25] = 1
-    assert M.scoring_crop(alpha, margin=2) == (3, 2, 14, 27)
-    assert M.scoring_crop(alpha, margin=10) == (0, 0, 20, 30)  # clipped to the image
-    assert M.scoring_crop(np.zeros((2, 5, 6))) == (0, 0, 5, 6)  # empty: whole image
-    c = M.alpha_centroids(alpha)
+    assert geometry.scoring_crop(alpha, margin=2) == (3, 2, 14, 27)
+    assert geometry.scoring_crop(alpha, margin=10) == (0, 0, 20, 30)  # clipped to the image
+    assert geometry.scoring_crop(np.zeros((2, 5, 6))) == (0, 0, 5, 6)  # empty: whole image
+    c = metrics.alpha_centroids(alpha)
     assert c[0] == pytest.approx([5.0, 6.5]) and np.isnan(c[1]).all() and c[2] == pytest.approx([22.5, 11.0])
     disc = np.zeros((1, 41, 41))
     yy, xx = np.mgrid[0:41, 0:41] + 0.5
     disc[0] = ((xx - 20.5) ** 2 + (yy - 20.5) ** 2) <= 100
-    assert M.equivalent_radius(disc) == pytest.approx(10.0, rel=0.03)
+    assert metrics.equivalent_radius(disc) == pytest.approx(10.0, rel=0.03)
 
 
 def test_score_sample_of_perfect_prediction():
     rng = np.random.default_rng(1)
     gt = rng.random((5, 3, 12, 12))
     traj = np.stack([np.arange(5.0), np.arange(5.0)], -1)
-    s = M.score_sample(gt[::-1], gt, (0, 0, 12, 12), traj, traj[::-1], 2.0)
+    s = metrics.score_sample(gt[::-1], gt, (0, 0, 12, 12), traj, traj[::-1], 2.0)
     assert s["psnr"] == 100.0 and s["ssim"] == pytest.approx(1.0) and s["tiou"] == pytest.approx(1.0)
     assert s["reversed"] == 1.0
 
@@ -88,11 +90,11 @@ def test_score_sample_of_perfect_prediction():
 
 
 def test_falling_objects_layout_adapter(tmp_path):
-    from fmolab.benchmarks_fmo import benchmark_samples, detect_kind
+    from fmolab.evaluation.benchmark_data import benchmark_samples, detect_kind
 
     root = write_fake_benchmark(tmp_path / "falling_objects", "falling", n_frames=4)
     assert detect_kind(root) == "falling"
-    samples = list(benchmark_samples(root, "background_blur", (48, 64)))
+    samples = list(benchmark_samples(root, build_format("background_blur"), (48, 64)))
     assert len(samples) == 4
     s = samples[1]
     assert s.sample_id == "disc_GTgamma/00000002" and s.inputs.shape == (6, 48, 64) and s.gt.shape == (8, 3, 48, 96)
@@ -106,17 +108,17 @@ def test_falling_objects_layout_adapter(tmp_path):
     # the running median removed the flying disc from the background
     assert np.abs(s.backgrounds[0] - s.gt[0]).sum(0).max() > 0.3
     # double blur: frames k-1 and k, the second half of 2N times; the first frame is skipped
-    dbl = list(benchmark_samples(root, "double_blur", (48, 64)))
+    dbl = list(benchmark_samples(root, build_format("double_blur"), (48, 64)))
     assert len(dbl) == 3 and dbl[0].sample_id.endswith("00000002")
     assert dbl[0].times.min() > 0.5 and len(dbl[0].times) == 8
 
 
 def test_tbd_layout_adapter_with_gt_txt(tmp_path):
-    from fmolab.benchmarks_fmo import benchmark_samples, detect_kind
+    from fmolab.evaluation.benchmark_data import benchmark_samples, detect_kind
 
     root = write_fake_benchmark(tmp_path / "TbD", "tbd", n_frames=3)
     assert detect_kind(root) == "tbd"
-    s = list(benchmark_samples(root, "background_blur", (48, 64), sub_steps=5))
+    s = list(benchmark_samples(root, build_format("background_blur"), (48, 64), sub_steps=5))
     assert [x.sample_id for x in s] == ["disc_flying/00000000", "disc_flying/00000001", "disc_flying/00000002"]
     np.testing.assert_allclose(s[1].gt_traj[0], disc_position(8), atol=1e-3)
     assert len(s[1].times) == 40  # 8 sub-frames x 5 averaged renders
@@ -124,18 +126,17 @@ def test_tbd_layout_adapter_with_gt_txt(tmp_path):
 
 def test_oracle_on_shards_scores_perfectly(session_home):
     """Renders equal to the ground truth: PSNR capped, SSIM 1, TIoU 1 (checks the shard adapter end to end)."""
-    from fmolab.benchmarks_fmo import shard_samples
+    from fmo_fakes import tiny_model_config
     from fmolab.data import build_dataset, to_device, write_synthetic_dataset
-    from fmolab.evaluate import score
+    from fmolab.evaluation.evaluate import score
+    from fmolab.evaluation.samples import shard_samples
 
     data = write_synthetic_dataset(session_home / "eval-oracle", num_sequences=4, width=64, height=48, seed=3)
-    from fmo_fakes import tiny_config
-
-    cfg = tiny_config(session_home, "double_blur", **{"data.train": str(data)})
+    cfg = tiny_model_config(session_home, "double_blur", {"data.train": data})
     ds = build_dataset(cfg, "all")
 
     class Oracle:
-        config, source, input_kind = cfg, "oracle", "double_blur"
+        config, source, input_format = cfg, "oracle", build_format("double_blur")
         frames = None
 
         def render(self, inputs, times):
@@ -192,8 +193,8 @@ def test_evaluate_cli_on_shards_logs_to_mlflow(eval_home, capsys):
 
 
 def test_evaluate_on_fake_falling_objects_and_tbd(eval_home, tmp_path):
-    from fmolab.deblur import load_predictor
-    from fmolab.evaluate import evaluate
+    from fmolab.evaluation.evaluate import evaluate
+    from fmolab.inference.predictor import load_predictor
 
     home, uri = eval_home
     predictor = load_predictor(uri)  # double blur

@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from fmolab.cli import PRESETS, preset_path
-from fmolab.config import load_config
+from fmolab.config import load_config, preset_names, preset_path
 from fmolab.data import build_dataset, collate, in_channels
 from fmolab.data.synthetic import write_synthetic_dataset
 from fmolab.losses import LossSet
@@ -15,7 +14,7 @@ def toy(tmp_path_factory):
     return write_synthetic_dataset(tmp_path_factory.mktemp("toy"), num_sequences=8, num_objects=4, seed=3)
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("preset", preset_names())
 def test_preset_takes_a_training_step(preset, toy):
     # the preset's format and losses, on a tiny encoder and the toy data (resnet50 is for GPUs)
     cfg = load_config([preset_path(preset)], [f"data.train={toy}", "model.encoder=tiny", "data.frames_per_sample=4"])

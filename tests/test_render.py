@@ -12,7 +12,6 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from fmolab.config import load_config
 from fmolab.shards import BACKGROUND_SCHEMA, SEQUENCE_SCHEMA, ShardReader, content_box, decode_sequence, decode_webp
 from render_cluster import trajectory as T
 
@@ -27,10 +26,6 @@ needs_bpy = pytest.mark.skipif(not HAVE_BPY, reason="bpy (Blender) is not instal
 TINY = ["render.width=64", "render.height=48", "render.num_frames=4", "render.samples=4",
         "render.motion_blur_steps=8", "render.shard_rows=2", "render.num_sequences=3",
         "render.backgrounds.num_clips=3", "render.backgrounds.frames_per_clip=3", "runtime.num_cpus=2"]
-
-
-def _cfg(work: Path, extra=()):
-    return load_config(overrides=[f"runtime.work_dir={work}", *TINY, *extra])
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -69,24 +64,24 @@ def test_trajectory_bounds_and_determinism():
     assert np.allclose(loc, (np.array(a.start) + np.array(a.end)) / 2)
 
 
-def test_impossible_bounds_fail_before_ray(tmp_path):
+def test_impossible_bounds_fail_before_ray(tmp_path, make_config):
     import ray
 
     from render_cluster.pipeline import render_dataset
 
-    cfg = _cfg(tmp_path, ["render.trajectory.min_travel=40", "render.trajectory.max_travel=50"])
+    cfg = make_config(TINY, {"runtime.work_dir": tmp_path}, ["render.trajectory.min_travel=40", "render.trajectory.max_travel=50"])
     with pytest.raises(T.TrajectoryError, match="impossible trajectory bounds"):
         render_dataset(cfg, progress=False)
     assert not ray.is_initialized()
 
 
 @pytest.mark.parametrize("key", ["render.objects", "render.textures", "render.backgrounds.source"])
-def test_missing_asset_folder_fails_before_ray(tmp_path, key):
+def test_missing_asset_folder_fails_before_ray(tmp_path, key, make_config):
     import ray
 
     from render_cluster.pipeline import render_dataset
 
-    cfg = _cfg(tmp_path, [f"{key}={tmp_path / 'nope'}"])
+    cfg = make_config(TINY, {"runtime.work_dir": tmp_path}, [f"{key}={tmp_path / 'nope'}"])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         render_dataset(cfg, progress=False)
     assert not ray.is_initialized()
@@ -105,10 +100,10 @@ def test_empty_asset_folder_is_an_error(tmp_path):
 # ---------------------------------------------------------------- backgrounds (no bpy)
 
 
-def test_procedural_backgrounds(tmp_path):
+def test_procedural_backgrounds(tmp_path, make_config):
     from render_cluster.pipeline import render_backgrounds
 
-    cfg = _cfg(tmp_path)
+    cfg = make_config(TINY, {"runtime.work_dir": tmp_path})
     m = render_backgrounds(cfg, tmp_path / "bg")
     assert m["num_rows"] == 3 and m["kind"] == "backgrounds"
     t = pq.read_table(tmp_path / "bg" / "part-00000.parquet")
@@ -118,7 +113,7 @@ def test_procedural_backgrounds(tmp_path):
     assert np.abs(np.diff(clip.astype(float), axis=0)).mean() > 0.1  # the camera moves
 
 
-def test_folder_backgrounds(tmp_path):
+def test_folder_backgrounds(tmp_path, make_config):
     from render_cluster.backgrounds import write_backgrounds
 
     root = tmp_path / "vot"
@@ -129,7 +124,7 @@ def test_folder_backgrounds(tmp_path):
         for k in range(5):
             Image.fromarray(rng.integers(0, 255, (30, 50, 3), dtype=np.uint8)).save(d / f"{k:08d}.jpg")
     (root / "clip.mp4").write_bytes(b"not a video Pillow can read")
-    cfg = _cfg(tmp_path, [f"render.backgrounds.source={root}", "render.backgrounds.num_clips=3"])
+    cfg = make_config(TINY, {"runtime.work_dir": tmp_path}, [f"render.backgrounds.source={root}", "render.backgrounds.num_clips=3"])
     m = write_backgrounds(cfg, tmp_path / "bg")
     assert m["num_rows"] == 2 and m["skipped_this_run"] == {"unreadable_video": 1}
     rows = ShardReader(tmp_path / "bg").column("source")
@@ -150,11 +145,11 @@ def _write_obj(path: Path, scale: float = 3.0) -> Path:
 
 @pytest.mark.bpy
 @needs_bpy
-def test_obj_loader_normalizes(tmp_path):
+def test_obj_loader_normalizes(tmp_path, make_config):
     from render_cluster import objects
     from render_cluster.scene import Scene
 
-    cfg = _cfg(tmp_path)
+    cfg = make_config(TINY, {"runtime.work_dir": tmp_path})
     scene = Scene(cfg.render, tmp_dir=str(tmp_path))
     good = _write_obj(tmp_path / "objs" / "02691156" / "abc" / "models" / "model_normalized.obj")
     (tmp_path / "objs" / "bad.obj").write_text("this is not an obj file\n")
@@ -173,13 +168,13 @@ def test_obj_loader_normalizes(tmp_path):
 
 @pytest.mark.bpy
 @needs_bpy
-def test_procedural_families_and_bad_assets_counted(tmp_path):
+def test_procedural_families_and_bad_assets_counted(tmp_path, make_config):
     """Every shape family builds; a folder with a bad OBJ and a bad texture renders, counting both."""
     from render_cluster import objects, textures
     from render_cluster.scene import Scene
     from render_cluster.sequence import Assets, render_index
 
-    cfg = _cfg(tmp_path, ["render.max_tries=12", "render.num_frames=2"])
+    cfg = make_config(TINY, {"runtime.work_dir": tmp_path}, ["render.max_tries=12", "render.num_frames=2"])
     scene = Scene(cfg.render, tmp_dir=str(tmp_path))
     rng = np.random.default_rng(0)
     for fam in objects.FAMILIES:
@@ -208,12 +203,12 @@ def test_procedural_families_and_bad_assets_counted(tmp_path):
 
 @pytest.mark.bpy
 @needs_bpy
-def test_blur_matches_mean_of_sharp_frames(tmp_path):
+def test_blur_matches_mean_of_sharp_frames(tmp_path, make_config):
     """The engine's blur over a span ~ the mean of the sharp frames inside it (premultiplied)."""
     from render_cluster.scene import Scene
     from render_cluster.sequence import Assets, render_try
 
-    cfg = _cfg(tmp_path, ["render.width=96", "render.height=72", "render.num_frames=16", "render.samples=8",
+    cfg = make_config(TINY, {"runtime.work_dir": tmp_path}, ["render.width=96", "render.height=72", "render.num_frames=16", "render.samples=8",
                           "render.motion_blur_steps=32", "render.trajectory.max_travel=2",
                           "render.blurs={full: [0, 1], first: [0, 0.5], second: [0.5, 1]}"])
     scene = Scene(cfg.render, tmp_dir=str(tmp_path))
@@ -241,7 +236,7 @@ def test_blur_matches_mean_of_sharp_frames(tmp_path):
 
 @pytest.mark.bpy
 @needs_bpy
-def test_full_blur_from_halves_matches_engine(tmp_path):
+def test_full_blur_from_halves_matches_engine(tmp_path, make_config):
     """render.full_from_halves: the full blur derived from the two half blurs (premultiplied mean)
     ~ the engine-rendered full blur, with one engine render less; off = every blur rendered."""
     from render_cluster.scene import Scene
@@ -249,8 +244,8 @@ def test_full_blur_from_halves_matches_engine(tmp_path):
 
     size = ["render.width=96", "render.height=72", "render.num_frames=4", "render.samples=4",
             "render.motion_blur_steps=32", "render.trajectory.max_travel=2"]
-    engine = _cfg(tmp_path, [*size, "render.full_from_halves=false"]).render
-    derived = _cfg(tmp_path, size).render
+    engine = make_config(TINY, {"runtime.work_dir": tmp_path}, [*size, "render.full_from_halves=false"]).render
+    derived = make_config(TINY, {"runtime.work_dir": tmp_path}, size).render
     assert derived.full_from_halves and derived_blurs(derived.blurs) == {"full": ("first", "second")}
     assert derived_blurs({"first": [0, 0.5], "second": [0.5, 1]}) == {}
     assert derived_blurs({"full": [0, 1], "first": [0, 0.5], "second": [0.6, 1]}) == {}
@@ -294,14 +289,14 @@ def test_full_blur_from_halves_matches_engine(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
+def dataset(tmp_path_factory, make_config):
     import ray
 
     from render_cluster.pipeline import render_dataset
 
     ray.shutdown()
     work = tmp_path_factory.mktemp("rw")
-    cfg = _cfg(work)
+    cfg = make_config(TINY, {"runtime.work_dir": work})
     manifest = render_dataset(cfg, progress=False)
     return cfg, manifest
 
@@ -396,7 +391,7 @@ def test_inspect_dataset(dataset, tmp_path):
 @pytest.mark.slow
 @pytest.mark.bpy
 @needs_bpy
-def test_two_node_cluster_renders_on_both(tmp_path_factory):
+def test_two_node_cluster_renders_on_both(tmp_path_factory, make_config):
     import ray
     from ray.cluster_utils import Cluster
 
@@ -409,7 +404,7 @@ def test_two_node_cluster_renders_on_both(tmp_path_factory):
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     try:
-        cfg = _cfg(work, [f"runtime.address={cluster.address}", "render.num_sequences=4",
+        cfg = make_config(TINY, {"runtime.work_dir": work}, [f"runtime.address={cluster.address}", "render.num_sequences=4",
                           "render.shard_rows=1", "render.workers=2"])
         m = render_dataset(cfg, progress=False)
         assert m["num_rows"] + len(m["failed_indices"]) == 4

@@ -10,7 +10,7 @@ import torch
 
 from conftest import wait_for_http
 from fmolab.config import load_config
-from fmolab.tracking import TrackingError, setup_tracking
+from fmolab.tracking.store import TrackingError, setup_tracking
 
 
 def test_unreachable_server_fails_fast_and_says_what_to_do(work, free_port):
@@ -44,25 +44,25 @@ def mlflow_server(work, free_port):
 def test_model_logged_registered_and_loaded_over_http(work, mlflow_server, monkeypatch):
     import mlflow
 
-    from fmolab import tracking
     from fmolab.data import in_channels
     from fmolab.models import build_model
+    from fmolab.tracking import model_registry, store
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = load_config([], [f"runtime.work_dir={work}", f"tracking.uri={mlflow_server}", "model.encoder=tiny",
                            "tracking.experiment=http-test", "data.frames_per_sample=3"])
     assert setup_tracking(cfg) == mlflow_server
-    run_id = tracking.start_or_resume_run(cfg, "http-run", {"variant": cfg.variant})
-    assert tracking.start_or_resume_run(cfg, "http-run", {}) == run_id  # same name -> same run
+    run_id = store.start_or_resume_run(cfg, "http-run", {"variant": cfg.variant})
+    assert store.start_or_resume_run(cfg, "http-run", {}) == run_id  # same name -> same run
     model = build_model(cfg.model, in_channels(cfg.data.format))
     weights = work / "w.pt"
     torch.save(model.state_dict(), weights)
-    uri = tracking.log_model(cfg, weights, run_id)
-    v1 = tracking.register(uri, "http-model", "candidate")
-    v2 = tracking.register(uri, "http-model", "candidate")
+    uri = model_registry.log_model(cfg, weights, run_id)
+    v1 = model_registry.register(uri, "http-model", "candidate")
+    v2 = model_registry.register(uri, "http-model", "candidate")
     assert (v1, v2) == (1, 2)
-    assert tracking.promote("http-model", "champion", from_alias="candidate") == 2
-    assert tracking.promote("http-model", "candidate", version=1) == 1
+    assert model_registry.promote("http-model", "champion", from_alias="candidate") == 2
+    assert model_registry.promote("http-model", "candidate", version=1) == 1
     loaded = mlflow.pyfunc.load_model("models:/http-model@champion")
     x = np.random.default_rng(0).random((2, in_channels(cfg.data.format), 32, 48), dtype=np.float32)
     out = loaded.predict(x)

@@ -4,21 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from fmolab.config import load_config
+from fmo_fakes import TINY_MODEL
 from fmolab.data.synthetic import write_synthetic_dataset
 
-
-def _cfg(work, data, **over):
-    base = {
-        "runtime.work_dir": str(work), "data.train": str(data), "data.format": "double_blur",
-        "data.frames_per_sample": 4, "data.val_fraction": 0.25, "model.encoder": "tiny", "model.norm": "group",
-        "loss.train": "[AlphaDice, 'RGBL1:mode=gt']", "loss.compare": "[DeFMOSupervised]",
-        "train.workers": 2, "train.batch_size": 2, "train.steps": 30, "train.lr": 0.003,
-        "train.val_every": 10, "train.ckpt_every": 10, "train.log_every": 5, "train.val_samples": 4,
-        "train.preview_samples": 1, "tracking.experiment": "tests",
-    }
-    base.update(over)
-    return load_config([], [f"{k}={v}" for k, v in base.items()])
+TRAIN = {**TINY_MODEL, "data.format": "double_blur", "data.val_fraction": 0.25,
+         "loss.train": "[AlphaDice, 'RGBL1:mode=gt']", "loss.compare": "[DeFMOSupervised]",
+         "train.workers": 2, "train.batch_size": 2, "train.steps": 30, "train.lr": 0.003,
+         "train.val_every": 10, "train.ckpt_every": 10, "train.log_every": 5, "train.val_samples": 4,
+         "train.preview_samples": 1}
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +20,18 @@ def toy(session_home):
                                    num_frames=8, num_objects=4, seed=1)
 
 
-def test_two_workers_learn_and_resume_with_best_metric(work, toy, ray_local):
+@pytest.fixture
+def base(work, toy):
+    """This module's config layer: tiny double-blur training of the toy data in the test's work folder."""
+    return {**TRAIN, "runtime.work_dir": work, "data.train": toy}
+
+
+def test_two_workers_learn_and_resume_with_best_metric(work, base, ray_local, make_config):
     import mlflow
 
     from fmolab.train import train
 
-    cfg = _cfg(work, toy, **{"train.run_name": "resume-me", "train.steps": 20})
+    cfg = make_config(base, {"train.run_name": "resume-me", "train.steps": 20})
     first = train(cfg, register=False)
     m = first["metrics"]
     assert m["step"] == 20
@@ -45,7 +44,7 @@ def test_two_workers_learn_and_resume_with_best_metric(work, toy, ray_local):
     assert any(p.endswith(".webp") for p in artifacts)
 
     # The same run name resumes: step count and best metric continue, the MLflow run is the same.
-    cfg2 = _cfg(work, toy, **{"train.run_name": "resume-me", "train.steps": 30})
+    cfg2 = make_config(base, {"train.run_name": "resume-me", "train.steps": 30})
     second = train(cfg2, register=False)
     assert second["run_id"] == first["run_id"]
     assert second["metrics"]["step"] == 30
@@ -55,13 +54,13 @@ def test_two_workers_learn_and_resume_with_best_metric(work, toy, ray_local):
     assert [m.value for m in client.get_metric_history(first["run_id"], "resumed_from_step")] == [20.0]
 
 
-def test_registered_model_loads_by_alias_and_renders(work, toy, ray_local):
+def test_registered_model_loads_by_alias_and_renders(work, base, ray_local, make_config):
     import mlflow
 
     from fmolab.data import build_dataset
     from fmolab.train import train
 
-    cfg = _cfg(work, toy, **{"train.steps": 4, "train.val_every": 4, "train.ckpt_every": 4,
+    cfg = make_config(base, {"train.steps": 4, "train.val_every": 4, "train.ckpt_every": 4,
                              "tracking.register_as": "test-model", "tracking.alias": "candidate"})
     out = train(cfg)
     assert out["registered"] == "models:/test-model@candidate"
@@ -77,18 +76,18 @@ def test_registered_model_loads_by_alias_and_renders(work, toy, ray_local):
     assert model.predict(big, params={"num_frames": 3}).shape == (2, 3, 4, 64, 96)
 
 
-def test_nan_loss_stops_with_step_and_losses_named(work, toy, ray_local):
+def test_nan_loss_stops_with_step_and_losses_named(work, base, ray_local, make_config):
     from fmolab.train import train
 
     # an infinite weight makes the total non-finite at the first step, deterministically
-    cfg = _cfg(work, toy, **{"train.steps": 3, "train.workers": 1, "train.max_failures": 0,
+    cfg = make_config(base, {"train.steps": 3, "train.workers": 1, "train.max_failures": 0,
                              "loss.train": "['RGBL1:weight=.inf,mode=direct']"})
     with pytest.raises(Exception) as err:
         train(cfg, register=False)
     assert "non-finite loss at step" in str(err.value) and "RGBL1" in str(err.value)
 
 
-def test_killed_worker_is_recovered_from_last_checkpoint(work, toy, ray_local):
+def test_killed_worker_is_recovered_from_last_checkpoint(work, base, ray_local, make_config):
     """FailureConfig: a Train worker killed mid-run is replaced and training continues from the last
     checkpoint to the end, in the same MLflow run."""
     import os
@@ -102,7 +101,7 @@ def test_killed_worker_is_recovered_from_last_checkpoint(work, toy, ray_local):
 
     from fmolab.train import train
 
-    cfg = _cfg(work, toy, **{"train.run_name": "killed", "train.steps": 200, "train.val_every": 10,
+    cfg = make_config(base, {"train.run_name": "killed", "train.steps": 200, "train.val_every": 10,
                              "train.ckpt_every": 10, "train.max_failures": 2})
     result: dict = {}
     runner = threading.Thread(target=lambda: result.update(train(cfg, register=False)))
@@ -128,13 +127,13 @@ def test_killed_worker_is_recovered_from_last_checkpoint(work, toy, ray_local):
     assert resumed and 0 < resumed[-1] < 200 and resumed[-1] % 10 == 0, f"not restored from a checkpoint: {resumed}"
 
 
-def test_validation_with_fewer_items_than_workers(work, toy, ray_local):
+def test_validation_with_fewer_items_than_workers(work, base, ray_local, make_config):
     """One rank has no validation item: metrics are still combined (no collective mismatch)."""
     import mlflow
 
     from fmolab.train import train
 
-    cfg = _cfg(work, toy, **{"train.steps": 2, "train.val_every": 2, "train.ckpt_every": 2, "train.val_samples": 1})
+    cfg = make_config(base, {"train.steps": 2, "train.val_every": 2, "train.ckpt_every": 2, "train.val_samples": 1})
     out = train(cfg, register=False)
     metrics = mlflow.MlflowClient().get_run(out["run_id"]).data.metrics
     for key in ("val/loss", "val/psnr", "val/crop_psnr", "val/ssim", "val/tiou"):
@@ -142,13 +141,13 @@ def test_validation_with_fewer_items_than_workers(work, toy, ray_local):
     assert 0 <= metrics["val/tiou"] <= 1 and 0 < metrics["val/ssim"] <= 1
 
 
-def test_ray_data_pipeline_feeds_the_workers(work, toy, ray_local):
+def test_ray_data_pipeline_feeds_the_workers(work, base, ray_local, make_config):
     """data.pipeline=ray_data: Ray Data actors make the items, each worker reads its dataset shard."""
     import mlflow
 
     from fmolab.train import train
 
-    cfg = _cfg(work, toy, **{"data.pipeline": "ray_data", "train.steps": 12, "train.val_every": 6,
+    cfg = make_config(base, {"data.pipeline": "ray_data", "train.steps": 12, "train.val_every": 6,
                              "train.ckpt_every": 6, "train.log_every": 3})
     out = train(cfg, register=False)
     assert out["metrics"]["step"] == 12
@@ -160,13 +159,13 @@ def test_ray_data_pipeline_feeds_the_workers(work, toy, ray_local):
     assert "val/psnr" in client.get_run(out["run_id"]).data.metrics
 
 
-def test_each_epoch_draws_new_backgrounds_and_augmentations(work, toy):
+def test_each_epoch_draws_new_backgrounds_and_augmentations(work, base, make_config):
     """The torch path's stream sets the dataset's epoch: a row's item changes from one pass to the next."""
     from fmolab.data import build_dataset, collate
-    from fmolab.train import _batches
+    from fmolab.train.streams import batch_stream
 
-    ds = build_dataset(_cfg(work, toy), "train")
-    stream = _batches(ds, 2, 0, 1, 0, collate)
+    ds = build_dataset(make_config(base), "train")
+    stream = batch_stream(ds, 2, 0, 1, 0, collate)
     seen: dict[int, dict[str, torch.Tensor]] = {0: {}, 1: {}}
     for epoch, batch in stream:
         if epoch > 1:

@@ -9,7 +9,7 @@ import pytest
 
 from fmolab.config import ConfigError, load_config
 from fmolab.data.synthetic import write_synthetic_dataset
-from fmolab.search_space import load_space
+from fmolab.tune import load_space
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ def _write(path, text):
 def test_shipped_spaces_validate_against_their_preset(name):
     import yaml
 
-    from fmolab.cli import preset_path
+    from fmolab.config import preset_path
 
     path = ROOT / "search_spaces" / name
     preset = yaml.safe_load(path.read_text()).get("preset")

@@ -1,43 +1,51 @@
-"""``fmolab``: one subcommand per stage. Every config value is settable as ``section.key=value``."""
+"""``fmolab``: one subcommand per stage, each parsing its arguments and calling one function of its
+stage. Every config value is settable as ``section.key=value``."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from importlib import resources
-from pathlib import Path
 
-from fmolab.config import Config, ConfigError, dump_yaml, load_config
-
-PRESETS = ("demo", "background_blur", "double_blur", "multi_object", "self_supervised")
-
-
-def preset_path(name: str) -> Path:
-    path = Path(str(resources.files("fmolab") / "presets" / f"{name}.yaml"))
-    if not path.exists():
-        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-    return path
+from fmolab.config import Config, ConfigError, dump_yaml, load_config, preset_names, preset_path
 
 
 def _config_args(p: argparse.ArgumentParser, default_preset: str | None = None) -> None:
     p.add_argument("-c", "--config", action="append", default=[], metavar="FILE",
                    help="YAML config or job spec (repeatable; later files win)")
-    p.add_argument("--preset", default=default_preset, choices=PRESETS,
+    p.add_argument("--preset", default=default_preset, choices=preset_names(),
                    help=f"start from a ready configuration (default: {default_preset or 'none'})")
     p.add_argument("--work-dir", help="folder for every generated and temporary file (default ./fmolab-work, or $FMOLAB_HOME)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=1e-4 data.format=double_blur")
 
 
+def _work_dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--work-dir", help="work folder (MLflow store; default ./fmolab-work, or $FMOLAB_HOME)")
+
+
+def _address_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default="", help="Ray dashboard/job server (default $RAY_ADDRESS or http://127.0.0.1:8265)")
+
+
 def _load(args) -> Config:
-    files = ([preset_path(args.preset)] if getattr(args, "preset", None) else []) + args.config
-    overrides = list(args.overrides)
-    if getattr(args, "work_dir", None):
-        overrides.append(f"runtime.work_dir={args.work_dir}")
-    cfg = load_config(files, overrides)
+    """The config of a command: preset, files, overrides; its work folder pinned and in use."""
     from fmolab.runtime import use_work_dir
 
+    files = ([preset_path(args.preset)] if getattr(args, "preset", None) else []) + args.config
+    cfg = load_config(files, list(args.overrides) + ([f"runtime.work_dir={args.work_dir}"] if args.work_dir else []))
     cfg.runtime.work_dir = str(use_work_dir(cfg.work_dir))  # pinned: workers must not guess it
     return cfg
+
+
+def _printed(args, cfg: Config) -> bool:
+    """``--print-config``: print the resolved tree instead of running."""
+    if getattr(args, "print_config", False):
+        print(dump_yaml(cfg))
+        return True
+    return False
+
+
+def _show(result: dict, keys=None) -> None:
+    print(json.dumps({k: v for k, v in result.items() if keys is None or k in keys}, indent=2, default=str))
 
 
 # ---------------------------------------------------------------- commands
@@ -51,244 +59,118 @@ def cmd_demo(args) -> int:
 
 
 def cmd_render(args) -> int:
-    cfg = _load(args)
-    if args.print_config:
-        print(dump_yaml(cfg))
-        return 0
     from render_cluster.pipeline import render_dataset
 
-    manifest = render_dataset(cfg, progress=True)
-    print(json.dumps({k: manifest.get(k) for k in ("path", "num_rows", "rejections", "shards") if k in manifest},
-                     indent=2, default=str))
+    cfg = _load(args)
+    if not _printed(args, cfg):
+        _show(render_dataset(cfg, progress=True), ("path", "num_rows", "rejections", "shards"))
     return 0
 
 
 def cmd_dataset_inspect(args) -> int:
     from render_cluster.inspect import inspect_dataset
 
-    out = Path(args.out or Path(args.path) / "inspect")
-    info = inspect_dataset(args.path, out, n=args.n)
-    print(json.dumps(info, indent=2, default=str))
+    _show(inspect_dataset(args.path, args.out, n=args.n))
     return 0
 
 
 def cmd_train(args) -> int:
-    if args.resume:
-        from fmolab.runtime import use_work_dir
-        from fmolab.train import load_run_config
+    from fmolab.train import load_run_config, train
 
-        import os
-
-        work = Path(args.work_dir or os.environ.get("FMOLAB_HOME") or "fmolab-work").absolute()
-        cfg = load_run_config(work, args.resume)
-        use_work_dir(cfg.work_dir)
-    else:
-        cfg = _load(args)
-    if args.print_config:
-        print(dump_yaml(cfg))
-        return 0
-    from fmolab.train import train
-
-    out = train(cfg)
-    print(json.dumps({k: v for k, v in out.items() if k != "metrics"}, indent=2))
+    cfg = load_run_config(args.work_dir, args.resume) if args.resume else _load(args)
+    if not _printed(args, cfg):
+        _show({k: v for k, v in train(cfg).items() if k != "metrics"})
     return 0
 
 
 def cmd_deblur(args) -> int:
-    from fmolab.deblur import deblur_images, deblur_video, load_predictor
-    from fmolab.runtime import use_work_dir
-    from fmolab.tracking import setup_tracking
+    from fmolab.inference.deblur import deblur
 
-    cfg = load_config([], [f"runtime.work_dir={args.work_dir}"] if args.work_dir else [])
-    use_work_dir(cfg.work_dir)
-    images = args.frames or ([args.image] if args.image else [])
-    if sum(bool(x) for x in (args.frames, args.image, args.video)) != 1:
-        raise ConfigError("give exactly one input: --frames A B (double blur), --image X --background B, "
-                          "or --video PATH")
-    if args.video and args.background:
-        raise ConfigError("--background goes with --image; a video's background is estimated from its frames")
-    if args.num_frames < 1:
-        raise ConfigError(f"--num-frames {args.num_frames}: must be >= 1")
-    setup_tracking(cfg)
-    predictor = load_predictor(args.model)
-    if args.video:
-        out = deblur_video(predictor, args.video, args.out, num_frames=args.num_frames, window=args.window,
-                           threshold=args.threshold, min_area=args.min_area, chunk_frames=args.chunk_frames)
-    else:
-        out = deblur_images(predictor, images, args.background, args.out, num_frames=args.num_frames)
-    print(json.dumps(out, indent=2))
+    _show(deblur(args.model, args.out, frames=args.frames, image=args.image, background=args.background,
+                 video=args.video, num_frames=args.num_frames, work_dir=args.work_dir, window=args.window,
+                 threshold=args.threshold, min_area=args.min_area, chunk_frames=args.chunk_frames))
     return 0
 
 
 def cmd_runs(args) -> int:
-    import mlflow
+    from fmolab.runtime import work_config
+    from fmolab.tracking.store import setup_tracking
 
-    from fmolab.runtime import use_work_dir
-    from fmolab.tracking import promote, setup_tracking
-
-    cfg = load_config([], [f"runtime.work_dir={args.work_dir}"] if args.work_dir else [])
-    use_work_dir(cfg.work_dir)
+    cfg = work_config(args.work_dir)
     setup_tracking(cfg)
     if args.runs_cmd == "promote":
-        version = promote(args.name, args.alias, args.version, args.from_alias)
-        print(f"models:/{args.name}@{args.alias} -> version {version}")
-        return 0
-    if args.runs_cmd == "compare":
-        import time
+        from fmolab.tracking.model_registry import promote
 
-        from fmolab.compare import compare_runs
+        print(f"models:/{args.name}@{args.alias} -> version {promote(args.name, args.alias, args.version, args.from_alias)}")
+    elif args.runs_cmd == "compare":
+        from fmolab.tracking.compare import compare_runs
 
-        out_dir = args.out or str(cfg.work_dir / "comparisons" / time.strftime("%Y%m%d-%H%M%S"))
-        res = compare_runs(args.run, args.experiment, args.metric or ["train/loss", "val/loss"], out_dir,
+        res = compare_runs(args.run, args.experiment, args.metric or ["train/loss", "val/loss"], args.out or "",
                            log=not args.no_log, cfg=cfg)
-        print(res["table"])
-        print(json.dumps({k: v for k, v in res.items() if k != "table"}, indent=2))
-        return 0
-    # list
-    exp = mlflow.get_experiment_by_name(args.experiment)
-    if exp is None:
-        print(f"no experiment {args.experiment!r} in {cfg.tracking_uri}")
-        return 1
-    runs = mlflow.search_runs([exp.experiment_id], output_format="list", max_results=args.max)
-    print(f"{'run name':32} {'status':10} {'variant':16} {'val/loss':>10} {'val/psnr':>9}  run id")
-    for r in runs:
-        m = r.data.metrics
-        print(f"{r.info.run_name[:32]:32} {r.info.status:10} {r.data.tags.get('variant', ''):16} "
-              f"{m.get('val/loss', float('nan')):10.4f} {m.get('val/psnr', float('nan')):9.2f}  {r.info.run_id}")
+        print(res.pop("table"))
+        _show(res)
+    else:
+        from fmolab.tracking.runs import list_runs
+
+        print("\n".join(list_runs(args.experiment, args.max)))
     return 0
 
 
 def cmd_list(args) -> int:
-    from fmolab.registry import Registry
+    from fmolab.data import FORMATS
+    from fmolab.losses import LOSSES
+    from fmolab.models import ENCODERS, RENDERERS
+    from fmolab.train.optim import OPTIMIZERS, SCHEDULERS
 
-    tables: dict[str, Registry] = {}
-    if args.kind in ("encoders", "renderers", "all"):
-        from fmolab.models import ENCODERS, RENDERERS
-
-        tables.update(encoders=ENCODERS, renderers=RENDERERS)
-    if args.kind in ("losses", "all"):
-        from fmolab.losses import LOSSES
-
-        tables["losses"] = LOSSES
-    if args.kind in ("formats", "all"):
-        from fmolab.data import FORMATS
-
-        tables["formats"] = FORMATS
+    tables = {"encoders": ENCODERS, "renderers": RENDERERS, "losses": LOSSES, "formats": FORMATS,
+              "optimizers": OPTIMIZERS, "schedulers": SCHEDULERS}
     for kind, reg in tables.items():
-        print(f"{kind}: {', '.join(reg.names())}")
+        if args.kind in (kind, "all"):
+            print(f"{kind}: {', '.join(reg.names())}")
     return 0
 
 
 def cmd_submit(args) -> int:
-    from fmolab import jobs
+    from fmolab.jobs import submit_and_follow
 
-    spec = jobs.load_spec(args.spec, args.overrides)
-    submission_id = jobs.submit(spec, args.address)
-    print(f"submitted {args.spec} as {submission_id}", flush=True)
-    if args.no_wait:
-        return 0
-    status = jobs.follow(submission_id, args.address, echo=lambda text: print(text, flush=True))
-    print(f"job {submission_id}: {status}", flush=True)
-    if status != "SUCCEEDED":
-        print(f"--- last lines of {submission_id} ---\n{jobs.log_tail(submission_id, args.address)}", file=sys.stderr)
-        return 1
-    return 0
+    return submit_and_follow(args.spec, args.overrides, args.address, wait=not args.no_wait)
 
 
 def cmd_jobs(args) -> int:
-    from fmolab import jobs
+    from fmolab.jobs import manage
 
-    c = jobs.client(args.address)
-    if args.jobs_cmd == "list":
-        print(f"{'submission id':28} {'status':10} entrypoint")
-        for j in c.list_jobs():
-            print(f"{(j.submission_id or j.job_id or '')[:28]:28} {str(j.status.value):10} {j.entrypoint[:80]}")
-    elif args.jobs_cmd == "status":
-        print(c.get_job_status(args.id).value)
-    elif args.jobs_cmd == "logs":
-        if args.follow:
-            return 0 if jobs.follow(args.id, args.address) == "SUCCEEDED" else 1
-        print(c.get_job_logs(args.id))
-    elif args.jobs_cmd == "stop":
-        print("stopped" if c.stop_job(args.id) else "already finished")
-    return 0
+    return manage(args.jobs_cmd, getattr(args, "id", ""), args.address, getattr(args, "follow", False))
 
 
 def cmd_evaluate(args) -> int:
-    import time
+    from fmolab.evaluation.evaluate import format_summary, run_evaluation
 
-    from fmolab.deblur import load_predictor
-    from fmolab.evaluate import evaluate, format_summary, log_evaluation
-    from fmolab.runtime import use_work_dir
-    from fmolab.tracking import setup_tracking
-
-    cfg = load_config([], [f"runtime.work_dir={args.work_dir}"] if args.work_dir else [])
-    use_work_dir(cfg.work_dir)
-    if args.max is not None and args.max < 1:
-        raise ConfigError(f"--max {args.max}: must be >= 1")
-    size = None
-    if args.size:
-        try:
-            w, h = (int(v) for v in args.size.lower().split("x"))
-        except ValueError:
-            raise ConfigError(f"--size {args.size!r}: expected WIDTHxHEIGHT, e.g. 320x240") from None
-        size = (h, w)
-    setup_tracking(cfg)
-    predictor = load_predictor(args.model)
-    out_dir = args.out or str(cfg.work_dir / "eval" / f"{Path(args.data).name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    summary = evaluate(predictor, args.data, out_dir, kind=args.kind, num_frames=args.num_frames,
-                       max_samples=args.max, sub_steps=args.sub_steps, size=size, sync=args.sync, progress=True)
-    if not args.no_log:
-        summary["mlflow_run_id"] = log_evaluation(cfg, summary, args.experiment)
+    summary = run_evaluation(args.model, args.data, args.out or "", work_dir=args.work_dir or "", size=args.size or "",
+                             experiment=args.experiment, log=not args.no_log, kind=args.kind,
+                             num_frames=args.num_frames, max_samples=args.max, sub_steps=args.sub_steps,
+                             sync=args.sync)
     print(format_summary(summary))
-    print(json.dumps({k: summary[k] for k in ("out_dir", "num_samples", "dataset_kind", "mlflow_run_id") if k in summary},
-                     indent=2))
+    _show(summary, ("out_dir", "num_samples", "dataset_kind", "mlflow_run_id"))
     return 0
 
 
 def cmd_tune(args) -> int:
-    import os
-
-    from fmolab.search_space import load_space
-    from fmolab.tune import run_search
+    from fmolab.tune import run_search, start_search
 
     if args.resume:
-        from fmolab.runtime import use_work_dir
+        from fmolab.runtime import work_config
 
-        work = Path(args.work_dir or os.environ.get("FMOLAB_HOME") or "fmolab-work").absolute()
-        cfg = load_config([], [f"runtime.work_dir={work}"])
-        use_work_dir(cfg.work_dir)
-        out = run_search(cfg, None, name=args.resume, resume=True)
+        out = run_search(work_config(args.work_dir), None, name=args.resume, resume=True)
     else:
-        if not args.space:
-            raise ConfigError("give --space FILE (see search_spaces/README.md), or --resume NAME")
-        if not args.preset:  # the space may name a default preset
-            import yaml
-
-            try:
-                data = yaml.safe_load(Path(args.space).read_text()) if Path(args.space).exists() else None
-            except yaml.YAMLError:
-                data = None
-            if isinstance(data, dict) and data.get("preset"):
-                args.preset = str(data["preset"])
-        overrides, args.overrides = list(args.overrides), []
-        cfg = _load(args)  # preset and files; the command line's overrides win over the space's
-        space = load_space(args.space, cfg)
-        space.metric = args.metric or space.metric
-        space.mode = args.mode or space.mode
-        if args.print_space:
-            print(f"ranked by {space.metric} ({space.mode})")
-            for p in space.params:
-                print(f"{p.name:28} {p.describe()}" + (f"  when {p.when}" if p.when else ""))
-            for k, t in space.templates.items():
-                print(f"{k:28} = {t}")
+        out = start_search(args.space, args.config, args.preset, args.overrides, work_dir=args.work_dir or "",
+                           metric=args.metric, mode=args.mode, print_space=args.print_space, trials=args.trials,
+                           name=args.name, max_concurrent=args.max_concurrent, study_storage=args.study_storage,
+                           seed=args.seed, grace_steps=args.grace_steps, reduction_factor=args.reduction_factor)
+        if isinstance(out, str):  # --print-space
+            print(out)
             return 0
-        out = run_search(cfg, space, args.trials, overrides=overrides, name=args.name, max_concurrent=args.max_concurrent,
-                         study_storage=args.study_storage, seed=args.seed, grace_steps=args.grace_steps,
-                         reduction_factor=args.reduction_factor)
-    keys = ("name", "parent_run_id", "best_trial", "best_params", "metric", "best_value", "best_run_id", "model_uri",
-            "registered", "table", "plots")
-    print(json.dumps({k: out[k] for k in keys if k in out}, indent=2, default=str))
+    _show(out, ("name", "parent_run_id", "best_trial", "best_params", "metric", "best_value", "best_run_id",
+                "model_uri", "registered", "table", "plots"))
     return 0
 
 
@@ -361,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="direction synchronisation: first sub-frame (benchmark) or whole sequence")
     p.add_argument("--experiment", default="fmolab-eval", help="MLflow experiment of the evaluation run")
     p.add_argument("--no-log", action="store_true", help="do not log to MLflow")
-    p.add_argument("--work-dir", help="work folder (MLflow store)")
+    _work_dir_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("deblur", help="deblur real frames or a video with a trained model")
@@ -376,11 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-frames", type=int, default=240, help="video: output frames per super-resolved WebP file")
     p.add_argument("--num-frames", type=int, default=8, help="sub-frames to render per input (temporal super-resolution factor)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--work-dir", help="work folder (MLflow store)")
+    _work_dir_arg(p)
     p.set_defaults(func=cmd_deblur)
 
     p = sub.add_parser("runs", help="list and compare runs, move registry aliases")
-    p.add_argument("--work-dir", help="work folder (MLflow store)")
+    _work_dir_arg(p)
     rsub = p.add_subparsers(dest="runs_cmd", required=True)
     q = rsub.add_parser("list", help="runs of an experiment with their final metrics")
     q.add_argument("--experiment", default="fmolab")
@@ -400,13 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="submit a job spec (jobs/*.yaml) to a Ray cluster and follow it")
     p.add_argument("spec", help="job spec YAML (see jobs/README.md)")
-    p.add_argument("--address", default="", help="Ray dashboard/job server (default $RAY_ADDRESS or http://127.0.0.1:8265)")
+    _address_arg(p)
     p.add_argument("--no-wait", action="store_true", help="print the submission id and return")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides appended to the entrypoint")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("jobs", help="list, inspect, follow and stop Ray jobs")
-    p.add_argument("--address", default="", help="Ray dashboard/job server (default $RAY_ADDRESS or http://127.0.0.1:8265)")
+    _address_arg(p)
     jsub = p.add_subparsers(dest="jobs_cmd", required=True)
     jsub.add_parser("list", help="all jobs of the cluster")
     for name, text in (("status", "status of a job"), ("logs", "log of a job"), ("stop", "stop a job")):
@@ -417,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("list", help="list registered parts by name")
-    p.add_argument("kind", nargs="?", default="all", choices=["all", "encoders", "renderers", "losses", "formats"])
+    p.add_argument("kind", nargs="?", default="all", choices=["all", "encoders", "renderers", "losses", "formats", "optimizers", "schedulers"])
     p.set_defaults(func=cmd_list)
     return parser
 

@@ -71,9 +71,10 @@ def deblur_held_out(cfg: Config, model_uri: str) -> dict:
     """Run the registered model on the first validation item (objects never seen in training)."""
     from fmolab.compose import composite
     from fmolab.data import build_dataset, to_device
-    from fmolab.deblur import load_predictor, write_outputs
+    from fmolab.evaluation.metrics import psnr
+    from fmolab.inference.images import write_outputs
+    from fmolab.inference.predictor import load_predictor
     from fmolab.media import prediction_animation, save_animation
-    from fmolab.train import psnr
 
     predictor = load_predictor(model_uri)
     item = to_device(build_dataset(cfg, "val")[0])
@@ -84,5 +85,5 @@ def deblur_held_out(cfg: Config, model_uri: str) -> dict:
     preview = save_animation(cfg.work_dir / "demo" / "deblur_preview.webp",
                              prediction_animation(list(item["images"]), item["frames"], renders))
     bg = item["backgrounds"][:1]
-    score = psnr(composite(renders, bg)[None], composite(item["frames"], bg)[None]).item()
+    score = psnr(composite(renders, bg).numpy(), composite(item["frames"], bg).numpy())
     return {"preview": str(preview), "out_dir": written["out_dir"], "psnr": score}

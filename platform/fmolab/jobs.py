@@ -115,3 +115,39 @@ def log_tail(submission_id: str, address: str = "", lines: int = 40) -> str:
     tail = "\n".join(c.get_job_logs(submission_id).splitlines()[-lines:])
     message = c.get_job_info(submission_id).message or ""
     return f"{tail}\n{message}".strip()
+
+
+def submit_and_follow(spec_path: str, overrides: list[str] = (), address: str = "", wait: bool = True) -> int:
+    """``fmolab submit``: check and submit a spec, follow its log; 0 only if the job succeeded (else 1,
+    with the log's last lines and Ray's reason on stderr)."""
+    import sys
+
+    spec = load_spec(spec_path, overrides)
+    submission_id = submit(spec, address)
+    print(f"submitted {spec_path} as {submission_id}", flush=True)
+    if not wait:
+        return 0
+    status = follow(submission_id, address, echo=lambda text: print(text, flush=True))
+    print(f"job {submission_id}: {status}", flush=True)
+    if status != "SUCCEEDED":
+        print(f"--- last lines of {submission_id} ---\n{log_tail(submission_id, address)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def manage(command: str, job_id: str = "", address: str = "", follow_log: bool = False) -> int:
+    """``fmolab jobs list|status|logs|stop``."""
+    c = client(address)
+    if command == "list":
+        print(f"{'submission id':28} {'status':10} entrypoint")
+        for j in c.list_jobs():
+            print(f"{(j.submission_id or j.job_id or '')[:28]:28} {str(j.status.value):10} {j.entrypoint[:80]}")
+    elif command == "status":
+        print(c.get_job_status(job_id).value)
+    elif command == "logs" and follow_log:
+        return 0 if follow(job_id, address) == "SUCCEEDED" else 1
+    elif command == "logs":
+        print(c.get_job_logs(job_id))
+    elif command == "stop":
+        print("stopped" if c.stop_job(job_id) else "already finished")
+    return 0

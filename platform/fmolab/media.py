@@ -1,4 +1,4 @@
-"""Pictures: animated previews (ground truth | prediction | alpha) and loss-curve plots."""
+"""Pictures: reading images, animated previews (ground truth | prediction | alpha), loss-curve plots."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,6 +15,21 @@ def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
     x = images.detach().float().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
     x = np.moveaxis(x, -3, -1)
     return (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def read_rgb(path: str | Path, error: type[Exception] = ValueError) -> np.ndarray:
+    """RGB float32 ``[3,H,W]`` in [0,1] (16-bit PNGs are read at 8 bits); a missing or unreadable file
+    raises ``error`` naming it."""
+    from PIL import Image
+
+    if not Path(path).exists():
+        raise error(f"image {path} does not exist")
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    except Exception as exc:
+        raise error(f"cannot read image {path}: {exc}") from exc
+    return np.ascontiguousarray(np.moveaxis(arr, -1, 0))
 
 
 def checkerboard(h: int, w: int, cell: int = 8) -> np.ndarray:

@@ -85,11 +85,11 @@ class Registry(Generic[T]):
         name, kwargs = parse_spec(spec)
         factory = self.get(name)
         kwargs = {**extra, **kwargs}
-        _check_kwargs(self.kind, name, factory, kwargs, spec)
+        check_kwargs(self.kind, name, factory, kwargs, spec)
         return factory(**kwargs)
 
 
-def _check_kwargs(kind: str, name: str, factory: Callable, kwargs: dict, spec: str) -> None:
+def check_kwargs(kind: str, name: str, factory: Callable, kwargs: dict, spec: str) -> None:
     """Name the bad keyword before the constructor fails with a less helpful TypeError."""
     sig = inspect.signature(factory)
     params = sig.parameters

@@ -10,6 +10,8 @@ import logging
 import os
 from pathlib import Path
 
+from fmolab.config import Config, load_config
+
 log = logging.getLogger("fmolab")
 
 # AF_UNIX socket paths are limited to 107 bytes; Ray puts sockets ~70 characters below its temp dir.
@@ -37,6 +39,14 @@ def use_work_dir(work_dir: str | os.PathLike) -> Path:
 
     tempfile.tempdir = None  # re-read TMPDIR
     return work
+
+
+def work_config(work_dir: str | os.PathLike | None = None) -> Config:
+    """The default config with its work folder pinned (``work_dir``, else $FMOLAB_HOME, else
+    ./fmolab-work) and the process pointed below it: what commands without a config tree start from."""
+    cfg = load_config([], [f"runtime.work_dir={work_dir}"] if work_dir else [])
+    cfg.runtime.work_dir = str(use_work_dir(cfg.work_dir))
+    return cfg
 
 
 def ray_temp_dir(work: Path) -> Path:

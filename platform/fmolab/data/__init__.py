@@ -4,7 +4,7 @@ Items are composited on demand from shards (see docs/batches.md for the item con
 path lives in :mod:`fmolab.data.ray_pipeline` (imported on demand: it imports Ray).
 """
 from fmolab.data.augment import Augment
-from fmolab.data.backgrounds import BackgroundAdder, contrast
+from fmolab.data.background_adder import BackgroundAdder, contrast
 from fmolab.data.dataset import FMODataset, build_dataset, collate, make_item, to_device
 from fmolab.data.formats import FORMATS, InputFormat, build_format, in_channels
 from fmolab.data.loader import FMOLoader, RowError, Sequence, frame_indices, val_objects

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fmolab.data.augment import Augment
-from fmolab.data.backgrounds import BackgroundAdder, build_adder
+from fmolab.data.background_adder import BackgroundAdder, build_adder
 from fmolab.data.formats import InputFormat, assemble, build_format
 from fmolab.data.loader import FMOLoader, RowError, Sequence, stable_key
 from fmolab.shards import ShardError

@@ -55,12 +55,19 @@ def over_u8(top: np.ndarray, bottom: np.ndarray, box) -> None:
 
 
 class InputFormat:
-    """Base: ``n_images`` input images, stacked into ``in_channels`` channels."""
+    """Base: ``n_images`` input images, stacked into ``in_channels`` channels.
+
+    What a format asks of real footage is read off it, never off its name: ``n_images`` consecutive
+    video frames (2: frames k-1 and k), plus the clean background when ``background_input``; at most
+    ``max_objects`` objects per image.
+    """
 
     n_images = 1
     in_channels = 6
     blur_names: tuple[str, ...] = ("full",)
-    uses_background = True
+    uses_background = True  # blurs are composited on background frames (False: on black)
+    background_input = False  # the clean background is an input channel group
+    max_objects = 1
 
     def __init__(self, contrastive: bool = False):
         if contrastive and not self.uses_background:
@@ -99,6 +106,8 @@ class InputFormat:
 @FORMATS.register("background_blur")
 class BackgroundBlur(InputFormat):
     """DeFMO: the full blur on a background frame, plus that clean background (C = 6)."""
+
+    background_input = True
 
     def inputs(self, images, backgrounds):
         return torch.cat([images[0], backgrounds[0]], dim=0)

@@ -20,7 +20,7 @@ import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from fmolab.data.augment import Augment
-from fmolab.data.backgrounds import build_adder
+from fmolab.data.background_adder import build_adder
 from fmolab.data.dataset import collate, item_rng, make_item, split_args
 from fmolab.data.formats import UINT8_LAYERS, build_format
 from fmolab.data.loader import COLUMNS, OPTIONAL, FMOLoader, RowError, Sequence

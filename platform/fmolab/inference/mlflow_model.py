@@ -17,15 +17,11 @@ from mlflow.models import set_model
 class FMOModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         from fmolab.config import config_from_dict
-        from fmolab.data import in_channels
-        from fmolab.models import build_model
+        from fmolab.inference.predictor import load_network
 
         with open(context.artifacts["config"]) as f:
             self.config = config_from_dict(json.load(f))
-        self.model = build_model(self.config.model, in_channels(self.config.data.format))
-        state = torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True)
-        self.model.load_state_dict(state)
-        self.model.eval()
+        self.model = load_network(self.config, context.artifacts["weights"])
 
     def predict(self, context, model_input, params=None):
         from fmolab.compose import frame_times

@@ -1,6 +1,6 @@
-"""Adapters for the real-world FMO deblurring benchmark datasets (Falling Objects, TbD, TbD-3D) in the
-on-disk layout published with the FMO deblurring benchmark (Rozumnyi et al., DeFMO, CVPR 2021), and for
-fmolab's synthetic shards. Both yield :class:`Sample` objects that :mod:`fmolab.evaluate` scores.
+"""Readers of the real-world FMO deblurring benchmark datasets (Falling Objects, TbD, TbD-3D) in the
+on-disk layout published with the FMO deblurring benchmark (Rozumnyi et al., DeFMO, CVPR 2021); it
+yields the :class:`~fmolab.evaluation.samples.Sample` objects that :mod:`fmolab.evaluation.evaluate` scores.
 
 Published layout (our reading of the benchmark's loader; see docs/evaluate.md)::
 
@@ -26,116 +26,25 @@ fmolab's continuous coordinates (pixel centre at index + 0.5) by subtracting 0.5
 from __future__ import annotations
 
 import glob
-import math
 import os
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import torch
-from PIL import Image
 
-from fmolab.compose import composite, span_mask
-from fmolab.metrics import Box, alpha_centroids, equivalent_radius, scoring_crop
+from fmolab.data.formats import InputFormat
+from fmolab.evaluation.metrics import equivalent_radius
+from fmolab.evaluation.samples import TIGHT_MARGIN, Sample
+from fmolab.geometry import Box, grow, largest_component, model_box, resize, scoring_crop, union
+from fmolab.media import read_rgb
 
 KINDS = ("falling", "tbd", "tbd3d")
 MEDIAN_WINDOW = 50
-TIGHT_MARGIN = 10  # the benchmark's bbox_tight extension
-
-
-@dataclass
-class Sample:
-    """One scored prediction: what to feed the model and what to compare its renders with.
-
-    Renders ``[T*sub_steps, 4, h, w]`` at ``times`` are averaged in groups of ``sub_steps``, resized into
-    ``place`` (a box of the evaluation frame), composited on ``backgrounds`` there and on ``images``
-    elsewhere; the result is scored against ``gt`` over the scoring crop ``box``.
-    """
-
-    sample_id: str
-    sequence: str
-    inputs: np.ndarray  # [C, h, w] model input, float32
-    times: np.ndarray  # [T * sub_steps] render times in [0, 1]
-    sub_steps: int
-    gt: np.ndarray | None  # [T, 3, H, W] ground-truth sub-frames, composited (None: no appearance GT)
-    images: np.ndarray  # [T, 3, H, W] the observed image behind each sub-frame (broadcast views are fine)
-    backgrounds: np.ndarray  # [T, 3, H, W]
-    place: Box
-    box: Box
-    gt_traj: np.ndarray | None  # [T, 2] (x, y)
-    radius: float | None
-    dataset: str = ""
 
 
 class BenchmarkError(ValueError):
     """A benchmark folder that does not follow the published layout; the message says what is missing."""
-
-
-# ---------------------------------------------------------------- image helpers
-
-
-def read_rgb(path: str | Path) -> np.ndarray:
-    """``[3,H,W]`` float32 in [0,1] (16-bit PNGs are read at 8 bits by Pillow)."""
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    except Exception as exc:
-        raise BenchmarkError(f"cannot read image {path}: {exc}") from exc
-    return np.ascontiguousarray(np.moveaxis(arr, -1, 0))
-
-
-def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear (antialiased when shrinking) resize of ``[..., C, H, W]`` to ``size = (h, w)``."""
-    if tuple(img.shape[-2:]) == tuple(size):
-        return img
-    lead = img.shape[:-3]
-    t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).reshape(-1, *img.shape[-3:])
-    shrink = size[0] < img.shape[-2] or size[1] < img.shape[-1]
-    out = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=shrink)
-    return out.reshape(*lead, out.shape[-3], *size).numpy()
-
-
-def model_box(box: Box, ext: float, size: tuple[int, int], shape: tuple[int, int]) -> Box:
-    """``box`` grown by ``ext`` pixels in total to the aspect ratio of the model input ``size = (h, w)``,
-    shifted inside the image ``shape = (H, W)`` where possible, then clipped.
-
-    (The benchmark's ``extend_bbox`` derives the width from the height only; here the box also always
-    covers the object's width.)"""
-    y0, x0, y1, x1 = box
-    ar = size[0] / size[1]
-    h2 = max(y1 - y0 + ext, (x1 - x0 + ext) * ar, 1.0)
-    h2 = int(math.ceil(h2))
-    w2 = int(math.ceil(h2 / ar))
-    cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
-    ny0, nx0 = int(round(cy - h2 / 2)), int(round(cx - w2 / 2))
-    H, W = shape
-    ny0 = min(max(ny0, 0), max(H - h2, 0))
-    nx0 = min(max(nx0, 0), max(W - w2, 0))
-    return ny0, nx0, min(H, ny0 + h2), min(W, nx0 + w2)
-
-
-def largest_component_box(mask: np.ndarray) -> Box | None:
-    """Bounding box of the largest 8-connected component of a bool ``[H,W]`` mask (None if empty)."""
-    from scipy import ndimage
-
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
-    if n == 0:
-        return None
-    sizes = np.bincount(labels.ravel())[1:]
-    k = int(np.argmax(sizes)) + 1
-    sl = ndimage.find_objects(labels)[k - 1]
-    return sl[0].start, sl[1].start, sl[0].stop, sl[1].stop
-
-
-def union(a: Box, b: Box) -> Box:
-    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
-
-
-def grow(box: Box, ext: float, shape: tuple[int, int]) -> Box:
-    e = int(round(ext))
-    return max(0, box[0] - e), max(0, box[1] - e), min(shape[0], box[2] + e), min(shape[1], box[3] + e)
 
 
 # ---------------------------------------------------------------- dataset discovery
@@ -257,7 +166,7 @@ class BenchmarkSequence:
 
     # -- frames and background
     def frame(self, k: int) -> np.ndarray:
-        return read_rgb(_frame_path(self.path, self.start + k))
+        return read_rgb(_frame_path(self.path, self.start + k), BenchmarkError)
 
     def frames_with_background(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """``(k, image, background)`` for every frame, the benchmark's sliding median (bounded memory)."""
@@ -277,7 +186,7 @@ class BenchmarkSequence:
             p = _frame_path(self.hs_base, (k + self.start) * self.nsplits + i + self.hs_start)
             if not p.exists():
                 return None
-            out.append(read_rgb(p)[:, :shape[0], :shape[1]])
+            out.append(read_rgb(p, BenchmarkError)[:, :shape[0], :shape[1]])
         return np.stack(out)
 
 
@@ -303,21 +212,23 @@ def _object_boxes(seq: BenchmarkSequence, k: int, image: np.ndarray, bg: np.ndar
     tight = grow(box, TIGHT_MARGIN, shape)
     if diff is not None:
         y0, x0, y1, x1 = tight
-        inner = largest_component_box(diff[:, y0:y1, x0:x1].any(0))
+        inner = largest_component(diff[:, y0:y1, x0:x1].any(0))
         if inner is not None:
-            tight = (y0 + inner[0], x0 + inner[1], y0 + inner[2], x0 + inner[3])
+            (iy0, ix0, iy1, ix1), _ = inner
+            tight = (y0 + iy0, x0 + ix0, y0 + iy1, x0 + ix1)
     return tight, traj, float(radius)
 
 
-def benchmark_samples(root: str | Path, input_kind: str, size: tuple[int, int], kind: str = "auto",
+def benchmark_samples(root: str | Path, fmt: InputFormat, size: tuple[int, int], kind: str = "auto",
                       sub_steps: int = 1, max_samples: int | None = None, ext_factor: float = 4.0,
                       median_window: int = MEDIAN_WINDOW) -> Iterator[Sample]:
-    """Samples of a benchmark folder for a model taking ``input_kind`` inputs at ``size = (h, w)``.
+    """Samples of a benchmark folder for a model taking inputs of format ``fmt`` at ``size = (h, w)``.
 
-    ``background_blur``: crop of frame k + crop of its background. ``double_blur``/``multi_object``:
-    crops of frames k-1 and k over the union of both object boxes; the model renders 2N sub-frames over
-    both exposures and the second half (frame k's exposure) is scored; the first frame of every
-    sequence has no predecessor and is skipped. ``single_blur``: crop of frame k alone.
+    A format that sees two frames (``fmt.n_images == 2``: double blur, multi-object): crops of frames
+    k-1 and k over the union of both object boxes; the model renders 2N sub-frames over both exposures
+    and the second half (frame k's exposure) is scored; the first frame of every sequence has no
+    predecessor and is skipped. One frame: the crop of frame k, plus the crop of its background when
+    the format takes one (``fmt.background_input``: background + blur).
     """
     kind = detect_kind(root) if kind == "auto" else kind
     count = 0
@@ -333,7 +244,7 @@ def benchmark_samples(root: str | Path, input_kind: str, size: tuple[int, int], 
             if tight is None:
                 prev = None
                 continue
-            double = input_kind in ("double_blur", "multi_object")
+            double = fmt.n_images == 2
             region = union(prev[1], tight) if double and prev is not None else tight
             place = model_box(region, ext_factor * radius, size, image.shape[-2:])
             y0, x0, y1, x1 = place
@@ -345,7 +256,7 @@ def benchmark_samples(root: str | Path, input_kind: str, size: tuple[int, int], 
                 times = ((np.arange(2 * n * sub_steps) + 0.5) / (2 * n * sub_steps))[n * sub_steps:]
             else:
                 parts = [resize(image[:, y0:y1, x0:x1], size)]
-                if input_kind == "background_blur":
+                if fmt.background_input:
                     parts.append(resize(bg[:, y0:y1, x0:x1], size))
                 inputs = np.concatenate(parts)
                 times = (np.arange(n * sub_steps) + 0.5) / (n * sub_steps)
@@ -357,45 +268,3 @@ def benchmark_samples(root: str | Path, input_kind: str, size: tuple[int, int], 
                 images=np.broadcast_to(image, (T, *image.shape)), backgrounds=np.broadcast_to(bg, (T, *bg.shape)),
                 place=place, box=tight, gt_traj=traj, radius=radius, dataset=kind)
             count += 1
-
-
-# ---------------------------------------------------------------- synthetic shards
-
-
-def shard_samples(cfg, data: str | Path, num_frames: int | None = None,
-                  max_samples: int | None = None) -> Iterator[Sample]:
-    """Samples of an fmolab shard dataset composited in the model's own input format (``cfg`` is the
-    model's config; ``data`` replaces its training data). Every row is one sample (split "all"); the
-    ground truth is instantaneous, so renders are not sub-sampled."""
-    import copy
-
-    from fmolab.data import build_dataset, to_device
-
-    cfg = copy.deepcopy(cfg)
-    cfg.data.train, cfg.data.val = str(data), ""
-    bgs = Path(data) / "backgrounds"
-    cfg.data.backgrounds = str(bgs) if bgs.exists() else cfg.data.backgrounds
-    if num_frames:
-        cfg.data.frames_per_sample = int(num_frames)
-    ds = build_dataset(cfg, "all")
-    n = len(ds) if max_samples is None else min(len(ds), max_samples)
-    for i in range(n):
-        item = to_device(ds[i])  # float frames
-        frames = item["frames"].numpy()  # [T,4,H,W]
-        times = item["times"].numpy()
-        spans = item["spans"].numpy()  # [K,2]
-        images, backgrounds = item["images"].numpy(), item["backgrounds"].numpy()  # [K,3,H,W]
-        which = np.zeros(len(times), dtype=int)  # the image whose exposure holds each time
-        for kk, span in enumerate(spans):
-            which[span_mask(times, span)] = kk
-        bg_t, im_t = backgrounds[which], images[which]
-        gt = composite(frames, bg_t)
-        alpha = frames[:, 3]
-        h, w = frames.shape[-2:]
-        traj = alpha_centroids(alpha)
-        yield Sample(
-            sample_id=str(item["seq_id"]), sequence=str(item["seq_id"]), inputs=item["inputs"].numpy(),
-            times=times.astype(np.float32), sub_steps=1, gt=gt, images=im_t,
-            backgrounds=bg_t, place=(0, 0, h, w), box=scoring_crop(alpha, TIGHT_MARGIN, threshold=0.05),
-            gt_traj=None if np.isnan(traj).all() else traj, radius=max(equivalent_radius(alpha), 1.0),
-            dataset="shards")

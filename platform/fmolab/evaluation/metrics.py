@@ -1,5 +1,5 @@
 """FMO deblurring metrics, following the conventions of the FMO deblurring benchmark (Rozumnyi et al.,
-DeFMO CVPR 2021) plus the middle-frame PSNR of Jin et al. (CVPR 2018). numpy only.
+DeFMO CVPR 2021) plus the middle-frame PSNR of Jin et al. (CVPR 2018), on numpy arrays.
 
 Conventions (see docs/evaluate.md):
 
@@ -25,8 +25,9 @@ import math
 
 import numpy as np
 
+from fmolab.geometry import Box, crop_box, scoring_crop
+
 PSNR_CAP = 100.0
-Box = tuple[int, int, int, int]
 
 
 # ---------------------------------------------------------------- appearance
@@ -181,31 +182,13 @@ def equivalent_radius(alpha: np.ndarray) -> float:
     return math.sqrt(max(area, 0.0) / math.pi)
 
 
-# ---------------------------------------------------------------- crops
-
-
-def scoring_crop(mask: np.ndarray, margin: int = 10, threshold: float = 0.0) -> Box:
-    """Bounding box of ``mask > threshold`` over all sub-frames (``[T,H,W]`` or ``[H,W]``) plus ``margin``
-    pixels, clipped to the image; the whole image when the mask is empty."""
-    mask = np.asarray(mask)
-    h, w = mask.shape[-2:]
-    hit = (mask > threshold).reshape(-1, h, w).any(0)
-    if not hit.any():
-        return 0, 0, h, w
-    rows, cols = np.flatnonzero(hit.any(1)), np.flatnonzero(hit.any(0))
-    return (max(0, int(rows[0]) - margin), max(0, int(cols[0]) - margin),
-            min(h, int(rows[-1]) + 1 + margin), min(w, int(cols[-1]) + 1 + margin))
+# ---------------------------------------------------------------- masks
 
 
 def difference_mask(frames: np.ndarray, background: np.ndarray, threshold: float = 0.1) -> np.ndarray:
     """Where ground-truth RGB sub-frames ``[T,3,H,W]`` differ from the background ``[3,H,W]`` (sum of
     absolute channel differences above ``threshold``, the benchmark's object mask) -> bool ``[T,H,W]``."""
     return np.abs(np.asarray(frames) - np.asarray(background)).sum(-3) > threshold
-
-
-def crop(images: np.ndarray, box: Box) -> np.ndarray:
-    y0, x0, y1, x1 = box
-    return images[..., y0:y1, x0:x1]
 
 
 # ---------------------------------------------------------------- one sample
@@ -222,7 +205,7 @@ def score_sample(pred: np.ndarray, gt: np.ndarray, box: Box, gt_traj: np.ndarray
                  sync: str = "first") -> dict[str, float]:
     """All metrics of one prediction. ``pred``/``gt``: composited RGB ``[T,3,H,W]`` in one frame;
     ``box``: scoring crop; trajectories ``[T,2]`` (TIoU is NaN without them)."""
-    p, g = crop(np.asarray(pred, np.float64), box), crop(np.asarray(gt, np.float64), box)
+    p, g = crop_box(np.asarray(pred, np.float64), box), crop_box(np.asarray(gt, np.float64), box)
     p, rev = sync_directions(p, g, sync)
     out = {"psnr": psnr(p, g), "ssim": ssim(p, g), "middle_psnr": middle_psnr(p, g), "reversed": float(rev),
            "tiou": float("nan")}
@@ -230,3 +213,17 @@ def score_sample(pred: np.ndarray, gt: np.ndarray, box: Box, gt_traj: np.ndarray
         out["tiou"], out["tiou_reversed"] = trajectory_iou(gt_traj, pred_traj, radius)
         out["tiou_reversed"] = float(out["tiou_reversed"])
     return out
+
+
+def score_renders(renders: np.ndarray, frames: np.ndarray, background: np.ndarray) -> dict[str, float]:
+    """The benchmark's scores of predicted RGBA sub-frames ``renders [T,4,H,W]`` against ground-truth
+    RGBA ``frames`` of a synthetic sample, both composited on ``background [3,H,W]``: PSNR and SSIM on
+    the scoring crop around the ground-truth trajectory, TIoU from alpha centroids with the object's
+    equivalent radius (what training validation reports as ``val/crop_psnr``, ``val/ssim``, ``val/tiou``)."""
+    from fmolab.compose import composite
+
+    renders, frames = np.asarray(renders, np.float32), np.asarray(frames, np.float32)
+    gt_alpha = frames[:, 3]
+    s = score_sample(composite(renders, background), composite(frames, background), scoring_crop(gt_alpha),
+                     alpha_centroids(gt_alpha), alpha_centroids(renders[:, 3]), equivalent_radius(gt_alpha))
+    return {"crop_psnr": s["psnr"], "ssim": s["ssim"], "tiou": s["tiou"]}

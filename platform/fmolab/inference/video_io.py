@@ -1,4 +1,4 @@
-"""Video input for deblurring: streamed frame reading, running-median background, fast-mover detection.
+"""Video input for deblurring and evaluation: streamed frame reading, running-median background, fast-mover detection.
 
 Everything is a generator over frames, so a long video is never held in memory: the background needs
 ``window`` frames, detection one.
@@ -17,6 +17,9 @@ from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageSequence
+
+from fmolab.geometry import largest_component
+from fmolab.media import read_rgb
 
 FRAME_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 DEFAULT_FRAME_MS = 1000.0 / 30
@@ -47,7 +50,7 @@ class VideoSource:
         if p.is_dir():
             files = sorted(f for f in p.iterdir() if f.suffix.lower() in FRAME_SUFFIXES)
             for f in files:
-                yield _to_float(_open_still(f))
+                yield read_rgb(f, VideoError)
             return
         try:
             img = Image.open(p)
@@ -66,14 +69,6 @@ class VideoSource:
 
 def _to_float(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(arr.astype(np.float32) / 255.0, -1, 0))
-
-
-def _open_still(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except Exception as exc:
-        raise VideoError(f"cannot read frame {path}: {exc}") from exc
 
 
 def _imageio_frames(path: Path, pil_error: Exception) -> Iterator[np.ndarray]:
@@ -153,14 +148,8 @@ def detect_mover(frame: np.ndarray, background: np.ndarray, threshold: float = 0
     from scipy import ndimage
 
     mask = np.abs(frame - background).max(0) > threshold
-    mask = ndimage.binary_opening(mask, structure=np.ones((3, 3)))
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
-    if n == 0:
+    found = largest_component(ndimage.binary_opening(mask, structure=np.ones((3, 3))))
+    if found is None or found[1] < min_area:
         return None
-    sizes = np.bincount(labels.ravel())[1:]
-    k = int(np.argmax(sizes))
-    if sizes[k] < min_area:
-        return None
-    sl = ndimage.find_objects(labels)[k]
-    area = int(sizes[k])
-    return Detection((sl[0].start, sl[1].start, sl[0].stop, sl[1].stop), area, math.sqrt(area / math.pi))
+    box, area = found
+    return Detection(box, area, math.sqrt(area / math.pi))

@@ -21,10 +21,12 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from fmolab import metrics as M
 from fmolab.atomic import atomic_dir
 from fmolab.compose import composite
-from fmolab.benchmarks_fmo import Sample, benchmark_samples, detect_kind, resize, shard_samples
+from fmolab.evaluation import metrics
+from fmolab.evaluation.benchmark_data import benchmark_samples, detect_kind
+from fmolab.evaluation.samples import Sample, shard_samples
+from fmolab.geometry import resize, valid_size
 
 METHODS = ("model", "bg", "im")
 METRICS = ("tiou", "psnr", "ssim", "middle_psnr")
@@ -47,22 +49,19 @@ def samples_for(predictor, data: str | Path, kind: str = "auto", num_frames: int
     kind = data_kind(data) if kind == "auto" else kind
     if kind == "shards":
         return kind, shard_samples(predictor.config, data, num_frames, max_samples)
-    return kind, benchmark_samples(data, predictor.input_kind, size or predictor.size, kind, sub_steps, max_samples)
+    return kind, benchmark_samples(data, predictor.input_format, size or predictor.size, kind, sub_steps, max_samples)
 
 
 def predict_sample(predictor, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     """Composited prediction ``[T,3,H,W]`` in the evaluation frame and its trajectory ``[T,2]``."""
-    from fmolab.deblur import _valid_size
-
     x = sample.inputs
-    h, w = x.shape[-2:]
-    size = _valid_size(h, w)
+    size = valid_size(*x.shape[-2:])
     renders = predictor.render(resize(x, size)[None], sample.times)[0]  # [T*s,4,h',w']
     if sample.sub_steps > 1:
         renders = renders.reshape(-1, sample.sub_steps, *renders.shape[1:]).mean(1)
     y0, x0, y1, x1 = sample.place
     renders = resize(renders, (y1 - y0, x1 - x0))
-    traj = M.alpha_centroids(renders[:, 3])
+    traj = metrics.alpha_centroids(renders[:, 3])
     traj += np.array([x0, y0], dtype=np.float64)
     pred = np.array(sample.images, dtype=np.float32, copy=True)
     pred[..., y0:y1, x0:x1] = composite(renders, sample.backgrounds[..., y0:y1, x0:x1])
@@ -73,14 +72,14 @@ def score(predictor, sample: Sample, sync: str = "first") -> dict[str, float]:
     """Metrics of the model and both baselines for one sample (flat dict ``method_metric``)."""
     pred, traj = predict_sample(predictor, sample)
     row: dict[str, float] = {}
-    candidates = {"model": (pred, traj), **{k: (v, None) for k, v in M.baselines(sample.images, sample.backgrounds).items()}}
+    candidates = {"model": (pred, traj), **{k: (v, None) for k, v in metrics.baselines(sample.images, sample.backgrounds).items()}}
     for name, (frames, tr) in candidates.items():
         if sample.gt is not None:
-            s = M.score_sample(frames, sample.gt, sample.box, sample.gt_traj, tr, sample.radius, sync)
+            s = metrics.score_sample(frames, sample.gt, sample.box, sample.gt_traj, tr, sample.radius, sync)
         else:  # no appearance ground truth: trajectory only
             s = {m: float("nan") for m in METRICS}
             if tr is not None and sample.gt_traj is not None and sample.radius:
-                s["tiou"] = M.trajectory_iou(sample.gt_traj, tr, sample.radius)[0]
+                s["tiou"] = metrics.trajectory_iou(sample.gt_traj, tr, sample.radius)[0]
         for m in METRICS:
             row[f"{name}_{m}"] = float(s.get(m, float("nan")))
         if name == "model":
@@ -93,7 +92,7 @@ def _nanmean(values: Iterable[float]) -> float:
     return float(np.mean(v)) if v else float("nan")
 
 
-def summarize(rows: list[dict]) -> dict:
+def aggregate(rows: list[dict]) -> dict:
     """Means per sequence, then over sequences (the benchmark's averaging)."""
     by_seq: dict[str, list[dict]] = {}
     for r in rows:
@@ -130,7 +129,7 @@ def evaluate(predictor, data: str | Path, out_dir: str | Path, kind: str = "auto
         raise ValueError(f"no samples to evaluate in {data} (kind {kind})")
     summary = {"model_uri": predictor.source, "data": str(data), "dataset_kind": kind,
                "input_format": predictor.config.data.format, "seconds": round(time.time() - start, 2),
-               **summarize(rows)}
+               **aggregate(rows)}
     out = Path(out_dir)
     with atomic_dir(out) as tmp:
         with open(tmp / "samples.csv", "w", newline="") as f:
@@ -157,21 +156,14 @@ def flat_metrics(summary: dict) -> dict[str, float]:
 
 def log_evaluation(cfg, summary: dict, experiment: str = "fmolab-eval") -> str:
     """One MLflow run with the means, the CSV/JSON artifacts and the model URI as a tag; returns its id."""
-    import copy
-
     import mlflow
 
-    from fmolab.tracking import ensure_experiment
+    from fmolab.tracking.store import create_run
 
-    cfg = copy.deepcopy(cfg)
-    cfg.tracking.experiment = experiment
-    exp_id = ensure_experiment(cfg)
+    rid = create_run(cfg, experiment, f"eval-{Path(str(summary['data'])).name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                     {"model_uri": summary["model_uri"], "dataset": summary["data"],
+                      "dataset_kind": summary["dataset_kind"], "fmolab.kind": "evaluation"})
     client = mlflow.MlflowClient()
-    name = f"eval-{Path(str(summary['data'])).name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run = client.create_run(exp_id, run_name=name, tags={
-        "model_uri": summary["model_uri"], "dataset": summary["data"], "dataset_kind": summary["dataset_kind"],
-        "fmolab.kind": "evaluation"})
-    rid = run.info.run_id
     ts = int(time.time() * 1000)
     client.log_batch(rid, metrics=[mlflow.entities.Metric(k, v, ts, 0) for k, v in flat_metrics(summary).items()],
                      params=[mlflow.entities.Param("input_format", summary["input_format"]),
@@ -189,3 +181,30 @@ def format_summary(summary: dict) -> str:
         lines.append(f"{method:8} " + " ".join(f"{vals[m]:12.4f}" if vals[m] is not None and math.isfinite(vals[m])
                                                else f"{'-':>12}" for m in METRICS))
     return "\n".join(lines)
+
+
+def run_evaluation(model: str, data: str, out: str = "", *, work_dir: str = "", size: str = "",
+                   experiment: str = "fmolab-eval", log: bool = True, **options) -> dict:
+    """``fmolab evaluate``: check the arguments, load ``model``, evaluate it on ``data`` (``options``:
+    those of :func:`evaluate`), log the run; ``size`` is ``WIDTHxHEIGHT`` or empty."""
+    from fmolab.config import ConfigError
+    from fmolab.inference.predictor import load_predictor
+    from fmolab.runtime import work_config
+    from fmolab.tracking.store import setup_tracking
+
+    cfg = work_config(work_dir)
+    if options.get("max_samples") is not None and options["max_samples"] < 1:
+        raise ConfigError(f"--max {options['max_samples']}: must be >= 1")
+    if size:
+        try:
+            w, h = (int(v) for v in size.lower().split("x"))
+        except ValueError:
+            raise ConfigError(f"--size {size!r}: expected WIDTHxHEIGHT, e.g. 320x240") from None
+        options["size"] = (h, w)
+    setup_tracking(cfg)
+    predictor = load_predictor(model)
+    out = out or str(cfg.work_dir / "eval" / f"{Path(data).name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    summary = evaluate(predictor, data, out, progress=True, **options)
+    if log:
+        summary["mlflow_run_id"] = log_evaluation(cfg, summary, experiment)
+    return summary

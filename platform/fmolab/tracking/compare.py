@@ -75,9 +75,10 @@ def run_label(run) -> str:
 
 
 def compare_runs(refs: list[str], experiment: str | None = None, metrics: list[str] | tuple = DEFAULT_METRICS,
-                 out_dir: str | Path = "comparison", log: bool = True, log_experiment: str = COMPARE_EXPERIMENT,
+                 out_dir: str | Path = "", log: bool = True, log_experiment: str = COMPARE_EXPERIMENT,
                  cfg=None) -> dict:
-    """Compare runs; write the CSV and plots to ``out_dir``; log them to MLflow when ``log``."""
+    """Compare runs; write the CSV and plots to ``out_dir`` (default ``<work>/comparisons/<time>``);
+    log them to MLflow when ``log``."""
     import mlflow
 
     from fmolab.media import plot_curves
@@ -94,7 +95,10 @@ def compare_runs(refs: list[str], experiment: str | None = None, metrics: list[s
         row.update({f"param:{k}": v[i] for k, v in diff.items()})
         row.update({k: r.data.metrics.get(k, float("nan")) for k in metric_keys})
         rows.append(row)
-    out = Path(out_dir)
+    from fmolab.config import resolve_work_dir
+
+    out = Path(out_dir or resolve_work_dir(cfg.runtime.work_dir if cfg else "") / "comparisons" /
+               time.strftime("%Y%m%d-%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "comparison.csv"
     with open(csv_path, "w", newline="") as f:
@@ -121,26 +125,21 @@ def compare_runs(refs: list[str], experiment: str | None = None, metrics: list[s
 
 
 def _log(runs, csv_path: Path, plots: list[str], experiment: str, cfg) -> str:
-    import copy
-
     import mlflow
 
     from fmolab.config import Config
-    from fmolab.tracking import ensure_experiment
+    from fmolab.tracking.store import create_run
 
-    cfg = copy.deepcopy(cfg) if cfg is not None else Config()
-    cfg.tracking.experiment = experiment
-    exp_id = ensure_experiment(cfg)
-    client = mlflow.MlflowClient()
     ids = ",".join(r.info.run_id for r in runs)
-    run = client.create_run(exp_id, run_name=f"compare-{len(runs)}-runs-{time.strftime('%Y%m%d-%H%M%S')}",
-                            tags={"fmolab.kind": "comparison", "compared_runs": ids[:5000],
-                                  "compared_names": ",".join(run_label(r) for r in runs)[:5000]})
-    client.log_artifact(run.info.run_id, str(csv_path))
+    run_id = create_run(cfg or Config(), experiment, f"compare-{len(runs)}-runs-{time.strftime('%Y%m%d-%H%M%S')}",
+                        {"fmolab.kind": "comparison", "compared_runs": ids[:5000],
+                         "compared_names": ",".join(run_label(r) for r in runs)[:5000]})
+    client = mlflow.MlflowClient()
+    client.log_artifact(run_id, str(csv_path))
     for p in plots:
-        client.log_artifact(run.info.run_id, p, "plots")
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
+        client.log_artifact(run_id, p, "plots")
+    client.set_terminated(run_id)
+    return run_id
 
 
 def _fmt(v) -> str:

@@ -1,0 +1,288 @@
+"""The config tree: one dataclass per section, each with a ``check()`` for values that are well-typed
+but impossible; :mod:`fmolab.config.loading` builds it from YAML and overrides."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message says where, what, and what is allowed."""
+
+
+def require(ok: bool, key: str, value: Any, rule: str) -> None:
+    """Raise a ConfigError ``key = value: rule`` unless ``ok`` (a section's ``check()`` rules)."""
+    if not ok:
+        raise ConfigError(f"{key} = {value!r}: {rule}")
+
+
+# ---------------------------------------------------------------- sections
+
+
+@dataclass
+class RuntimeConfig:
+    """Where things run and where files go."""
+
+    address: str = ""  # Ray address; "" starts a local Ray on this machine
+    work_dir: str = ""  # every generated and temp file goes below here; "" = $FMOLAB_HOME or ./fmolab-work
+    num_cpus: int = 0  # logical CPUs for a local Ray; 0 = all cores
+
+    def check(self) -> None:
+        require(self.num_cpus >= 0, "runtime.num_cpus", self.num_cpus, "must be >= 0")
+
+
+@dataclass
+class TrajectoryConfig:
+    """Thesis 3.1 step 3: start/end inside the camera frustum, bounded travel."""
+
+    depth: list[float] = field(default_factory=lambda: [3.0, 6.0])  # object distance from camera
+    margin: float = 0.1  # fraction of the frustum kept free at the edges
+    min_travel: float = 0.5  # XY travel, in object diameters
+    max_travel: float = 3.0
+    max_dz: float = 0.5  # change of depth during the exposure
+    max_end_rotation: float = 30.0  # degrees: end rotation = start rotation + small random offset
+    object_size: list[float] = field(default_factory=lambda: [0.6, 1.2])  # object diameter range
+
+    def check(self) -> None:
+        require(len(self.depth) == 2 and 0 < self.depth[0] <= self.depth[1], "render.trajectory.depth",
+                 self.depth, "must be [near, far] with 0 < near <= far")
+        require(0 <= self.margin < 0.5, "render.trajectory.margin", self.margin, "must be in [0, 0.5)")
+        require(0 <= self.min_travel <= self.max_travel, "render.trajectory.min_travel", self.min_travel,
+                 f"must be >= 0 and <= max_travel ({self.max_travel})")
+        require(self.max_dz >= 0, "render.trajectory.max_dz", self.max_dz, "must be >= 0")
+        require(len(self.object_size) == 2 and 0 < self.object_size[0] <= self.object_size[1],
+                 "render.trajectory.object_size", self.object_size, "must be [min, max] with 0 < min <= max")
+
+
+@dataclass
+class BackgroundRenderConfig:
+    """Background clips: procedural videos, or frames read from a VOT/OTB-style folder."""
+
+    source: str = "procedural"  # "procedural" or a folder of frame folders / videos
+    num_clips: int = 32
+    frames_per_clip: int = 8
+
+    def check(self) -> None:
+        require(self.num_clips >= 1, "render.backgrounds.num_clips", self.num_clips, "must be >= 1")
+        require(self.frames_per_clip >= 2, "render.backgrounds.frames_per_clip", self.frames_per_clip,
+                 "must be >= 2 (double blur needs consecutive frames)")
+
+
+@dataclass
+class RenderConfig:
+    """Synthetic FMO dataset generation with Blender (thesis 3.1)."""
+
+    out: str = ""  # dataset folder; "" = <work_dir>/datasets/<name>
+    name: str = "fmo"
+    num_sequences: int = 1000
+    seed: int = 0
+    width: int = 320
+    height: int = 240
+    num_frames: int = 24  # sharp sub-frames per sequence
+    motion_blur_steps: int = 40
+    blurs: dict[str, list[float]] = field(
+        default_factory=lambda: {"full": [0.0, 1.0], "first": [0.0, 0.5], "second": [0.5, 1.0]}
+    )
+    # A blur whose span two other blurs partition (full = first + second) is their length-weighted
+    # premultiplied mean instead of a third engine render (same integral, one render less); false =
+    # every blur engine-rendered.
+    full_from_halves: bool = True
+    engine: Literal["cycles", "eevee"] = "cycles"
+    device: Literal["cpu", "gpu"] = "cpu"
+    # Sample, bounce, denoise and WebP defaults were measured (benchmarks/render.py; docs/render.md).
+    samples: int = 4  # blurs use max(samples, motion_blur_steps)
+    max_bounces: int = 1
+    denoise: bool = True
+    objects: str = "procedural"  # "procedural" or a ShapeNetCore.v2-style OBJ folder
+    textures: str = "procedural"  # "procedural" or a DTD-style image folder
+    min_coverage: float = 0.01  # minimum mean alpha of every blur, else the sample is re-drawn
+    max_tries: int = 5
+    webp_quality: int = 80  # alpha is always lossless: lossy alpha erases faint blur tails
+    webp_method: int = 5  # WebP effort 0-6 for frames and background clips (size/speed trade-off)
+    webp_blur_method: int = 6  # WebP effort 0-6 for the blurs
+    shard_rows: int = 64  # rows per shard (bounds shard size)
+    workers: int = 0  # render actors; 0 = one per CPU
+    trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
+    backgrounds: BackgroundRenderConfig = field(default_factory=BackgroundRenderConfig)
+
+    def check(self) -> None:
+        require(self.num_sequences >= 1, "render.num_sequences", self.num_sequences, "must be >= 1")
+        require(self.width >= 16 and self.height >= 16, "render.width/height", (self.width, self.height),
+                 "must both be >= 16")
+        require(self.num_frames >= 2, "render.num_frames", self.num_frames, "must be >= 2")
+        require(self.motion_blur_steps >= 1, "render.motion_blur_steps", self.motion_blur_steps, "must be >= 1")
+        for name, span in self.blurs.items():
+            require(len(span) == 2 and 0 <= span[0] < span[1] <= 1, f"render.blurs.{name}", span,
+                     "must be [start, end] with 0 <= start < end <= 1")
+        require(self.samples >= 1, "render.samples", self.samples, "must be >= 1")
+        require(0 <= self.min_coverage < 1, "render.min_coverage", self.min_coverage, "must be in [0, 1)")
+        require(self.max_tries >= 1, "render.max_tries", self.max_tries, "must be >= 1")
+        require(1 <= self.webp_quality <= 101, "render.webp_quality", self.webp_quality,
+                 "must be 1..100 (101 = lossless)")
+        for key in ("webp_method", "webp_blur_method"):
+            require(0 <= getattr(self, key) <= 6, f"render.{key}", getattr(self, key), "must be 0..6")
+        require(self.shard_rows >= 1, "render.shard_rows", self.shard_rows, "must be >= 1")
+        require(self.workers >= 0, "render.workers", self.workers, "must be >= 0")
+
+
+@dataclass
+class DataConfig:
+    """What training reads and how an item is composed (thesis 3.2.1)."""
+
+    train: str = ""  # sequence dataset folder; "" = the render section's output
+    val: str = ""  # "" = split ``val_fraction`` of the objects off ``train``
+    backgrounds: str = ""  # background dataset folder; "" = <train>/backgrounds
+    val_backgrounds: str = ""  # validation background folder; "" = hold out bg_val_fraction of the clips
+    bg_val_fraction: float = 0.1  # background clips (by clip id) held out for validation
+    format: str = "double_blur"  # input format spec, see `fmolab list formats`
+    val_fraction: float = 0.1
+    frames_per_sample: int = 8  # ground-truth sub-frames used per item (evenly spaced)
+    min_contrast: float = 0.1
+    max_tries: int = 5
+    flip: bool = True
+    time_reverse: bool = False
+    noise: float = 0.0  # std of Gaussian sensor noise added to inputs
+    jitter: float = 0.0  # brightness/contrast jitter amplitude
+    objects_per_image: list[int] = field(default_factory=lambda: [1, 3])  # multi_object only
+    seed: int = 0
+    # Decoded background clips are cached per process (decoding a clip costs more than an item).
+    bg_cache_mb: float = 512.0
+    # "torch": each Train worker makes its own items; "ray_data": Ray Data actors make them (on any
+    # node) and stream them to the workers (fmolab.data.ray_pipeline)
+    pipeline: Literal["torch", "ray_data"] = "torch"
+    loader_actors: int = 1  # ray_data: actors making items
+    loader_cpus: float = 0.25  # ray_data: CPUs per actor/read task (fractional: Train must not starve)
+
+    def check(self) -> None:
+        require(0 <= self.val_fraction < 1, "data.val_fraction", self.val_fraction, "must be in [0, 1)")
+        require(0 <= self.bg_val_fraction < 1, "data.bg_val_fraction", self.bg_val_fraction, "must be in [0, 1)")
+        require(self.frames_per_sample >= 2, "data.frames_per_sample", self.frames_per_sample, "must be >= 2")
+        require(len(self.objects_per_image) == 2 and 1 <= self.objects_per_image[0] <= self.objects_per_image[1],
+                 "data.objects_per_image", self.objects_per_image, "must be [min, max] with 1 <= min <= max")
+        require(self.noise >= 0 and self.jitter >= 0, "data.noise/jitter", (self.noise, self.jitter), "must be >= 0")
+        require(self.bg_cache_mb >= 0, "data.bg_cache_mb", self.bg_cache_mb, "must be >= 0")
+        require(self.loader_actors >= 1, "data.loader_actors", self.loader_actors, "must be >= 1")
+        require(self.loader_cpus > 0, "data.loader_cpus", self.loader_cpus, "must be > 0")
+
+
+@dataclass
+class ModelConfig:
+    """Encoder/renderer by name (thesis ch. 2, 4.1)."""
+
+    encoder: str = "resnet50"  # spec, see `fmolab list encoders`
+    renderer: str = "defmo"  # spec, see `fmolab list renderers`
+    norm: Literal["batch", "syncbatch", "group", "instance", "layer", "none"] = "group"
+    pretrained: str = ""  # local path to ImageNet ResNet weights; "" = random init
+
+
+@dataclass
+class LossConfig:
+    """Loss specs ``"Name:weight=w,k=v"``; ``compare`` are logged, never back-propagated."""
+
+    train: list[str] = field(default_factory=lambda: ["DeFMOSupervised:weight=1.0"])
+    compare: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        require(len(self.train) > 0, "loss.train", self.train, "needs at least one loss")
+
+
+@dataclass
+class MonitorConfig:
+    """The validation metric that picks a run's best checkpoint (and so the weights it registers)."""
+
+    metric: str = "val/loss"  # any val/* metric, e.g. val/crop_psnr, val/tiou, val/DeFMOSupervised
+    mode: Literal["min", "max"] = "min"  # whether lower or higher is better
+
+    def check(self) -> None:
+        require(self.metric.startswith("val/"), "train.monitor.metric", self.metric,
+                 "must be a validation metric, e.g. val/loss or val/crop_psnr")
+
+
+@dataclass
+class TrainConfig:
+    """Ray Train loop (thesis 3.2.3-3.2.4)."""
+
+    run_name: str = ""  # "" = <variant>-<timestamp>; the same name resumes
+    workers: int = 2
+    cpus_per_worker: float = 0.5  # fractional so Train never waits forever behind a Data stage
+    use_gpu: bool = False
+    batch_size: int = 4  # per worker
+    steps: int = 1000
+    grad_accum: int = 1
+    lr: float = 1e-3
+    optimizer: str = "Adam"  # spec of a torch.optim class, e.g. "AdamW:weight_decay=0.01"
+    scheduler: str = "none"  # "none", "cosine", "step:step_size=1000,gamma=0.5"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
+    val_every: int = 100
+    ckpt_every: int = 100
+    log_every: int = 10
+    val_samples: int = 16
+    preview_samples: int = 2
+    nan_policy: Literal["stop", "skip"] = "stop"
+    max_failures: int = 1
+    time_limit: float = 0.0  # seconds; 0 = run all steps (the demo bounds its wall time with it)
+    seed: int = 0
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)  # a search sets it to its metric
+
+    def check(self) -> None:
+        require(self.workers >= 1, "train.workers", self.workers, "must be >= 1")
+        require(self.cpus_per_worker > 0, "train.cpus_per_worker", self.cpus_per_worker, "must be > 0")
+        require(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
+        require(self.steps >= 1, "train.steps", self.steps, "must be >= 1")
+        require(self.grad_accum >= 1, "train.grad_accum", self.grad_accum, "must be >= 1")
+        require(self.lr > 0, "train.lr", self.lr, "must be > 0")
+        for key in ("val_every", "ckpt_every", "log_every"):
+            require(getattr(self, key) >= 1, f"train.{key}", getattr(self, key), "must be >= 1")
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow: where runs go and under which name models are registered."""
+
+    uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else sqlite:///<work_dir>/mlflow.db
+    experiment: str = "fmolab"
+    register_as: str = ""  # registered model name; "" = do not register
+    alias: str = "latest"
+    timeout: float = 10.0  # seconds to wait for a tracking server before failing
+
+
+@dataclass
+class Config:
+    variant: str = "double_blur"
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    # ---- derived paths (not config keys)
+    @property
+    def work_dir(self) -> Path:
+        return resolve_work_dir(self.runtime.work_dir)
+
+    @property
+    def dataset_dir(self) -> Path:
+        return Path(self.render.out) if self.render.out else self.work_dir / "datasets" / self.render.name
+
+    @property
+    def train_dir(self) -> Path:
+        return Path(self.data.train) if self.data.train else self.dataset_dir
+
+    @property
+    def backgrounds_dir(self) -> Path:
+        return Path(self.data.backgrounds) if self.data.backgrounds else self.train_dir / "backgrounds"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.work_dir / 'mlflow.db'}"
+
+
+def resolve_work_dir(explicit: str | os.PathLike | None = "") -> Path:
+    """The work folder: ``explicit`` (``runtime.work_dir``, ``--work-dir``), else $FMOLAB_HOME, else
+    ./fmolab-work. An explicit value wins: Ray workers may carry a stale FMOLAB_HOME."""
+    return Path(explicit or os.environ.get("FMOLAB_HOME") or "fmolab-work").absolute()

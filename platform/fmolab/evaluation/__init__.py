@@ -1,0 +1,2 @@
+"""Evaluation with the FMO deblurring benchmark's metrics (``metrics``), on fmolab shards (``samples``)
+and the published benchmark folders (``benchmark_data``); ``evaluate`` scores, averages and logs."""

@@ -1,0 +1,97 @@
+"""A trained model ready for inference: :class:`Predictor` and where it comes from (:func:`load_predictor`)."""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fmolab.compose import frame_times
+from fmolab.config import Config, config_from_dict
+from fmolab.data.formats import InputFormat, build_format
+from fmolab.geometry import valid_size
+
+
+class DeblurError(ValueError):
+    """Bad input for deblurring; the message names the file and what to do."""
+
+
+@dataclass
+class Predictor:
+    """Anything that maps stacked inputs ``[B,C,H,W]`` to renders ``[B,T,4,H,W]``."""
+
+    config: Config
+    model: object  # an MLflow pyfunc or a torch module
+    source: str
+
+    @functools.cached_property
+    def input_format(self) -> InputFormat:
+        """The training input format: which frames (and background) the model takes."""
+        return build_format(self.config.data.format, self.config.data)
+
+    def __call__(self, inputs: np.ndarray, num_frames: int) -> np.ndarray:
+        if isinstance(self.model, torch.nn.Module):
+            with torch.no_grad():
+                out = self.model(torch.from_numpy(inputs), frame_times(num_frames))
+            return out["renders"].numpy()
+        return self.model.predict(inputs, params={"num_frames": num_frames})
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The torch network (inside an MLflow pyfunc too)."""
+        if isinstance(self.model, torch.nn.Module):
+            return self.model
+        return self.model.unwrap_python_model().model
+
+    def render(self, inputs: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """Renders ``[B,T,4,H,W]`` at arbitrary ``times [T]`` (or ``[B,T]``) of the exposure."""
+        t = torch.as_tensor(np.asarray(times, dtype=np.float32))
+        x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
+        if t.dim() == 1:
+            t = t[None].expand(x.shape[0], -1)
+        with torch.no_grad():
+            return self.module(x, t)["renders"].numpy()
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(h, w)`` the model was trained at: the training dataset's manifest, else ``render.height/width``."""
+        from fmolab.shards import read_manifest
+
+        try:
+            m = read_manifest(self.config.train_dir)
+            if m.get("height") and m.get("width"):
+                return valid_size(int(m["height"]), int(m["width"]))
+        except Exception:  # the training data need not be on this machine
+            pass
+        return valid_size(self.config.render.height, self.config.render.width)
+
+
+def load_predictor(source: str) -> Predictor:
+    """``models:/name@alias`` / ``runs:/id/model`` (MLflow), or a checkpoint folder / ``best_model.pt``
+    with ``config.json`` beside it."""
+    if "://" in source or source.startswith("models:/") or source.startswith("runs:/"):
+        from fmolab.tracking.model_registry import load_model
+
+        model = load_model(source)
+        impl = model.unwrap_python_model()
+        return Predictor(impl.config, model, source)
+    path = Path(source)
+    weights = path / "best_model.pt" if path.is_dir() else path
+    config_file = weights.parent / "config.json"
+    if not weights.exists() or not config_file.exists():
+        raise DeblurError(f"{source}: expected models:/NAME@ALIAS, runs:/ID/model, or a checkpoint "
+                          f"folder holding best_model.pt and config.json")
+    cfg = config_from_dict(json.loads(config_file.read_text()))
+    return Predictor(cfg, load_network(cfg, weights), source)
+
+
+def load_network(cfg: Config, weights: str | Path) -> torch.nn.Module:
+    """The network of ``cfg`` with the state dict in ``weights`` (``weights_only``: nothing is unpickled)."""
+    from fmolab.models import build_model
+
+    model = build_model(cfg.model, build_format(cfg.data.format).in_channels)
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return model.eval()

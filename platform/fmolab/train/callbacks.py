@@ -1,0 +1,182 @@
+"""What happens around the training loop, one concern a class: MLflow logging, progress lines, preview
+animations, the NaN policy, the time limit, the FMO benchmark's validation scores.
+
+Hooks run on every rank in the same order (a hook that needs rank 0 checks ``trainer.rank``);
+collectives live in the trainer, so a callback never makes ranks disagree.
+"""
+from __future__ import annotations
+
+import math
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+class Callback:
+    def on_start(self, trainer, resumed: bool) -> None: ...
+    def on_log(self, trainer, means: dict[str, float]) -> None: ...  # every train.log_every steps
+    def on_val_batch(self, trainer, batch: dict, outputs: dict, add) -> None: ...  # add(key, value)
+    def on_validation(self, trainer, val: dict[str, float]) -> None: ...
+    def on_nonfinite(self, trainer, values: dict[str, float]) -> None: ...  # raise to stop the run
+    def should_stop(self, trainer) -> bool:
+        return False
+    def on_end(self, trainer, stopped: bool) -> None: ...
+
+
+def say(text: str) -> None:
+    """A progress line from a worker. Ray Train patches print() into its logger and tees it again when
+    another library wrapped sys.stdout (every line twice); the process's own stdout gets it once."""
+    print(text, file=sys.__stdout__, flush=True)
+
+
+def metric_name(name: str) -> str:
+    """MLflow allows ``[\\w\\-. :/]`` in names; loss specs carry '=' and ',' ("RGBL1:mode=gt")."""
+    return re.sub(r"[^\w\-. :/]", "_", name.replace("=", "_"))
+
+
+def fmt_seconds(s: float) -> str:
+    s = int(max(0, s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class MLflowLogger(Callback):
+    """Rank 0 logs through the client (no global active-run state inside Ray workers)."""
+
+    def __init__(self, run_id: str, tracking_uri: str):
+        self.run_id, self.uri, self._client = run_id, tracking_uri, None
+
+    def enabled(self, trainer) -> bool:
+        return trainer.rank == 0 and bool(self.run_id)
+
+    def client(self):
+        if self._client is None:
+            import mlflow
+
+            self._client = mlflow.MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def log(self, trainer, values: dict[str, float]) -> None:
+        if not self.enabled(trainer):
+            return
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self.client().log_batch(self.run_id, metrics=[Metric(metric_name(k), float(v), ts, trainer.state.step)
+                                                      for k, v in values.items() if math.isfinite(float(v))])
+
+    def artifact(self, trainer, path: str | Path, folder: str) -> None:
+        if self.enabled(trainer):
+            self.client().log_artifact(self.run_id, str(path), folder)
+
+    def on_start(self, trainer, resumed):
+        if resumed:  # a resume or a recovery after a lost worker: on the record, not only in a log
+            self.log(trainer, {"resumed_from_step": trainer.state.step})
+
+    def on_log(self, trainer, means):
+        self.log(trainer, means)
+
+    def on_validation(self, trainer, val):
+        self.log(trainer, val)
+
+
+class Progress(Callback):
+    """``[train]`` and ``[val]`` lines on rank 0, with throughput, data wait and ETA."""
+
+    def on_start(self, trainer, resumed):
+        s = trainer.state
+        if resumed and trainer.rank == 0:
+            say(f"[train] resumed at step {s.step}, best {trainer.monitor} {s.best_metric:.5f} at step {s.best_step}")
+
+    def on_log(self, trainer, means):
+        if trainer.rank != 0:
+            return
+        train_cfg, step = trainer.cfg.train, trainer.state.step
+        elapsed = time.time() - trainer.started
+        remaining = (train_cfg.steps - step) / max((step - trainer.start_step) / max(elapsed, 1e-9), 1e-9)
+        if train_cfg.time_limit > 0:
+            remaining = min(remaining, max(0.0, train_cfg.time_limit - elapsed))
+        say(f"[train] step {step}/{train_cfg.steps} ({100 * step / train_cfg.steps:.0f}%) loss {means.get('train/loss', math.nan):.4f}"
+            f" | {means['samples_per_s']:.1f} samples/s | data wait {100 * means['data_wait_frac']:.0f}%"
+            f" | ETA {fmt_seconds(remaining)}")
+
+    def on_validation(self, trainer, val):
+        if trainer.rank == 0:
+            s = trainer.state
+            say(f"[val] step {s.step}: loss {val.get('val/loss', math.nan):.4f} psnr {val.get('val/psnr', 0):.2f} dB "
+                f"animation {val.get('val/animation_ratio', 0):.2f} (best {trainer.monitor} {s.best_metric:.4f} "
+                f"@ {s.best_step})")
+
+    def on_end(self, trainer, stopped):
+        if stopped and trainer.rank == 0:
+            say(f"[train] time limit {trainer.cfg.train.time_limit:.0f}s reached at step {trainer.state.step}")
+
+
+class Previews(Callback):
+    """Rank 0: an animated WebP (inputs | ground truth | prediction | alpha) of the first validation
+    items at every validation, as an MLflow artifact."""
+
+    def __init__(self, logger: MLflowLogger):
+        self.logger = logger
+
+    @torch.no_grad()
+    def on_validation(self, trainer, val):
+        from fmolab.media import prediction_animation, save_animation, stack_rows
+
+        n = min(trainer.cfg.train.preview_samples, len(trainer.val_ds))
+        if trainer.rank != 0 or n == 0 or not self.logger.enabled(trainer):
+            return
+        batch, outputs = trainer.predict(list(range(n)))
+        renders = outputs["renders"].float().cpu()
+        rows = [prediction_animation(list(batch["images"][b].cpu()), batch["frames"][b].cpu(), renders[b])
+                for b in range(n)]
+        with tempfile.TemporaryDirectory() as d:
+            path = save_animation(Path(d) / f"val_step{trainer.state.step:07d}.webp", stack_rows(rows))
+            self.logger.artifact(trainer, path, "previews")
+
+
+class NanPolicy(Callback):
+    """``train.nan_policy``: stop naming the step and the losses, or skip the step (counted)."""
+
+    def __init__(self, policy: str):
+        self.policy = policy
+
+    def on_nonfinite(self, trainer, values):
+        if self.policy == "stop":
+            detail = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+            raise FloatingPointError(f"non-finite loss at step {trainer.state.step} ({detail}); "
+                                     f"set train.nan_policy=skip to skip such steps")
+        trainer.state.nan_skipped += 1
+
+
+class TimeLimit(Callback):
+    """``train.time_limit``: stop (with a checkpoint and a validation) once this many seconds passed."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def should_stop(self, trainer):
+        return self.seconds > 0 and time.time() - trainer.started > self.seconds
+
+
+class BenchmarkScores(Callback):
+    """The FMO benchmark's crop PSNR, SSIM and TIoU of every validation item
+    (:func:`fmolab.evaluation.metrics.score_renders`)."""
+
+    def on_val_batch(self, trainer, batch, outputs, add):
+        from fmolab.evaluation.metrics import score_renders
+
+        renders, frames = outputs["renders"].float().cpu().numpy(), batch["frames"].float().cpu().numpy()
+        bg = batch["backgrounds"][:, 0].float().cpu().numpy()  # every frame on the first background
+        for b in range(renders.shape[0]):
+            for k, v in score_renders(renders[b], frames[b], bg[b]).items():
+                add(k, v)
+
+
+def default_callbacks(cfg, run_id: str, tracking_uri: str) -> list[Callback]:
+    logger = MLflowLogger(run_id, tracking_uri)
+    return [logger, Progress(), Previews(logger), NanPolicy(cfg.train.nan_policy), TimeLimit(cfg.train.time_limit),
+            BenchmarkScores()]

@@ -1,0 +1,72 @@
+"""``fmolab train`` on the driver: start or resume the MLflow run, launch Ray Train, then log the best
+weights as an MLflow model (with loss curves) and register them."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from fmolab.config import Config, config_from_dict, resolve_work_dir
+from fmolab.train.launch import launch, open_run, run_dir
+
+
+def resolve_run_name(cfg: Config) -> str:
+    return cfg.train.run_name or f"{cfg.variant}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def load_run_config(work_dir: str | Path | None, run_name: str) -> Config:
+    """The config run ``run_name`` was started with, its work folder in use (``fmolab train --resume``);
+    ``work_dir`` is where to look (None: $FMOLAB_HOME, else ./fmolab-work)."""
+    from fmolab.runtime import use_work_dir
+
+    runs = resolve_work_dir(work_dir) / "runs"
+    path = runs / run_name / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no run {run_name!r} under {runs}: nothing to resume")
+    cfg = config_from_dict(json.loads(path.read_text()))
+    use_work_dir(cfg.work_dir)
+    return cfg
+
+
+def train(cfg: Config, register: bool = True) -> dict:
+    """Train (or resume) ``cfg``; returns run id, model URI, registered version and final metrics."""
+    from fmolab.runtime import init_ray
+    from fmolab.tracking import model_registry
+    from fmolab.tracking.store import setup_tracking
+
+    cfg.runtime.work_dir = str(cfg.work_dir)  # pinned before the config travels to workers
+    uri = setup_tracking(cfg)  # first: fail fast on a dead server, before starting Ray
+    init_ray(cfg.runtime.address, cfg.runtime.num_cpus, cfg.work_dir)
+    cfg.train.run_name = run_name = resolve_run_name(cfg)
+    run_id = open_run(cfg)
+    print(f"[train] run {run_name} (MLflow run {run_id}) on {cfg.train.workers} worker(s)", flush=True)
+    result = launch(cfg, run_id, uri, str(cfg.work_dir / "ray_results"))
+    out = {"run_id": run_id, "run_name": run_name, "metrics": dict(result.metrics or {})}
+    if result.checkpoint is None:
+        return out
+    folder = run_dir(cfg, run_name)
+    best = folder / "best_model.pt"
+    with result.checkpoint.as_directory() as d:
+        best.write_bytes((Path(d) / "best_model.pt").read_bytes())
+    out["best_weights"] = str(best)
+    log_curves(cfg, run_id, folder)
+    out["model_uri"] = model_registry.log_model(cfg, best, run_id)
+    if register and cfg.tracking.register_as:
+        out["version"] = model_registry.register(out["model_uri"], cfg.tracking.register_as, cfg.tracking.alias,
+                                                 tags={"run_name": run_name, "variant": cfg.variant})
+        out["registered"] = f"models:/{cfg.tracking.register_as}@{cfg.tracking.alias}"
+    return out
+
+
+def log_curves(cfg: Config, run_id: str, folder: Path) -> None:
+    """Loss curves of this run as a PNG artifact (train and validation overlaid)."""
+    import mlflow
+
+    from fmolab.media import plot_curves
+
+    client = mlflow.MlflowClient()
+    not_losses = ("val/psnr", "val/animation_ratio", "val/animation_step")
+    keys = [k for k in client.get_run(run_id).data.metrics if k.startswith(("train/", "val/")) and k not in not_losses]
+    series = {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in sorted(keys)}
+    path = plot_curves(series, folder / "loss_curves.png", title=f"{cfg.train.run_name} ({cfg.variant})")
+    client.log_artifact(run_id, str(path), "plots")

@@ -1,0 +1,79 @@
+"""Starting a Ray Train run: the one path that ``fmolab train`` and every Tune trial take, so both
+record the same tags and train the same way."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from fmolab.config import Config, to_dict
+
+
+def run_dir(cfg: Config, run_name: str) -> Path:
+    """``<work>/runs/<name>``: the run's config and its best weights on the driver."""
+    return cfg.work_dir / "runs" / run_name
+
+
+def dataset_tags(cfg: Config) -> dict[str, str]:
+    """Which data a run learned from: the training folder and its manifest's hash."""
+    from fmolab.shards import read_manifest
+
+    path = Path(cfg.train_dir) / "manifest.json"
+    fallback = hashlib.sha1(path.read_bytes()).hexdigest() if path.exists() else "none"
+    return {"dataset": str(cfg.train_dir), "dataset_manifest_sha1": read_manifest(cfg.train_dir).get("sha1", fallback)}
+
+
+def open_run(cfg: Config, tags: dict[str, str] | None = None) -> str:
+    """Save the config of run ``cfg.train.run_name`` and open (or, resuming, find) its MLflow run with
+    the standard tags (variant, git commit, dataset) plus ``tags``; returns the MLflow run id."""
+    from fmolab.tracking.store import git_commit, start_or_resume_run
+
+    folder = run_dir(cfg, cfg.train.run_name)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    standard = {"variant": cfg.variant, "git_commit": git_commit(), **dataset_tags(cfg)}
+    return start_or_resume_run(cfg, cfg.train.run_name, {**standard, **(tags or {})})
+
+
+def torch_trainer(cfg: Config, loop_config: dict, run_config):
+    """The ``TorchTrainer`` of :func:`fmolab.train.loop.train_loop` for ``cfg``."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from fmolab.train.loop import train_loop
+
+    train_cfg = cfg.train
+    datasets = None
+    if cfg.data.pipeline == "ray_data":
+        from fmolab.data.ray_pipeline import ray_dataset
+
+        # enough passes for the whole run in one Ray Data execution (each start costs seconds)
+        samples = train_cfg.steps * train_cfg.batch_size * train_cfg.grad_accum * train_cfg.workers
+        datasets = {"train": ray_dataset(cfg, "train", batch_size=train_cfg.batch_size, samples=samples)}
+    return TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=train_cfg.workers, use_gpu=train_cfg.use_gpu,
+            resources_per_worker={"CPU": train_cfg.cpus_per_worker, **({"GPU": 1} if train_cfg.use_gpu else {})},
+        ),
+        run_config=run_config,
+        datasets=datasets,
+    )
+
+
+def launch(cfg: Config, run_id: str, tracking_uri: str, storage_path: str, *, callbacks: list = (),
+           keep: int = 2):
+    """Run ``cfg``'s training as Ray Train run ``cfg.train.run_name`` below ``storage_path`` (checkpoints,
+    resume, ``train.max_failures`` restarts), logging to MLflow run ``run_id``; returns the Ray result."""
+    import ray.train
+
+    trainer = torch_trainer(cfg, {"config": to_dict(cfg), "run_id": run_id, "tracking_uri": tracking_uri},
+                            ray.train.RunConfig(
+                                name=cfg.train.run_name, storage_path=storage_path, callbacks=list(callbacks),
+                                failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+                                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep)))
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    return result

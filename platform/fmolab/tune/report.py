@@ -1,0 +1,227 @@
+"""After a search: the table of trials (printed, ``trials.csv``), the optimization history and the
+parameter importances (PNG), all logged to the parent run; the best trial's best weights (best by the
+space's metric, as its ``train.monitor`` was) logged as a model in its run and registered as
+``models:/<tracking.register_as>@<alias>``."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from fmolab.config import Config, to_dict
+from fmolab.tune.space import SearchSpace
+from fmolab.tune.trial import SEARCH_TAG, TRIAL_TAG, trial_run_name
+
+
+def trial_rows(cfg: Config, space: SearchSpace, grid, name: str) -> list[dict]:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+    runs = {r.data.tags.get(TRIAL_TAG): r for r in
+            client.search_runs([exp.experiment_id], filter_string=f"tags.`{SEARCH_TAG}` = '{name}'", max_results=10000)
+            if r.data.tags.get(TRIAL_TAG)}
+    rows = []
+    for result in grid:
+        df = result.metrics_dataframe
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_", 1)[-1]
+        if df is not None and space.metric in df:
+            vals = df[space.metric].astype(float)
+            best_val = float(vals.max() if space.mode == "max" else vals.min()) if len(vals.dropna()) else math.nan
+            steps = int(df["step"].max()) if "step" in df else 0
+            history = [(int(s), float(v)) for s, v in zip(df["step"], vals)] if "step" in df else []
+        else:
+            best_val, steps, history = math.nan, 0, []
+        params = {k: v for k, v in (result.config or {}).items() if k in space.names}
+        trial_cfg = space.build_config(cfg, params, overrides=False)
+        if result.error is not None:
+            status = "error"
+        elif steps < trial_cfg.train.steps:
+            status = "stopped early"
+        else:
+            status = "completed"
+        run = runs.get(trial_id)
+        rows.append({"trial": trial_id, "params": params, "best": best_val, "steps": steps,
+                     "max_steps": trial_cfg.train.steps, "status": status,
+                     "run_id": run.info.run_id if run else "", "run_name": trial_run_name(name, trial_id),
+                     "checkpoint_path": (result.metrics or {}).get("checkpoint_path", ""), "history": history,
+                     "error": str(result.error)[:500] if result.error is not None else ""})
+    return rows  # in the order Tune created the trials
+
+
+def format_value(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def print_table(rows: list[dict], names: list[str], metric: str) -> str:
+    head = ["trial", *names, f"best {metric}", "steps", "status"]
+    body = [[r["trial"], *[format_value(r["params"].get(n, "-")) for n in names],
+             f"{r['best']:.5f}", f"{r['steps']}/{r['max_steps']}", r["status"]] for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)) for line in [head, *body]]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def write_csv(rows: list[dict], names: list[str], path: Path) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["trial", *names, "best", "steps", "max_steps", "status", "run_id"])
+        for r in rows:
+            w.writerow([r["trial"], *[r["params"].get(n, "") for n in names], r["best"], r["steps"],
+                        r["max_steps"], r["status"], r["run_id"]])
+    return path
+
+
+def study_of(rows: list[dict], space: SearchSpace):
+    """An in-memory Optuna study of the finished trials (values = each trial's best metric), for importances."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    def dist(p):
+        if p.dist == "choice":
+            return CategoricalDistribution(p.choices)
+        if p.dist == "int":
+            return IntDistribution(int(p.low), int(p.high), step=int(p.step or 1))
+        return FloatDistribution(p.low, p.high, log=p.dist == "loguniform", step=p.step)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize" if space.mode == "max" else "minimize")
+    for r in rows:
+        if math.isfinite(r["best"]):
+            study.add_trial(optuna.trial.create_trial(
+                params=r["params"], distributions={k: dist(space.param(k)) for k in r["params"]},
+                value=r["best"]))
+    return study
+
+
+def plot_history(rows: list[dict], path: Path, title: str, metric: str, mode: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    xs = list(range(len(rows)))
+    ys = [r["best"] for r in rows]
+    colors = {"completed": "tab:blue", "stopped early": "tab:orange", "error": "tab:red"}
+    for status, color in colors.items():
+        pts = [(x, y) for x, y, r in zip(xs, ys, rows) if r["status"] == status and math.isfinite(y)]
+        if pts:
+            ax1.scatter(*zip(*pts), color=color, label=status, zorder=3)
+    better = max if mode == "max" else min
+    running, best = [], -math.inf if mode == "max" else math.inf
+    for y in ys:
+        best = better(best, y) if math.isfinite(y) else best
+        running.append(best)
+    ax1.step(xs, running, where="post", color="black", linewidth=1.2, label="best so far")
+    ax1.set_xlabel("trial")
+    ax1.set_ylabel(f"best {metric}")
+    ax1.set_title("optimization history")
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=8)
+    for r in rows:  # learning curves: where ASHA cut
+        if r["history"]:
+            s, v = zip(*r["history"])
+            ax2.plot(s, v, marker=".", linewidth=1, color=colors.get(r["status"], "gray"), alpha=0.8)
+    ax2.set_xlabel("step")
+    ax2.set_ylabel(metric)
+    ax2.set_title("validation curves (orange: stopped by ASHA)")
+    ax2.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_importances(importances: dict[str, float], path: Path, title: str, metric: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = sorted(importances.items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(items) + 1.5), dpi=110)
+    ax.barh([k for k, _ in items], [v for _, v in items], color="tab:blue")
+    ax.set_xlabel(f"importance for {metric} (fANOVA)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def report(cfg: Config, space: SearchSpace, grid, name: str, parent_id: str, folder: Path) -> dict:
+    """Table, CSV, plots, child-run statuses, and the best trial's model (logged + registered)."""
+    import mlflow
+    import ray.train
+
+    from fmolab.tracking import model_registry
+
+    client = mlflow.MlflowClient()
+    rows = trial_rows(cfg, space, grid, name)
+    names = space.names
+    table = print_table(rows, names, space.metric)
+    print(f"[tune] {name}: {len(rows)} trial(s)\n{table}", flush=True)
+    csv_path = write_csv(rows, names, folder / "trials.csv")
+    client.log_artifact(parent_id, str(csv_path), "search")
+    # A trial stopped by ASHA ends with its actor (its run may read RUNNING, or FAILED when its workers
+    # went first): Tune's view decides the final status.
+    final = {"completed": "FINISHED", "stopped early": "KILLED", "error": "FAILED"}
+    for r in rows:
+        if r["run_id"]:
+            client.set_tag(r["run_id"], "fmolab.tune.status", r["status"])
+            client.set_terminated(r["run_id"], final[r["status"]])
+    plots = {"history": str(plot_history(rows, folder / "optimization_history.png", name, space.metric, space.mode))}
+    importances: dict[str, float] = {}
+    study = study_of(rows, space)
+    if len(study.trials) >= 2:
+        try:
+            import optuna
+
+            importances = {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
+        except (RuntimeError, ValueError) as exc:  # e.g. every trial had the same value
+            print(f"[tune] no parameter importances: {exc}", flush=True)
+    if importances:
+        plots["importances"] = str(plot_importances(importances, folder / "param_importances.png", name, space.metric))
+    for p in plots.values():
+        client.log_artifact(parent_id, p, "plots")
+
+    out: dict[str, Any] = {"name": name, "parent_run_id": parent_id, "trials": [
+        {k: v for k, v in r.items() if k not in ("history",)} for r in rows], "table": str(csv_path),
+        "plots": plots, "importances": importances}
+    done = [r for r in rows if math.isfinite(r["best"]) and r["checkpoint_path"]]
+    if not done:
+        print("[tune] no trial reported a validation: nothing to register", flush=True)
+        return out
+    best = (max if space.mode == "max" else min)(done, key=lambda r: r["best"])
+    best_cfg = space.build_config(cfg, best["params"], overrides=False)
+    best_cfg.train.run_name = best["run_name"]
+    out.update(best_trial=best["trial"], best_params=best["params"], metric=space.metric, best_value=best["best"],
+               best_run_id=best["run_id"], best_config=to_dict(best_cfg))
+    weights = folder / "best_model.pt"
+    with ray.train.Checkpoint(best["checkpoint_path"]).as_directory() as d:
+        weights.write_bytes((Path(d) / "best_model.pt").read_bytes())
+    (folder / "best_config.json").write_text(json.dumps(to_dict(best_cfg), indent=2))
+    (folder / "best.json").write_text(json.dumps({k: out[k] for k in ("best_trial", "best_params", "metric", "best_value",
+                                                                     "best_run_id")}, indent=2, default=str))
+    model_run = best["run_id"] or parent_id
+    out["model_uri"] = model_registry.log_model(best_cfg, weights, model_run)
+    client.log_metric(parent_id, f"best_{space.metric.replace('/', '_')}", best["best"])
+    client.log_batch(parent_id, params=[mlflow.entities.Param(f"best.{k}", str(v)[:6000])
+                                        for k, v in best["params"].items()
+                                        if f"best.{k}" not in client.get_run(parent_id).data.params])
+    for k, v in {"best_trial": best["trial"], "best_run_id": best["run_id"], "best_model_uri": out["model_uri"]}.items():
+        client.set_tag(parent_id, f"fmolab.{k}", v)
+    client.log_artifact(parent_id, str(folder / "best_config.json"), "search")
+    if cfg.tracking.register_as:
+        out["version"] = model_registry.register(out["model_uri"], cfg.tracking.register_as, cfg.tracking.alias,
+                                           tags={"run_name": best["run_name"], "search": name, "variant": cfg.variant})
+        out["registered"] = f"models:/{cfg.tracking.register_as}@{cfg.tracking.alias}"
+    print(f"[tune] best trial {best['trial']}: {space.metric} {best['best']:.5f} with "
+          f"{json.dumps(best['params'], default=str)}" + (f" -> {out['registered']}" if "registered" in out else ""),
+          flush=True)
+    return out
