@@ -40,6 +40,19 @@ def test_print_config_resolves_preset_and_overrides(tmp_path, capsys):
     assert "steps: 9" in out and "encoder: tiny" in out
 
 
-def test_unknown_preset_is_rejected(capsys):
-    with pytest.raises(SystemExit):
+def test_unknown_preset_is_rejected_naming_the_known_ones(capsys):
+    with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args(["train", "--preset", "nope"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'nope'" in err and "double_blur" in err and "self_supervised" in err
+
+
+def test_presets_are_read_from_their_folder():
+    from fmolab.config import PRESET_DIR, preset_names, preset_path
+
+    names = preset_names()
+    assert names == sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    assert {"demo", "background_blur", "double_blur", "multi_object", "self_supervised"} <= set(names)
+    with pytest.raises(Exception, match="unknown preset 'nope'; known: background_blur"):
+        preset_path("nope")

@@ -330,6 +330,30 @@ def test_background_adder_contrast_and_resize(tmp_path, root):
     assert contrast(flat, np.full((8, 8, 3), 151, np.uint8)) == pytest.approx(51 / 255)
 
 
+def test_background_below_min_contrast_is_drawn_again(tmp_path):
+    """Two clips: one the object's own grey (contrast 0), one far from it. With min_contrast the adder
+    draws again until it gets the far one; without it, it keeps whatever it drew first."""
+    from fmolab.shards import BACKGROUND_SCHEMA
+
+    rows = [dict(clip_id=name, source="test", width=16, height=16, num_frames=3,
+                 # frames differ by 1 (the WebP writer merges identical ones)
+                 frames=encode_webp(np.full((3, 16, 16, 3), grey, np.uint8) + np.arange(3, dtype=np.uint8)[:, None, None, None],
+                                    lossless=True))
+            for name, grey in (("same", 100), ("far", 200))]
+    write_shard(rows, tmp_path / "bg" / "clips-00000.parquet", schema=BACKGROUND_SCHEMA)
+    blur = np.zeros((16, 16, 4), np.uint8)
+    blur[4:12, 4:12] = (100, 100, 100, 255)
+
+    def greys(min_contrast):
+        adder = BackgroundAdder(tmp_path / "bg", min_contrast=min_contrast, max_tries=30)
+        return [int(adder.sample([blur, blur], np.random.default_rng(seed))[0, 0, 0, 0]) // 100 * 100
+                for seed in range(24)]
+
+    assert set(greys(0.2)) == {200}  # contrast ~100/255 > 0.2; the object's grey never passes
+    first_draws = greys(0.0)
+    assert 100 in first_draws and 200 in first_draws  # so the clip above was drawn again, not drawn once
+
+
 def test_format_registry():
     assert {"background_blur", "double_blur", "multi_object", "single_blur"} <= set(FORMATS.names())
     assert [in_channels(f) for f in ("background_blur", "double_blur", "single_blur", "multi_object")] == [6, 6, 3, 6]

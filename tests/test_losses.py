@@ -46,6 +46,24 @@ def test_dice_identical_masks_is_zero_and_disjoint_is_near_one():
     assert loss("AlphaJaccard")(batch_for(f), {"renders": f}).item() == pytest.approx(0.0, abs=1e-7)
 
 
+def test_alpha_l2_and_bce_known_values():
+    """A half-transparent render everywhere: (0.5 - a)^2 = 1/4 and BCE = ln 2 whatever the binary GT; a
+    render of 0.8 inside the GT square and 0 outside: only the square's pixels (36 of 24x32) cost."""
+    import math
+
+    f = moving_square()
+    half = f.clone()
+    half[:, :, 3] = 0.5
+    assert loss("AlphaL2:order=forward")(batch_for(f), {"renders": half}).item() == pytest.approx(0.25, rel=1e-6)
+    assert loss("AlphaBCE:order=forward")(batch_for(f), {"renders": half}).item() == pytest.approx(math.log(2), rel=1e-5)
+    dim = f.clone()
+    dim[:, :, 3] *= 0.8
+    inside = 36 / (H * W)
+    assert loss("AlphaL2:order=forward")(batch_for(f), {"renders": dim}).item() == pytest.approx(inside * 0.04, rel=1e-5)
+    assert loss("AlphaBCE:order=forward")(batch_for(f), {"renders": dim}).item() == pytest.approx(
+        inside * -math.log(0.8), abs=1e-5)  # outside: -log(1 - eps), eps = 1e-6
+
+
 def test_order_min_picks_reversed_gt():
     f = moving_square()
     pred = (f * 0.8 + 0.1).clamp(0, 1)  # an imperfect prediction, so the loss is not trivially 0

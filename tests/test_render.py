@@ -40,24 +40,24 @@ def _ray_down():
 # ---------------------------------------------------------------- trajectory (no bpy)
 
 
-def test_trajectory_bounds_and_determinism():
-    tc = load_config().render.trajectory
+def test_trajectory_bounds_and_determinism(make_config):
+    bounds = make_config().render.trajectory
     W, H = 320, 240
     for i in range(300):
-        tr = T.sample_trajectory(np.random.default_rng([0, i]), tc, W, H)
-        assert tc.object_size[0] <= tr.size <= tc.object_size[1]
+        tr = T.sample_trajectory(np.random.default_rng([0, i]), bounds, W, H)
+        assert bounds.object_size[0] <= tr.size <= bounds.object_size[1]
         for p in (np.array(tr.start), np.array(tr.end)):
-            assert tc.depth[0] - 1e-9 <= -p[2] <= tc.depth[1] + 1e-9
+            assert bounds.depth[0] - 1e-9 <= -p[2] <= bounds.depth[1] + 1e-9
             hx, hy = T.frustum_half_extent(-p[2], W, H)
-            assert abs(p[0]) + tr.size / 2 <= hx * (1 - 2 * tc.margin) + 1e-9
-            assert abs(p[1]) + tr.size / 2 <= hy * (1 - 2 * tc.margin) + 1e-9
+            assert abs(p[0]) + tr.size / 2 <= hx * (1 - 2 * bounds.margin) + 1e-9
+            assert abs(p[1]) + tr.size / 2 <= hy * (1 - 2 * bounds.margin) + 1e-9
         xy = math.dist(tr.start[:2], tr.end[:2]) / tr.size
-        assert tc.min_travel - 1e-9 <= xy <= tc.max_travel + 1e-9
-        assert abs(tr.end[2] - tr.start[2]) <= tc.max_dz + 1e-9
+        assert bounds.min_travel - 1e-9 <= xy <= bounds.max_travel + 1e-9
+        assert abs(tr.end[2] - tr.start[2]) <= bounds.max_dz + 1e-9
         off = np.degrees(np.abs(np.array(tr.rot_end) - np.array(tr.rot_start)))
-        assert (off <= tc.max_end_rotation + 1e-9).all()
-    a = T.sample_trajectory(np.random.default_rng([5, 7, 0]), tc, W, H)
-    b = T.sample_trajectory(np.random.default_rng([5, 7, 0]), tc, W, H)
+        assert (off <= bounds.max_end_rotation + 1e-9).all()
+    a = T.sample_trajectory(np.random.default_rng([5, 7, 0]), bounds, W, H)
+    b = T.sample_trajectory(np.random.default_rng([5, 7, 0]), bounds, W, H)
     assert a == b
     assert np.allclose(T.frame_times(4), [0.125, 0.375, 0.625, 0.875])
     loc, _ = a.at(0.5)
@@ -199,6 +199,22 @@ def test_procedural_families_and_bad_assets_counted(tmp_path, make_config):
     assert {r["object_id"] for r in rows} == {"good"} and {r["texture_id"] for r in rows} == {"banded/b1"}
     assert reasons["bad_asset"] >= 1 and bad  # the bad files were drawn and skipped
     scene.close()
+
+
+@pytest.mark.bpy
+@needs_bpy
+def test_low_coverage_draws_are_rejected_counted_and_reported(tmp_path, make_config):
+    """render.min_coverage above what any object covers: every try is rejected (low_coverage, counted by
+    reason) and no row is written for the index; the block reports it as failed."""
+    from render_cluster.scene import Scene
+    from render_cluster.sequence import Assets, render_block
+
+    cfg = make_config(TINY, {"runtime.work_dir": tmp_path}, ["render.min_coverage=0.9", "render.max_tries=3"])
+    scene = Scene(cfg.render, tmp_dir=str(tmp_path))
+    rows, summary = render_block(scene, cfg.render, Assets("procedural", "procedural"), 0, 2)
+    scene.close()
+    assert rows == [] and summary["failed"] == [0, 1] and summary["rows"] == 0
+    assert sum(summary["rejections"].values()) == 2 * 3 and summary["rejections"].get("low_coverage", 0) >= 3
 
 
 @pytest.mark.bpy

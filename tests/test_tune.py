@@ -204,6 +204,61 @@ def test_search_stops_bad_trials_tracks_children_and_registers_the_best(work, to
 
 def test_loss_spaces_rank_by_a_metric_independent_of_the_losses():
     """A space that varies losses or weights ranks trials by a metric every trial computes alike."""
-    for path in (ROOT / "search_spaces").glob("*_losses.yaml"):
+    paths = sorted((ROOT / "search_spaces").glob("*_losses.yaml"))
+    assert len(paths) >= 3, paths  # background_blur, double_blur, self_supervised at least
+    for path in paths:
         space = load_space(path)
         assert (space.metric, space.mode) == ("val/crop_psnr", "max"), path.name
+
+
+MONITORED = """
+description: ranks by the highest validation loss (the opposite of what training lowers), so the weights a
+  val/loss-min checkpoint would keep are not the ones the search must register
+metric: val/loss
+mode: max
+params:
+  train.lr: {choice: [0.003]}
+overrides:
+  train.steps: 6
+  train.val_every: 2
+  train.ckpt_every: 2
+points_to_evaluate: [{train.lr: 0.003}]
+"""
+
+
+def test_registered_weights_are_the_checkpoint_best_by_the_search_metric(work, toy, ray_local, tmp_path, make_config):
+    import mlflow
+    import ray.train
+    import torch
+
+    from fmolab.tune import run_search
+
+    space = _write(tmp_path / "monitored.yaml", MONITORED)
+    cfg = make_config({"runtime.work_dir": work, "data.train": toy, "data.frames_per_sample": 4,
+                       "data.val_fraction": 0.25, "model.encoder": "tiny", "loss.compare": "[]", "train.workers": 1,
+                       "train.batch_size": 2, "train.val_samples": 4, "train.preview_samples": 0,
+                       "tracking.experiment": "tune-monitor", "tracking.register_as": "monitored",
+                       "tracking.alias": "best"})
+    out = run_search(cfg, space, trials=1, name="monitored", max_concurrent=1, verbose=0)
+    client = mlflow.MlflowClient()
+    history = {m.step: m.value for m in client.get_metric_history(out["best_run_id"], "val/loss")}
+    highest, lowest = max(history, key=history.get), min(history, key=history.get)
+    assert sorted(history) == [2, 4, 6] and highest != lowest, history
+
+    # the trial's checkpoint kept the weights of its highest val/loss, as the search ranks it
+    trial = out["trials"][0]
+    with ray.train.Checkpoint(trial["checkpoint_path"]).as_directory() as d:
+        state = torch.load(f"{d}/state.pt", weights_only=True)["train_state"]
+        best = torch.load(f"{d}/best_model.pt", weights_only=True)
+        final = torch.load(f"{d}/state.pt", weights_only=True)["model"]
+    assert state["best_step"] == highest and state["best_metric"] == pytest.approx(history[highest])
+    assert out["best_value"] == pytest.approx(history[highest])
+    # ... and those are the weights the registry serves (not the last ones)
+    served = mlflow.pyfunc.load_model("models:/monitored@best").unwrap_python_model().model.state_dict()
+    assert all(torch.equal(served[k], best[k]) for k in best)
+    assert highest == 6 or any(not torch.equal(best[k], final[k]) for k in best)
+
+    # a trial's run carries the same tags as a `fmolab train` run (one launch path)
+    tags = client.get_run(out["best_run_id"]).data.tags
+    assert tags["dataset"] == str(toy) and tags["dataset_manifest_sha1"] not in ("", "none")
+    assert tags["variant"] == cfg.variant and tags["fmolab.search"] == "monitored"
