@@ -59,7 +59,8 @@ def test_half_blurs_average_to_full_blur(root):
 
 @pytest.mark.parametrize("fmt", ALL_FORMATS)
 def test_items_follow_contract_and_composite_exactly(root, fmt, make_config):
-    ds = build_dataset(make_config(data_of(root, fmt), "data.flip=true", "data.time_reverse=true", "data.jitter=0.1"), "train")
+    cfg = make_config(data_of(root, fmt), "data.flip=true", "data.time_reverse=true", "data.jitter=0.1")
+    ds = build_dataset(cfg, "train")
     raw = collate([ds[i] for i in range(4)])
     # ground-truth frames travel as uint8 (channels-last memory) until to_device scales them
     assert raw["frames"].dtype == torch.uint8 and raw["frames"].movedim(-3, -1).is_contiguous()
@@ -243,7 +244,8 @@ def test_cropped_rows_give_the_items_of_full_size_rows(tmp_path, root, make_conf
         for name in ra.blur_names:
             _same_pixels(ra.blur(name), rb.blur(name), rgb_tol=10)
     for fmt in ALL_FORMATS:
-        da, db = build_dataset(make_config(data_of(root, fmt)), "all"), build_dataset(make_config(data_of(full, fmt)), "all")
+        da = build_dataset(make_config(data_of(root, fmt)), "all")
+        db = build_dataset(make_config(data_of(full, fmt)), "all")
         for i in (0, 5):
             x, y = to_device(da[i]), to_device(db[i])
             assert x.keys() == y.keys() and x["seq_id"] == y["seq_id"]
@@ -337,8 +339,8 @@ def test_background_below_min_contrast_is_drawn_again(tmp_path):
 
     rows = [dict(clip_id=name, source="test", width=16, height=16, num_frames=3,
                  # frames differ by 1 (the WebP writer merges identical ones)
-                 frames=encode_webp(np.full((3, 16, 16, 3), grey, np.uint8) + np.arange(3, dtype=np.uint8)[:, None, None, None],
-                                    lossless=True))
+                 frames=encode_webp(grey + np.arange(3, dtype=np.uint8)[:, None, None, None]
+                                    + np.zeros((3, 16, 16, 3), np.uint8), lossless=True))
             for name, grey in (("same", 100), ("far", 200))]
     write_shard(rows, tmp_path / "bg" / "clips-00000.parquet", schema=BACKGROUND_SCHEMA)
     blur = np.zeros((16, 16, 4), np.uint8)

@@ -69,7 +69,8 @@ def test_impossible_bounds_fail_before_ray(tmp_path, make_config):
 
     from render_cluster.pipeline import render_dataset
 
-    cfg = make_config(TINY, {"runtime.work_dir": tmp_path}, ["render.trajectory.min_travel=40", "render.trajectory.max_travel=50"])
+    cfg = make_config(TINY, {"runtime.work_dir": tmp_path},
+                      ["render.trajectory.min_travel=40", "render.trajectory.max_travel=50"])
     with pytest.raises(T.TrajectoryError, match="impossible trajectory bounds"):
         render_dataset(cfg, progress=False)
     assert not ray.is_initialized()
@@ -124,7 +125,8 @@ def test_folder_backgrounds(tmp_path, make_config):
         for k in range(5):
             Image.fromarray(rng.integers(0, 255, (30, 50, 3), dtype=np.uint8)).save(d / f"{k:08d}.jpg")
     (root / "clip.mp4").write_bytes(b"not a video Pillow can read")
-    cfg = make_config(TINY, {"runtime.work_dir": tmp_path}, [f"render.backgrounds.source={root}", "render.backgrounds.num_clips=3"])
+    cfg = make_config(TINY, {"runtime.work_dir": tmp_path},
+                      [f"render.backgrounds.source={root}", "render.backgrounds.num_clips=3"])
     m = write_backgrounds(cfg, tmp_path / "bg")
     assert m["num_rows"] == 2 and m["skipped_this_run"] == {"unreadable_video": 1}
     rows = ShardReader(tmp_path / "bg").column("source")
@@ -224,9 +226,10 @@ def test_blur_matches_mean_of_sharp_frames(tmp_path, make_config):
     from render_cluster.scene import Scene
     from render_cluster.sequence import Assets, render_try
 
-    cfg = make_config(TINY, {"runtime.work_dir": tmp_path}, ["render.width=96", "render.height=72", "render.num_frames=16", "render.samples=8",
-                          "render.motion_blur_steps=32", "render.trajectory.max_travel=2",
-                          "render.blurs={full: [0, 1], first: [0, 0.5], second: [0.5, 1]}"])
+    cfg = make_config(TINY, {"runtime.work_dir": tmp_path},
+                      ["render.width=96", "render.height=72", "render.num_frames=16", "render.samples=8",
+                       "render.motion_blur_steps=32", "render.trajectory.max_travel=2",
+                       "render.blurs={full: [0, 1], first: [0, 0.5], second: [0.5, 1]}"])
     scene = Scene(cfg.render, tmp_dir=str(tmp_path))
     row = None
     for i in range(10):

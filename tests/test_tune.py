@@ -130,7 +130,7 @@ points_to_evaluate:
 """
 
 
-def test_search_stops_bad_trials_tracks_children_and_registers_the_best(work, toy, ray_local, tmp_path):
+def test_search_stops_bad_trials_tracks_children_and_registers_the_best(work, toy, ray_local, tmp_path, make_config):
     import mlflow
     import ray
 
@@ -138,13 +138,13 @@ def test_search_stops_bad_trials_tracks_children_and_registers_the_best(work, to
     from fmolab.tune import run_search
 
     space = _write(tmp_path / "space.yaml", SEARCH)
-    cfg = load_config([], [f"{k}={v}" for k, v in {
+    cfg = make_config({
         "runtime.work_dir": str(work), "data.train": str(toy), "data.format": "double_blur",
         "data.frames_per_sample": 4, "data.val_fraction": 0.25, "loss.compare": "[]",
         "train.workers": 1, "train.batch_size": 2, "train.log_every": 2, "train.val_samples": 4,
         "train.preview_samples": 1, "train.nan_policy": "skip", "train.max_failures": 0,
         "tracking.experiment": "tune-tests", "tracking.register_as": "tune-best", "tracking.alias": "champion",
-    }.items()])
+    })
     out = run_search(cfg, space, trials=4, name="search1", max_concurrent=2, verbose=0)
 
     rows = out["trials"]

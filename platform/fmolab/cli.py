@@ -101,7 +101,8 @@ def cmd_runs(args) -> int:
     if args.runs_cmd == "promote":
         from fmolab.tracking.model_registry import promote
 
-        print(f"models:/{args.name}@{args.alias} -> version {promote(args.name, args.alias, args.version, args.from_alias)}")
+        version = promote(args.name, args.alias, args.version, args.from_alias)
+        print(f"models:/{args.name}@{args.alias} -> version {version}")
     elif args.runs_cmd == "compare":
         from fmolab.tracking.compare import compare_runs
 
@@ -299,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("list", help="list registered parts by name")
-    p.add_argument("kind", nargs="?", default="all", choices=["all", "encoders", "renderers", "losses", "formats", "optimizers", "schedulers"])
+    p.add_argument("kind", nargs="?", default="all",
+                   choices=["all", "encoders", "renderers", "losses", "formats", "optimizers", "schedulers"])
     p.set_defaults(func=cmd_list)
     return parser
 

@@ -10,7 +10,7 @@ import logging
 import os
 from pathlib import Path
 
-from fmolab.config import Config, load_config
+from fmolab.config import Config, load_config, resolve_work_dir
 
 log = logging.getLogger("fmolab")
 
@@ -69,7 +69,7 @@ def init_ray(address: str = "", num_cpus: int = 0, work_dir: str | os.PathLike |
 
     if ray.is_initialized():
         return ray
-    work = use_work_dir(work_dir or os.environ.get("FMOLAB_HOME", "fmolab-work"))
+    work = use_work_dir(resolve_work_dir(work_dir))
     address = address or os.environ.get("RAY_ADDRESS", "")
     # Workers inherit the work folder and tracking URI, wherever they run.
     env_vars = {"FMOLAB_HOME": str(work)}

@@ -4,11 +4,11 @@ The sections are dataclasses (:mod:`fmolab.config.tree`); :mod:`fmolab.config.lo
 files in order, applies overrides, checks every key and type, then runs each section's ``check()``.
 Ready configurations are the YAML files in ``fmolab/presets/``.
 """
-from fmolab.config.loading import (PRESET_DIR, config_from_dict, dump_yaml, flatten, load_config, parse_override, preset_names,
-                                   preset_path, read_yaml, set_dotted, to_dict)
-from fmolab.config.tree import (BackgroundRenderConfig, Config, ConfigError, DataConfig, LossConfig, ModelConfig,
-                                MonitorConfig, RenderConfig, RuntimeConfig, TrackingConfig, TrainConfig,
-                                TrajectoryConfig, require, resolve_work_dir)
+from fmolab.config.loading import (PRESET_DIR, config_from_dict, dump_yaml, flatten, load_config, parse_override,
+                                   preset_names, preset_path, read_yaml, set_dotted, to_dict)
+from fmolab.config.tree import (BackgroundRenderConfig, Config, ConfigError, DataConfig, LossConfig,
+                                ModelConfig, MonitorConfig, RenderConfig, RuntimeConfig, TrackingConfig,
+                                TrainConfig, TrajectoryConfig, require, resolve_work_dir)
 
 __all__ = [
     "PRESET_DIR", "BackgroundRenderConfig", "Config", "ConfigError", "DataConfig", "LossConfig", "ModelConfig", "MonitorConfig",
