@@ -13,6 +13,8 @@ PORT=${PORT:-5000}
 BACKEND=${BACKEND:-sqlite:///$home/mlflow-server/mlflow.db}
 ARTIFACTS=${ARTIFACTS:-$home/mlflow-server/artifacts}
 MLFLOW=${MLFLOW:-$here/.venv/bin/mlflow}
+# MLflow 3's job runner (GenAI jobs, none of fmolab's) starts five or more worker processes: off.
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}
 [ -x "$MLFLOW" ] || MLFLOW=mlflow
 echo "MLflow server on http://$HOST:$PORT (store $BACKEND, artifacts $ARTIFACTS)"
 exec "$MLFLOW" server --host "$HOST" --port "$PORT" --backend-store-uri "$BACKEND" \

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageSequence
 
-from fmolab.shards import BACKGROUND_SCHEMA, MANIFEST, encode_webp, write_json_atomic, write_shard
+from fmolab import storage
+from fmolab.shards import BACKGROUND_SCHEMA, MANIFEST, encode_webp, open_parquet, write_json_atomic, write_shard
 
 FRAME_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 VIDEO_SUFFIXES = {".gif", ".apng", ".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg"}  # Pillow: GIF/APNG only
@@ -25,6 +26,8 @@ SEED_OFFSET = 7919  # background RNG stream differs from the objects' for the sa
 def check_source(source: str) -> None:
     if source == "procedural":
         return
+    if storage.is_remote(source):
+        source = str(storage.local_tree(source))  # this node's copy of the clips folder
     if not Path(source).is_dir():
         raise FileNotFoundError(f"render.backgrounds.source = {source!r}: folder does not exist (want "
                                 f"VOT/OTB-style frame folders or videos, or 'procedural')")
@@ -145,7 +148,7 @@ def _clip_rows(cfg, indices: list[int], sources, counts: Counter) -> list[dict]:
             folders, videos = sources
             items = [("folder", f) for f in folders] + [("video", v) for v in videos]
             kind, path = items[i % len(items)]  # round robin: every source is used
-            rel = str(path.relative_to(bg.source))
+            rel = str(path.relative_to(storage.local_tree(bg.source)))
             try:
                 if kind == "folder":
                     n = sum(1 for p in path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
@@ -170,20 +173,22 @@ def _clip_rows(cfg, indices: list[int], sources, counts: Counter) -> list[dict]:
     return rows
 
 
-def write_backgrounds(cfg, out_dir: Path) -> dict:
-    """Write ``num_clips`` clips as shards of ``shard_rows`` (existing shards are kept) + manifest."""
+def write_backgrounds(cfg, out_dir: str) -> dict:
+    """Write ``num_clips`` clips as shards of ``shard_rows`` (existing shards are kept) + manifest, into
+    a folder or an object-store URI."""
     render_cfg, bg = cfg.render, cfg.render.backgrounds
     check_source(bg.source)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sources = ([], []) if bg.source == "procedural" else list_sources(bg.source)
+    out_dir = storage.normalize(out_dir)
+    sources = ([], []) if bg.source == "procedural" else list_sources(storage.local_tree(bg.source))
     counts: Counter = Counter()
     n_blocks = math.ceil(bg.num_clips / render_cfg.shard_rows)
-    todo = [b for b in range(n_blocks) if not (out_dir / f"part-{b:05d}.parquet").exists()]
+    existing = {storage.basename(p) for p in storage.list_files(out_dir, ".parquet")}
+    todo = [b for b in range(n_blocks) if f"part-{b:05d}.parquet" not in existing]
 
     def block(b: int, counts: Counter):
         idx = list(range(b * render_cfg.shard_rows, min(bg.num_clips, (b + 1) * render_cfg.shard_rows)))
-        write_shard(_clip_rows(cfg, idx, sources, counts), out_dir / f"part-{b:05d}.parquet", BACKGROUND_SCHEMA)
+        write_shard(_clip_rows(cfg, idx, sources, counts), storage.join(out_dir, f"part-{b:05d}.parquet"),
+                    BACKGROUND_SCHEMA)
 
     try:
         import ray
@@ -203,17 +208,15 @@ def write_backgrounds(cfg, out_dir: Path) -> dict:
     else:
         for b in todo:
             block(b, counts)
-    import pyarrow.parquet as pq
-
-    shards = sorted(out_dir.glob("part-*.parquet"))
+    shards = [p for p in storage.list_files(out_dir, ".parquet") if storage.basename(p).startswith("part-")]
     manifest = {
         "kind": "backgrounds", "source": bg.source, "seed": render_cfg.seed,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "num_clips_requested": bg.num_clips, "frames_per_clip": bg.frames_per_clip,
         "width": render_cfg.width, "height": render_cfg.height, "webp_quality": render_cfg.webp_quality,
-        "num_rows": sum(pq.ParquetFile(p).metadata.num_rows for p in shards),
-        "skipped_this_run": dict(counts), "shards": [p.name for p in shards],
+        "num_rows": sum(open_parquet(p).metadata.num_rows for p in shards),
+        "skipped_this_run": dict(counts), "shards": [storage.basename(p) for p in shards],
         "columns": BACKGROUND_SCHEMA.names,
     }
-    write_json_atomic(manifest, out_dir / MANIFEST)
+    write_json_atomic(manifest, storage.join(out_dir, MANIFEST))
     return manifest

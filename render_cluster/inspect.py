@@ -5,11 +5,13 @@ Frames and blurs are shown over a checkerboard so transparency (and thin blurs) 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from fmolab import storage
 from fmolab.media import checkerboard
 from fmolab.shards import ShardReader, decode_sequence, read_manifest
 
@@ -41,13 +43,12 @@ def summary(manifest: dict, rows: int) -> dict:
 
 def inspect_dataset(path: str | Path, out_dir: str | Path | None = None, n: int = 8, columns: int = 8) -> dict:
     """Print and return the manifest summary; write ``contact_sheet.png`` and ``preview.webp`` into
-    ``out_dir`` (default ``<path>/inspect``)."""
-    path = Path(path)
-    out_dir = Path(out_dir) if out_dir else path / "inspect"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ``out_dir`` (default ``<path>/inspect``; either may be a URI)."""
+    path = storage.normalize(path)
+    out_dir = storage.normalize(out_dir) if out_dir else storage.join(path, "inspect")
     reader = ShardReader(path, columns=["seq_id", "object_id", "texture_id", "width", "height", "frames", "blurs",
                                         "blur_names", "box"])  # box: absent in older datasets, then left out
-    info = summary(read_manifest(path) if path.is_dir() else {}, len(reader))
+    info = summary(read_manifest(path), len(reader))
     picks = np.unique(np.linspace(0, len(reader) - 1, min(n, len(reader))).round().astype(int))
     sheet_rows, anim = [], []
     for i in picks:
@@ -64,21 +65,22 @@ def inspect_dataset(path: str | Path, out_dir: str | Path | None = None, n: int 
         anim.append((over_checker(frames), over_checker(blurs[0]) if len(blurs) else None))
     width = max(r.shape[1] for r in sheet_rows)
     sheet = np.concatenate([np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0))) for r in sheet_rows])
-    sheet_path = out_dir / "contact_sheet.png"
-    Image.fromarray(sheet).save(sheet_path)
     n_frames = max(len(f) for f, _ in anim)
     pics = []
     for t in range(n_frames):
         cols = [np.concatenate([f[min(t, len(f) - 1)]] + ([b] if b is not None else []), axis=0) for f, b in anim]
         pics.append(Image.fromarray(np.concatenate(cols, axis=1)))
-    preview_path = out_dir / "preview.webp"
-    pics[0].save(preview_path, format="WEBP", save_all=True, append_images=pics[1:], duration=80, loop=0,
-                 quality=80)
-    bg_dir = path / "backgrounds"
-    if bg_dir.is_dir():
-        bg_manifest = read_manifest(bg_dir)
+    with tempfile.TemporaryDirectory() as tmp:  # each file lands whole; others in out_dir are left alone
+        Image.fromarray(sheet).save(f"{tmp}/contact_sheet.png")
+        pics[0].save(f"{tmp}/preview.webp", format="WEBP", save_all=True, append_images=pics[1:], duration=80,
+                     loop=0, quality=80)
+        for name in ("contact_sheet.png", "preview.webp"):
+            storage.upload(f"{tmp}/{name}", storage.join(out_dir, name))
+    bg_manifest = read_manifest(storage.join(path, "backgrounds"))
+    if bg_manifest:
         info["backgrounds"] = {"clips": bg_manifest.get("num_rows"), "source": bg_manifest.get("source"),
                                "skipped": bg_manifest.get("skipped_this_run")}
-    info.update(contact_sheet=str(sheet_path), preview=str(preview_path), shown=[int(i) for i in picks])
+    info.update(contact_sheet=storage.join(out_dir, "contact_sheet.png"), preview=storage.join(out_dir, "preview.webp"),
+                shown=[int(i) for i in picks])
     print(json.dumps(info, indent=2, default=str))
     return info

@@ -3,7 +3,8 @@
 Block ``b`` holds indices ``[b*shard_rows, (b+1)*shard_rows)`` and becomes ``part-{b:05d}.parquet``.
 A block whose shard exists is skipped, so a rerun resumes without duplicates or gaps. Each actor
 also writes ``.render/part-XXXXX.json`` (its summary) after the shard, so the manifest written at the
-end can account for shards of earlier, interrupted runs too.
+end can account for shards of earlier, interrupted runs too. The dataset is a folder or an
+object-store URI (:mod:`fmolab.storage`): actors on any node write their shards straight to it.
 """
 from __future__ import annotations
 
@@ -14,16 +15,22 @@ import os
 import socket
 import time
 from collections import Counter
-from pathlib import Path
 
+from fmolab import storage
 from fmolab.config import Config, config_from_dict, to_dict
-from fmolab.shards import MANIFEST, SEQUENCE_SCHEMA, write_json_atomic, write_shard
+from fmolab.shards import MANIFEST, SEQUENCE_SCHEMA, open_parquet, write_json_atomic, write_shard
 
-SUMMARY_DIR = ".render"
+SUMMARY_DIR = ".render"  # per-shard summaries
 
 
-def shard_path(out: Path, block: int) -> Path:
-    return Path(out) / f"part-{block:05d}.parquet"
+def shard_path(out: str, block: int) -> str:
+    return storage.join(out, f"part-{block:05d}.parquet")
+
+
+def finished_blocks(out: str) -> set[int]:
+    """Blocks whose shard exists (one listing, local or remote)."""
+    names = {storage.basename(p) for p in storage.list_files(out, ".parquet")}
+    return {int(n[5:10]) for n in names if n.startswith("part-") and n[5:10].isdigit()}
 
 
 def preflight(cfg: Config):
@@ -57,7 +64,7 @@ class RenderActor:
             use_work_dir(os.environ["FMOLAB_HOME"])  # TMPDIR below the work folder
         self.cfg = config_from_dict(cfg)
         self.assets = Assets(**assets)
-        self.out = Path(out)
+        self.out = out
         self.scene = Scene(self.cfg.render, threads=threads)
         import bpy
         import ray
@@ -76,13 +83,14 @@ class RenderActor:
         for block in batch["block"]:
             block = int(block)
             path = shard_path(self.out, block)
-            if path.exists():  # another attempt (actor restart) already finished it
+            if storage.exists(path):  # another attempt (actor restart) already finished it
                 summaries.append({"block": block, "rows": -1, "skipped": True})
                 continue
             rows, summary = render_block(self.scene, render_cfg, self.assets, block, render_cfg.num_sequences)
-            summary.update(node=self.node, host=socket.gethostname(), blender=self.blender, file=path.name)
+            name = storage.basename(path)
+            summary.update(node=self.node, host=socket.gethostname(), blender=self.blender, file=name)
             write_shard(rows, path, SEQUENCE_SCHEMA)
-            write_json_atomic(summary, self.out / SUMMARY_DIR / f"{path.stem}.json")
+            write_json_atomic(summary, storage.join(self.out, SUMMARY_DIR, name.replace(".parquet", ".json")))
             summaries.append(summary)
         return {"summary": [json.dumps(s) for s in summaries]}
 
@@ -117,21 +125,25 @@ def render_dataset(cfg: Config, progress: bool = True) -> dict:
     render_cfg = cfg.render
     out = cfg.dataset_dir
     assets = preflight(cfg)  # clear errors before any Ray work
+    storage.check_writable(out)  # a missing bucket or credentials: now, not after Blender started
     init_ray(cfg.runtime.address, cfg.runtime.num_cpus, cfg.work_dir)
     preflight(cfg)  # again, now that the cluster's GPUs are known
-    out.mkdir(parents=True, exist_ok=True)
     n_blocks = math.ceil(render_cfg.num_sequences / render_cfg.shard_rows)
-    todo = [b for b in range(n_blocks) if not shard_path(out, b).exists()]
+    done = finished_blocks(out)
+    todo = [b for b in range(n_blocks) if b not in done]
     t0 = time.time()
     if todo:
         gpus = 1 if (render_cfg.device == "gpu" or render_cfg.engine == "eevee") else 0
         cpus = int(ray.cluster_resources().get("CPU", 1))
         # A fixed pool: every actor pays the bpy start-up once; never more actors than CPUs (they'd wait).
         workers = max(1, min(render_cfg.workers or cpus, cpus, len(todo)))
+        # Start rendering once every actor has loaded Blender: otherwise the first one ready takes the
+        # blocks of a short render and the other nodes of the cluster stay idle.
+        ray.data.DataContext.get_current().wait_for_min_actors_s = 600
         ds = ray.data.from_items([{"block": b} for b in todo], override_num_blocks=len(todo))
         ds = ds.map_batches(
             RenderActor,
-            fn_constructor_kwargs=dict(cfg=to_dict(cfg), assets=assets.to_dict(), out=str(out)),
+            fn_constructor_kwargs=dict(cfg=to_dict(cfg), assets=assets.to_dict(), out=out),
             compute=ray.data.ActorPoolStrategy(size=workers),
             batch_size=1, num_cpus=1, num_gpus=gpus,
         )
@@ -146,33 +158,34 @@ def render_dataset(cfg: Config, progress: bool = True) -> dict:
                 bar.update(s["end_index"] - s["first_index"])
                 bar.set_postfix(rows=s["rows"], rejected=sum(rejected.values()), refresh=False)
     seconds = time.time() - t0
-    render_backgrounds(cfg, out / "backgrounds")
+    render_backgrounds(cfg, storage.join(out, "backgrounds"))
     manifest = build_manifest(cfg, out, n_blocks, seconds, rendered=len(todo))
-    write_json_atomic(manifest, out / MANIFEST)
+    write_json_atomic(manifest, storage.join(out, MANIFEST))
     return manifest
 
 
-def build_manifest(cfg: Config, out: Path, n_blocks: int, seconds: float, rendered: int) -> dict:
+def build_manifest(cfg: Config, out: str, n_blocks: int, seconds: float, rendered: int) -> dict:
     """Self-documenting summary from the shard files and their per-shard summaries."""
-    import pyarrow.parquet as pq
-
     render_cfg = cfg.render
     shards, rejections, bad, failed, nodes = [], Counter(), Counter(), [], set()
     blender, busy = "unknown", 0.0
+    done = finished_blocks(out)
+    summaries = {storage.basename(p): p for p in storage.list_files(storage.join(out, SUMMARY_DIR), ".json")}
     for b in range(n_blocks):
-        path = shard_path(out, b)
-        if not path.exists():
+        if b not in done:
             continue
-        sfile = out / SUMMARY_DIR / f"{path.stem}.json"
-        s = json.loads(sfile.read_text()) if sfile.exists() else {}
-        rows = pq.ParquetFile(path).metadata.num_rows
+        path = shard_path(out, b)
+        name = storage.basename(path)
+        sfile = summaries.get(name.replace(".parquet", ".json"))
+        s = storage.read_json(sfile) if sfile else {}
+        rows = open_parquet(path).metadata.num_rows
         rejections.update(s.get("rejections", {}))
         bad.update(s.get("bad_assets", {}))
         failed.extend(s.get("failed", []))
         nodes.add(s.get("node", "unknown"))
         blender = s.get("blender", blender)
         busy += s.get("seconds", 0.0)
-        shards.append({"file": path.name, "block": b, "rows": rows, "node": s.get("node"), "host": s.get("host"),
+        shards.append({"file": name, "block": b, "rows": rows, "node": s.get("node"), "host": s.get("host"),
                        "seconds": round(s.get("seconds", 0.0), 3),
                        "indices": [b * render_cfg.shard_rows, min(render_cfg.num_sequences, (b + 1) * render_cfg.shard_rows)]})
     num_rows = sum(s["rows"] for s in shards)
@@ -203,4 +216,4 @@ def render_backgrounds(cfg: Config, out_dir) -> dict:
     """Background clips (procedural or from a frame folder) as their own shards + manifest."""
     from render_cluster.backgrounds import write_backgrounds
 
-    return write_backgrounds(cfg, Path(out_dir))
+    return write_backgrounds(cfg, out_dir)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fmolab import storage
 from fmolab.shards import content_box, crop, encode_webp
 from render_cluster import objects, textures
 from render_cluster.trajectory import TAN_HALF_X, frame_times, project, sample_trajectory
@@ -82,14 +83,19 @@ def mean_blur(images: list[np.ndarray], spans: list[list[float]]) -> np.ndarray:
 
 
 class Assets:
-    """Object/texture pools; a folder is listed once (in the driver) and passed to the workers."""
+    """Object/texture pools; a folder is listed once (in the driver) and passed to the workers. A
+    folder may be a URI: each node reads its own cached copy (:func:`fmolab.storage.local_tree`)."""
 
     def __init__(self, objects_root: str, textures_root: str, object_files=None, texture_files=None):
         self.objects_root, self.textures_root = objects_root, textures_root
         self.object_files = object_files if object_files is not None else (
-            [] if objects_root == "procedural" else objects.list_obj_files(objects_root))
+            [] if objects_root == "procedural" else objects.list_obj_files(self.local("objects")))
         self.texture_files = texture_files if texture_files is not None else (
-            [] if textures_root == "procedural" else textures.list_images(textures_root))
+            [] if textures_root == "procedural" else textures.list_images(self.local("textures")))
+
+    def local(self, kind: str) -> Path:
+        """This node's folder of the ``objects`` or ``textures`` pool."""
+        return storage.local_tree(self.objects_root if kind == "objects" else self.textures_root)
 
     def to_dict(self) -> dict:
         return dict(objects_root=self.objects_root, textures_root=self.textures_root,
@@ -100,13 +106,13 @@ def _build(scene, render_cfg, assets: Assets, rng, size: float):
     """Object + material from the pools; raises objects.AssetError for a bad file."""
     if assets.object_files:
         rel = assets.object_files[int(rng.integers(len(assets.object_files)))]
-        obj = objects.load_obj(Path(assets.objects_root) / rel, size)
+        obj = objects.load_obj(assets.local("objects") / rel, size)
         object_id, oparams = objects.obj_id(rel), {"file": rel}
     else:
         obj, object_id, oparams = objects.make_procedural(rng, size)
     if assets.texture_files:
         rel = assets.texture_files[int(rng.integers(len(assets.texture_files)))]
-        mat, tparams = textures.image_material(Path(assets.textures_root) / rel, rng, size)
+        mat, tparams = textures.image_material(assets.local("textures") / rel, rng, size)
         texture_id, tparams = textures.image_id(rel), dict(tparams, file=rel)
     else:
         mat, texture_id, tparams = textures.procedural_material(rng, size)

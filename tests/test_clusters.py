@@ -16,6 +16,9 @@ def test_ray_up_cluster_has_head_cpu_render_and_gpu_workers():
     setup = " ".join(spec["setup_commands"])
     assert "scripts/setup.sh" in setup and (REPO / "scripts" / "setup.sh").exists()
     assert "MLFLOW_TRACKING_URI=http://$RAY_HEAD_IP:5000" in " ".join(spec["worker_start_ray_commands"])
+    for role in ("head", "render_cpu", "gpu"):  # outputs in the bucket, credentials from the instance role
+        assert types[role]["node_config"]["IamInstanceProfile"]["Name"] == "fmolab-node"
+    assert "FMOLAB_STORAGE=s3://" in " ".join(spec["worker_start_ray_commands"] + spec["head_start_ray_commands"])
     assert ".venv" in spec["rsync_exclude"]
 
 
@@ -32,4 +35,18 @@ def test_kuberay_manifests():
     spec_file = job["spec"]["entrypoint"].split(" -c ")[1].split()[0]
     assert (REPO / spec_file).exists()  # the RayJob runs the same job spec as `fmolab submit`
     worker = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
-    assert worker["volumes"][0]["persistentVolumeClaim"]  # shards are written to shared storage
+    env = {e["name"]: e for e in worker["containers"][0]["env"]}
+    assert env["FMOLAB_STORAGE"]["value"].startswith("s3://")  # pods share no disk: shards go to the bucket
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # credentials from a Secret, none in the file
+        assert env[key]["valueFrom"]["secretKeyRef"]["name"] == "fmolab-s3" and "value" not in env[key]
+    for group in [cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]]:
+        names = {e["name"] for e in group["template"]["spec"]["containers"][0]["env"]}
+        assert {"FMOLAB_STORAGE", "MLFLOW_TRACKING_URI", "AWS_SECRET_ACCESS_KEY"} <= names
+
+
+def test_no_secret_in_any_cluster_file_or_job_spec():
+    import re
+
+    for path in [*CLUSTERS.glob("*.yaml"), *(REPO / "jobs").glob("*.yaml")]:
+        text = path.read_text()
+        assert not re.search(r"(AWS_SECRET_ACCESS_KEY|password|token)\s*[:=]\s*['\"]?[A-Za-z0-9/+]{16,}", text), path

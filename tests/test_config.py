@@ -80,8 +80,15 @@ def test_work_dir_and_tracking_defaults(tmp_path, monkeypatch):
     monkeypatch.setenv("FMOLAB_HOME", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = load_config([], ["render.name=x"])
-    assert cfg.dataset_dir == tmp_path / "datasets" / "x"
+    assert cfg.dataset_dir == str(tmp_path / "datasets" / "x")
     assert cfg.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # outputs may live elsewhere, also in object storage; the work folder stays this machine's
+    remote = load_config([], ["runtime.storage=s3://bucket/fmolab/", "render.name=x", "train.run_name=r"])
+    assert remote.dataset_dir == "s3://bucket/fmolab/datasets/x" and remote.work_dir == tmp_path
+    assert remote.output("ray_results", "r") == "s3://bucket/fmolab/ray_results/r"
+    assert remote.backgrounds_dir == "s3://bucket/fmolab/datasets/x/backgrounds"
+    with pytest.raises(ConfigError, match="runtime.work_dir .* must be a local folder.*runtime.storage=s3://b"):
+        load_config([], ["runtime.work_dir=s3://b/x"])
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     assert load_config().tracking_uri == "http://127.0.0.1:9"
 

@@ -162,8 +162,8 @@ def test_validation_backgrounds_are_never_seen_in_training(root, tmp_path, make_
     other = write_synthetic_dataset(tmp_path / "other", seed=7, num_sequences=2, num_clips=2)
     cfg = make_config(data_of(root, "double_blur"), f"data.val_backgrounds={other / 'backgrounds'}")
     train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
-    assert val.adder.root == other / "backgrounds" and len(val.adder.clips) == 2
-    assert train.adder.root == root / "backgrounds" and len(train.adder.clips) == 4
+    assert val.adder.root == str(other / "backgrounds") and len(val.adder.clips) == 2
+    assert train.adder.root == str(root / "backgrounds") and len(train.adder.clips) == 4
 
 
 def test_index_range_filter(root):

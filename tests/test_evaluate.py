@@ -209,6 +209,29 @@ def test_evaluate_on_fake_falling_objects_and_tbd(eval_home, tmp_path):
     assert s2["num_samples"] == 2 and math.isfinite(s2["model"]["ssim"])
 
 
+def test_cluster_scoring_gives_the_numbers_of_local_scoring(eval_home, tmp_path, ray_local):
+    """--workers: model actors through Ray Data score the same samples to the same values, rows as Parquet."""
+    import pyarrow.parquet as pq
+
+    from fmolab.data import write_synthetic_dataset
+    from fmolab.evaluation.evaluate import evaluate
+    from fmolab.inference.predictor import load_predictor
+
+    home, uri = eval_home
+    data = write_synthetic_dataset(tmp_path / "shards", num_sequences=6, width=64, height=48, seed=9)
+    predictor = load_predictor(uri)
+    here = evaluate(predictor, data, tmp_path / "local", num_frames=4)
+    there = evaluate(predictor, data, tmp_path / "cluster", num_frames=4, workers=2)
+    for method in ("model", "bg", "im"):
+        for metric, value in here[method].items():
+            assert there[method][metric] == pytest.approx(value, rel=1e-6, nan_ok=True), (method, metric)
+    table = pq.read_table(tmp_path / "cluster" / "samples")
+    local_rows = list(csv.DictReader(open(tmp_path / "local" / "samples.csv")))
+    assert table.num_rows == len(local_rows) == 6
+    assert sorted(table.column("sample").to_pylist()) == sorted(r["sample"] for r in local_rows)
+    assert json.loads((tmp_path / "cluster" / "summary.json").read_text())["workers"] == 2
+
+
 def test_evaluate_bad_data_is_a_clear_error(eval_home, tmp_path, capsys):
     from fmolab.cli import main
 

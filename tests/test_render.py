@@ -324,7 +324,7 @@ def dataset(tmp_path_factory, make_config):
 @needs_bpy
 def test_render_dataset_rows_and_manifest(dataset):
     cfg, m = dataset
-    out = cfg.dataset_dir
+    out = Path(cfg.dataset_dir)
     assert sorted(p.name for p in out.glob("*.parquet")) == ["part-00000.parquet", "part-00001.parquet"]
     t = pq.read_table(out / "part-00000.parquet")
     assert t.schema.equals(SEQUENCE_SCHEMA)
@@ -359,13 +359,13 @@ def test_resume_renders_nothing_new(dataset):
     from render_cluster.pipeline import render_dataset
 
     cfg, m = dataset
-    before = {p.name: p.stat().st_mtime_ns for p in cfg.dataset_dir.glob("*.parquet")}
+    before = {p.name: p.stat().st_mtime_ns for p in Path(cfg.dataset_dir).glob("*.parquet")}
     m2 = render_dataset(cfg, progress=False)
-    after = {p.name: p.stat().st_mtime_ns for p in cfg.dataset_dir.glob("*.parquet")}
+    after = {p.name: p.stat().st_mtime_ns for p in Path(cfg.dataset_dir).glob("*.parquet")}
     assert before == after and m2["timing"]["blocks_rendered_this_run"] == 0
     assert m2["num_rows"] == m["num_rows"]
     # A lost shard is re-rendered, with the same content for the same indices (determinism).
-    lost = cfg.dataset_dir / "part-00001.parquet"
+    lost = Path(cfg.dataset_dir) / "part-00001.parquet"
     old = pq.read_table(lost).to_pylist()
     lost.unlink()
     render_dataset(cfg, progress=False)

@@ -1,4 +1,5 @@
 """MLflow: clear failure for an unreachable server; a real server on 127.0.0.1 over HTTP."""
+import os
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ def mlflow_server(work, free_port):
         [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{work}/server.db", "--artifacts-destination", str(work / "art")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no job-runner processes
     )
     uri = f"http://127.0.0.1:{port}"
     if not wait_for_http(uri + "/health", 90):

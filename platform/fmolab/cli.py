@@ -77,7 +77,7 @@ def cmd_dataset_inspect(args) -> int:
 def cmd_train(args) -> int:
     from fmolab.train import load_run_config, train
 
-    cfg = load_run_config(args.work_dir, args.resume) if args.resume else _load(args)
+    cfg = load_run_config(_load(args), args.resume, args.overrides) if args.resume else _load(args)
     if not _printed(args, cfg):
         _show({k: v for k, v in train(cfg).items() if k != "metrics"})
     return 0
@@ -147,9 +147,9 @@ def cmd_evaluate(args) -> int:
     from fmolab.evaluation.evaluate import format_summary, run_evaluation
 
     summary = run_evaluation(args.model, args.data, args.out or "", work_dir=args.work_dir or "", size=args.size or "",
-                             experiment=args.experiment, log=not args.no_log, kind=args.kind,
+                             experiment=args.experiment, log=not args.no_log, address=args.address, kind=args.kind,
                              num_frames=args.num_frames, max_samples=args.max, sub_steps=args.sub_steps,
-                             sync=args.sync)
+                             sync=args.sync, workers=args.workers)
     print(format_summary(summary))
     _show(summary, ("out_dir", "num_samples", "dataset_kind", "mlflow_run_id"))
     return 0
@@ -158,10 +158,8 @@ def cmd_evaluate(args) -> int:
 def cmd_tune(args) -> int:
     from fmolab.tune import run_search, start_search
 
-    if args.resume:
-        from fmolab.runtime import work_config
-
-        out = run_search(work_config(args.work_dir), None, name=args.resume, resume=True)
+    if args.resume:  # the saved search is looked up in runtime.storage (an override), else the work folder
+        out = run_search(_load(args), None, name=args.resume, resume=True)
     else:
         out = start_search(args.space, args.config, args.preset, args.overrides, work_dir=args.work_dir or "",
                            metric=args.metric, mode=args.mode, print_space=args.print_space, trials=args.trials,
@@ -205,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a DeFMO model with Ray Train; tracked in MLflow")
     _config_args(p, None)
-    p.add_argument("--resume", metavar="RUN_NAME", help="resume a run from its last checkpoint with its saved config")
+    p.add_argument("--resume", metavar="RUN_NAME", help="resume a run from its last checkpoint with its saved config "
+                   "(KEY=VALUE overrides on top, e.g. train.steps=...; runtime.storage=URI says where to look)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=cmd_train)
 
@@ -230,10 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate a registered model with the FMO benchmark metrics")
     p.add_argument("--model", required=True, help="models:/NAME@ALIAS, runs:/ID/model, or a checkpoint folder")
-    p.add_argument("--data", required=True, help="fmolab shard dataset, or a Falling Objects / TbD / TbD-3D folder")
+    p.add_argument("--data", required=True, help="fmolab shard dataset (a folder or a URI such as s3://bucket/ds), "
+                   "or a Falling Objects / TbD / TbD-3D folder")
     p.add_argument("--kind", default="auto", choices=["auto", "shards", "falling", "tbd", "tbd3d"],
                    help="dataset layout (default: detected)")
-    p.add_argument("--out", help="output folder (default <work>/eval/<data>-<time>)")
+    p.add_argument("--out", help="output folder or URI (default <work>/eval/<data>-<time>)")
     p.add_argument("--max", type=int, help="evaluate at most N samples")
     p.add_argument("--num-frames", type=int, help="sub-frames per sample for shards (default: the model's "
                    "data.frames_per_sample; benchmarks fix it: 8, or 12 for '-12' sequences)")
@@ -242,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", help="benchmarks: model input WIDTHxHEIGHT (default: the training resolution)")
     p.add_argument("--sync", default="first", choices=["first", "all"],
                    help="direction synchronisation: first sub-frame (benchmark) or whole sequence")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="shards: score with N model actors on the Ray cluster (Ray Data; a GPU each where there are "
+                        "GPUs), rows written as OUT/samples/*.parquet (default 0: in this process)")
+    _address_arg(p)
     p.add_argument("--experiment", default="fmolab-eval", help="MLflow experiment of the evaluation run")
     p.add_argument("--no-log", action="store_true", help="do not log to MLflow")
     _work_dir_arg(p)

@@ -1,12 +1,13 @@
 """The quick demo: render -> train -> register -> deblur a held-out sample, on local Ray + SQLite MLflow."""
 from __future__ import annotations
 
-import shutil
+import fnmatch
 import time
 
 import numpy as np
 import torch
 
+from fmolab import storage
 from fmolab.config import Config
 
 
@@ -17,11 +18,12 @@ def _banner(text: str) -> None:
 def remove_demo_outputs(cfg: Config) -> None:
     """The demo's dataset and its runs (``train.run_name``, or every ``demo-<time>`` run), nothing else
     in the work folder: an empty run name must not select the whole runs folder."""
-    shutil.rmtree(cfg.dataset_dir, ignore_errors=True)
+    storage.remove(cfg.dataset_dir)
     pattern = cfg.train.run_name or "demo-*"
     for folder in ("runs", "ray_results"):
-        for path in (cfg.work_dir / folder).glob(pattern):
-            shutil.rmtree(path, ignore_errors=True)
+        for path in storage.list_dirs(cfg.output(folder)):
+            if fnmatch.fnmatch(storage.basename(path), pattern):
+                storage.remove(path)
 
 
 def run_demo(cfg: Config, fresh: bool = False) -> dict:
@@ -53,10 +55,10 @@ def run_demo(cfg: Config, fresh: bool = False) -> dict:
         f"dataset        {cfg.dataset_dir}  ({manifest.get('num_rows', '?')} sequences, manifest.json beside the shards)",
         f"MLflow run     {result['run_id']}  (experiment '{cfg.tracking.experiment}', store {db})",
         f"model          {result.get('registered', result.get('model_uri'))}",
-        f"checkpoints    {cfg.work_dir / 'ray_results' / result['run_name']}",
+        f"checkpoints    {cfg.output('ray_results', result['run_name'])}",
         f"deblur preview {preview['preview']}  (input frames | ground truth | prediction | alpha)",
         f"sub-frames     {preview['out_dir']}  (PSNR vs ground truth {preview['psnr']:.2f} dB)",
-        f"loss curves    {cfg.work_dir / 'runs' / result['run_name'] / 'loss_curves.png'}",
+        f"loss curves    {cfg.output('runs', result['run_name'], 'loss_curves.png')}",
         "",
         "open the MLflow UI:",
         f"  .venv/bin/mlflow ui --backend-store-uri {db} --host 127.0.0.1 --port 5000",

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from fmolab.config import ConfigError, load_config, read_yaml
+from fmolab.runtime import use_auth_token_if_present, worker_env
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 SPEC_KEYS = {"entrypoint", "runtime_env", "entrypoint_num_cpus", "entrypoint_num_gpus", "entrypoint_memory",
@@ -36,8 +37,8 @@ def load_spec(path: str | os.PathLike, overrides: list[str] = ()) -> dict:
         runtime_env.setdefault("excludes", EXCLUDES)
     env_vars = dict(runtime_env.get("env_vars") or {})
     env_vars.setdefault("PYTHONPATH", "platform:.")  # the job's own checkout, installed or not
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        env_vars.setdefault("MLFLOW_TRACKING_URI", os.environ["MLFLOW_TRACKING_URI"])
+    for k, v in worker_env().items():  # MLflow's URI, the object store's endpoint and credentials
+        env_vars.setdefault(k, v)
     runtime_env["env_vars"] = {k: str(v) for k, v in env_vars.items()}
     entrypoint = spec["entrypoint"].strip()
     if overrides:
@@ -51,27 +52,12 @@ def client(address: str = ""):
     address = address or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
     if address.startswith("ray://") or ":6379" in address:
         raise ConfigError(f"{address} is a Ray client/GCS address; jobs go to the dashboard, e.g. {DEFAULT_ADDRESS}")
-    _use_auth_token_if_present()
+    use_auth_token_if_present()
     try:
         return JobSubmissionClient(address if "://" in address else f"http://{address}")
     except Exception as exc:
         raise RuntimeError(f"no Ray job server at {address} ({exc}); start one with `ray start --head "
                            f"--dashboard-host 127.0.0.1` or pass --address") from exc
-
-
-def _use_auth_token_if_present() -> None:
-    """Ray >= 2.5x clusters require a token (RAY_AUTH_MODE=token); like `ray job submit`, send the
-    local token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) when there is one."""
-    if os.environ.get("RAY_AUTH_MODE"):
-        return
-    try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available,
-        )
-
-        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-    except ImportError:  # a Ray without token authentication
-        pass
 
 
 def submit(spec: dict, address: str = "") -> str:

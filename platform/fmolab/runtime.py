@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from fmolab.config import Config, load_config, resolve_work_dir
+from fmolab.storage import CREDENTIAL_VARS
 
 log = logging.getLogger("fmolab")
 
@@ -49,6 +50,13 @@ def work_config(work_dir: str | os.PathLike | None = None) -> Config:
     return cfg
 
 
+def worker_env() -> dict[str, str]:
+    """The variables of this process a Ray worker or job on another node needs: MLflow's URI, the
+    storage of outputs, the object store's endpoint and credentials (:data:`fmolab.storage.CREDENTIAL_VARS`)."""
+    names = ("MLFLOW_TRACKING_URI", "FMOLAB_STORAGE", *CREDENTIAL_VARS)
+    return {k: os.environ[k] for k in names if os.environ.get(k)}
+
+
 def ray_temp_dir(work: Path) -> Path:
     """``<work>/ray``, reached through a short link in /tmp when the real path is too long for sockets."""
     real = work / "ray"
@@ -63,6 +71,22 @@ def ray_temp_dir(work: Path) -> Path:
     return link
 
 
+def use_auth_token_if_present() -> None:
+    """Ray >= 2.5x clusters require a token (RAY_AUTH_MODE=token); like `ray start` and `ray job
+    submit`, a client sends the local token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)
+    when there is one (``ray.init(address=...)`` alone would not)."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    except ImportError:  # a Ray without token authentication
+        pass
+
+
 def init_ray(address: str = "", num_cpus: int = 0, work_dir: str | os.PathLike | None = None):
     """Connect to ``address`` or start a local Ray whose files live in the work folder."""
     import ray
@@ -71,15 +95,15 @@ def init_ray(address: str = "", num_cpus: int = 0, work_dir: str | os.PathLike |
         return ray
     work = use_work_dir(resolve_work_dir(work_dir))
     address = address or os.environ.get("RAY_ADDRESS", "")
-    # Workers inherit the work folder and tracking URI, wherever they run.
-    env_vars = {"FMOLAB_HOME": str(work)}
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        env_vars["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
+    # Workers inherit the work folder, the tracking URI and the storage credentials, wherever they run
+    # (not through a shared home folder: on a cluster there is none).
+    env_vars = {"FMOLAB_HOME": str(work), **worker_env()}
     kwargs: dict = dict(log_to_driver=True, logging_level=logging.WARNING)
     # Inside a Ray job the job's runtime env applies already; Ray refuses to merge a second one.
     if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
         kwargs["runtime_env"] = {"env_vars": env_vars}
     if address:
+        use_auth_token_if_present()
         ray.init(address=address, **kwargs)
     else:
         ray.init(

@@ -30,8 +30,9 @@ small part of the image. Read images back with :func:`paste` (or :func:`decode_s
 Background datasets use the columns ``clip_id, source, width, height, num_frames, frames`` (frames
 is an animated RGB(A) WebP of consecutive video frames).
 
-Shards are written atomically (temporary file + rename), so a reader never sees half a shard and
-a rerun can tell finished work from unfinished work by the files alone.
+A dataset lives in a local folder or at an object-store URI (:mod:`fmolab.storage`). Shards are
+written atomically (a hidden temporary, then a rename or a server-side copy), so a reader never sees
+half a shard and a rerun can tell finished work from unfinished work by the listing alone.
 """
 from __future__ import annotations
 
@@ -48,7 +49,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageSequence
 
+from fmolab import storage
+
 MANIFEST = "manifest.json"
+# Rows per Parquet row group: the unit a streaming reader fetches (one range request of ~2 MB at
+# 320x240), whatever the shard (object) size.
+ROW_GROUP_ROWS = 64
 
 SEQUENCE_SCHEMA = pa.schema(
     [
@@ -184,23 +190,29 @@ def decode_sequence(row: dict) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------- writing
 
 
-def write_table_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
-    """Write a Parquet file so that it either exists complete or not at all."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def write_table_atomic(table: pa.Table, path: str | os.PathLike) -> str:
+    """Write a Parquet file (local path or URI) so that it either exists complete or not at all."""
+    path = storage.normalize(path)
+    folder = Path(path).parent if not storage.is_remote(path) else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{storage.basename(path)}.", suffix=".tmp", dir=folder)
     os.close(fd)
     try:
         # Images are already compressed: Parquet compression would only cost time.
-        pq.write_table(table, tmp, compression="none", use_dictionary=["object_id", "texture_id", "source"])
-        os.replace(tmp, path)
+        pq.write_table(table, tmp, compression="none", use_dictionary=["object_id", "texture_id", "source"],
+                       row_group_size=ROW_GROUP_ROWS)
+        if folder is not None:
+            os.replace(tmp, path)
+        else:
+            storage.upload(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
 
 
-def write_shard(rows: list[dict], path: str | os.PathLike, schema: pa.Schema = SEQUENCE_SCHEMA) -> Path:
+def write_shard(rows: list[dict], path: str | os.PathLike, schema: pa.Schema = SEQUENCE_SCHEMA) -> str:
     """Write rows (dicts keyed by column) as one atomic shard; missing columns are an error, except
     :data:`OPTIONAL_COLUMNS` (written as null)."""
     missing = [n for n in schema.names if rows and n not in rows[0] and n not in OPTIONAL_COLUMNS]
@@ -210,38 +222,41 @@ def write_shard(rows: list[dict], path: str | os.PathLike, schema: pa.Schema = S
     return write_table_atomic(table, path)
 
 
-def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+def write_json_atomic(obj: Any, path: str | os.PathLike) -> str:
+    return storage.write_json(path, obj)
 
 
 # ---------------------------------------------------------------- reading
 
 
-def shard_files(root: str | os.PathLike) -> list[Path]:
-    """The finished shards of a dataset folder (temporary files of unfinished writes excluded)."""
-    root = Path(root)
-    if not root.exists():
-        raise ShardError(f"dataset path {root} does not exist: render one with `fmolab render` first")
-    if root.is_file():
+def open_parquet(path: str | os.PathLike, memory_map: bool = False) -> pq.ParquetFile:
+    """A Parquet file by path or URI; a remote one is read by ranges (footer, then the row groups asked for)."""
+    if not storage.is_remote(path):
+        return pq.ParquetFile(storage.normalize(path), memory_map=memory_map)
+    fs, p = storage.filesystem(path)
+    return pq.ParquetFile(fs.open_input_file(p))
+
+
+def shard_files(root: str | os.PathLike) -> list[str]:
+    """The finished shards of a dataset (temporary files of unfinished writes excluded)."""
+    root = storage.normalize(root)
+    if storage.is_file(root):
         return [root]
+    if not storage.exists(root):
+        raise ShardError(f"dataset path {root} does not exist: render one with `fmolab render` first")
     # Top level only: background clips live in a sub-folder (<dataset>/backgrounds) with their own schema.
-    files = sorted(p for p in root.glob("*.parquet") if not p.name.startswith("."))
+    files = storage.list_files(root, ".parquet")
     if not files:
         raise ShardError(f"dataset path {root} holds no .parquet shards")
     return files
 
 
 def read_manifest(root: str | os.PathLike) -> dict:
-    path = Path(root) / MANIFEST
-    if not path.exists():
-        return {}
+    path = storage.join(root, MANIFEST)
     try:
-        return json.loads(path.read_text())
+        return json.loads(storage.read_bytes(path))
+    except FileNotFoundError:
+        return {}
     except json.JSONDecodeError as exc:
         raise ShardError(f"{path} is not valid JSON: {exc}") from exc
 
@@ -250,7 +265,7 @@ def read_manifest(root: str | os.PathLike) -> dict:
 class RowRef:
     """Where a row lives, for error messages and lazy reads."""
 
-    file: Path
+    file: str  # path or URI
     row: int
 
 
@@ -262,15 +277,16 @@ class ShardReader:
     """
 
     def __init__(self, root: str | os.PathLike, columns: Iterable[str] | None = None):
-        self.root = Path(root)
-        self.manifest = read_manifest(self.root) if self.root.is_dir() else {}
+        self.root = storage.normalize(root)
+        files = shard_files(self.root)
+        self.manifest = read_manifest(self.root) if files != [self.root] else {}
         self.columns = list(columns) if columns else None
         self.refs: list[RowRef] = []
         self.bad_shards: dict[str, str] = {}
-        self._files: dict[Path, pq.ParquetFile] = {}
-        for f in shard_files(self.root):
+        self._files: dict[str, pq.ParquetFile] = {}
+        for f in files:
             try:
-                pf = pq.ParquetFile(f)
+                pf = open_parquet(f)
             except Exception as exc:
                 self.bad_shards[str(f)] = str(exc)
                 continue
@@ -282,6 +298,10 @@ class ShardReader:
     def __len__(self) -> int:
         return len(self.refs)
 
+    def parquet(self, file: str) -> pq.ParquetFile:
+        """The open Parquet file of one of this reader's shards."""
+        return self._files[file]
+
     def row(self, i: int) -> dict:
         ref = self.refs[i]
         pf = self._files[ref.file]
@@ -292,7 +312,7 @@ class ShardReader:
             if ref.row < offset + n:
                 table = pf.read_row_group(g, columns=self.columns)
                 out = table.slice(ref.row - offset, 1).to_pylist()[0]
-                out["_source"] = f"{ref.file.name}#{ref.row}"
+                out["_source"] = f"{storage.basename(ref.file)}#{ref.row}"
                 return out
             offset += n
         raise IndexError(i)

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from fmolab import storage
+from fmolab.storage import resolve_work_dir
+
 
 class ConfigError(ValueError):
     """A config file or override is wrong; the message says where, what, and what is allowed."""
@@ -26,11 +29,17 @@ class RuntimeConfig:
     """Where things run and where files go."""
 
     address: str = ""  # Ray address; "" starts a local Ray on this machine
-    work_dir: str = ""  # every generated and temp file goes below here; "" = $FMOLAB_HOME or ./fmolab-work
+    work_dir: str = ""  # this machine's temporary files and caches; "" = $FMOLAB_HOME or ./fmolab-work
+    # Where outputs go (datasets, runs, checkpoints, searches, evaluations): a folder or an object-store
+    # URI such as s3://bucket/fmolab that every node reaches; "" = $FMOLAB_STORAGE, else the work folder
+    storage: str = ""
     num_cpus: int = 0  # logical CPUs for a local Ray; 0 = all cores
 
     def check(self) -> None:
         require(self.num_cpus >= 0, "runtime.num_cpus", self.num_cpus, "must be >= 0")
+        require(not storage.is_remote(self.work_dir), "runtime.work_dir", self.work_dir,
+                "must be a local folder (this machine's temporary files and caches); put outputs in object "
+                f"storage with runtime.storage={self.work_dir}")
 
 
 @dataclass
@@ -266,23 +275,27 @@ class Config:
         return resolve_work_dir(self.runtime.work_dir)
 
     @property
-    def dataset_dir(self) -> Path:
-        return Path(self.render.out) if self.render.out else self.work_dir / "datasets" / self.render.name
+    def storage_root(self) -> str:
+        """The root of every output: ``runtime.storage`` (a folder or a URI), else $FMOLAB_STORAGE, else
+        the work folder."""
+        return storage.normalize(self.runtime.storage or os.environ.get("FMOLAB_STORAGE") or self.work_dir)
+
+    def output(self, *parts: str) -> str:
+        """``<storage>/<parts...>``: where an output of this run goes (a path or a URI)."""
+        return storage.join(self.storage_root, *parts)
 
     @property
-    def train_dir(self) -> Path:
-        return Path(self.data.train) if self.data.train else self.dataset_dir
+    def dataset_dir(self) -> str:
+        return storage.normalize(self.render.out) if self.render.out else self.output("datasets", self.render.name)
 
     @property
-    def backgrounds_dir(self) -> Path:
-        return Path(self.data.backgrounds) if self.data.backgrounds else self.train_dir / "backgrounds"
+    def train_dir(self) -> str:
+        return storage.normalize(self.data.train) if self.data.train else self.dataset_dir
+
+    @property
+    def backgrounds_dir(self) -> str:
+        return storage.normalize(self.data.backgrounds) if self.data.backgrounds else storage.join(self.train_dir, "backgrounds")
 
     @property
     def tracking_uri(self) -> str:
         return self.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.work_dir / 'mlflow.db'}"
-
-
-def resolve_work_dir(explicit: str | os.PathLike | None = "") -> Path:
-    """The work folder: ``explicit`` (``runtime.work_dir``, ``--work-dir``), else $FMOLAB_HOME, else
-    ./fmolab-work. An explicit value wins: Ray workers may carry a stale FMOLAB_HOME."""
-    return Path(explicit or os.environ.get("FMOLAB_HOME") or "fmolab-work").absolute()

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 from PIL import Image
 
+from fmolab import storage
 from fmolab.data.loader import val_objects
 from fmolab.shards import ShardError, ShardReader, decode_webp
 
@@ -49,15 +48,16 @@ class BackgroundAdder:
 
     def __init__(self, root, min_contrast: float = 0.1, max_tries: int = 5, cache_mb: float = 512,
                  split: str = "all", val_fraction: float = 0.0):
-        self.root = Path(root)
+        self.root = storage.normalize(root)
         try:
             reader = ShardReader(self.root)
         except ShardError as exc:
             raise ShardError(f"no background dataset at {self.root} ({exc}); {HOW_TO}") from exc
-        ids: dict[Path, list] = {}
+        ids: dict[str, list] = {}
         for f in {r.file for r in reader.refs}:
-            if "clip_id" in pq.read_schema(f).names:
-                ids[f] = pq.read_table(f, columns=["clip_id"]).column("clip_id").to_pylist()
+            pf = reader.parquet(f)
+            if "clip_id" in pf.schema_arrow.names:
+                ids[f] = pf.read(columns=["clip_id"]).column("clip_id").to_pylist()
         self.reader = reader
         clips = {i: str(ids[r.file][r.row]) for i, r in enumerate(reader.refs) if r.file in ids}
         if not clips:
@@ -88,7 +88,7 @@ class BackgroundAdder:
             self._cache.move_to_end(key)
             return self._cache[key]
         ref = self.reader.refs[c]
-        source = f"{ref.file.name}#{ref.row}"
+        source = f"{storage.basename(ref.file)}#{ref.row}"
         if source in self.skipped:
             return None
         try:
@@ -140,7 +140,7 @@ def build_adder(cfg, split: str) -> BackgroundAdder:
     """The background adder of ``split`` ("train", "val" or "all") for a :class:`fmolab.config.Config`."""
     d = cfg.data
     if d.val_backgrounds:  # a separate validation folder: each split uses its folder whole
-        root, split = (Path(d.val_backgrounds) if split == "val" else cfg.backgrounds_dir), "all"
+        root, split = (d.val_backgrounds if split == "val" else cfg.backgrounds_dir), "all"
     else:
         root = cfg.backgrounds_dir
     return BackgroundAdder(root, d.min_contrast, d.max_tries, d.bg_cache_mb, split=split,

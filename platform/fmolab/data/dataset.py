@@ -7,7 +7,6 @@ in any order. Corrupt rows are skipped, counted in ``skipped`` and replaced by t
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -64,12 +63,12 @@ def to_device(batch: dict, device: torch.device | str = "cpu", non_blocking: boo
     return out
 
 
-def split_args(cfg, split: str) -> tuple[Path, str]:
+def split_args(cfg, split: str) -> tuple[str, str]:
     """(dataset folder, loader split): a separate ``data.val`` folder is used whole."""
     if split not in ("train", "val", "all"):
         raise ValueError(f"split {split!r}: must be 'train', 'val' or 'all'")
     if split == "val" and cfg.data.val:
-        return Path(cfg.data.val), "all"
+        return cfg.data.val, "all"
     return cfg.train_dir, ("all" if split == "train" and cfg.data.val else split)
 
 

@@ -11,13 +11,13 @@ import io
 import json
 import logging
 from collections import OrderedDict
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
+from fmolab import storage
 from fmolab.shards import OPTIONAL_COLUMNS, SEQUENCE_SCHEMA, ShardError, ShardReader, paste
 
 log = logging.getLogger("fmolab.data")
@@ -162,27 +162,28 @@ class FMOLoader:
                  index_range: tuple[int, int] | None = None, cache_groups: int = 4):
         if split not in SPLITS:
             raise ValueError(f"split {split!r}: must be one of {SPLITS}")
-        self.root = Path(root)
+        self.root = storage.normalize(root)
         reader = ShardReader(self.root)  # raises ShardError for a missing or wholly unreadable path
         self.manifest = reader.manifest
         # A cropped image cannot show that its row's width/height is wrong: the manifest can.
         self.size = manifest_size(self.manifest)
         self.skipped: dict[str, str] = dict(reader.bad_shards)
-        self.files: list[Path] = []
-        files: dict[Path, list[int]] = {}
+        self.files: list[str] = []  # paths or URIs
+        files: dict[str, list[int]] = {}
         for ref in reader.refs:
             files.setdefault(ref.file, []).append(ref.row)
         refs, objects, indices = [], [], []
         for f, rows in files.items():
-            names = set(pq.read_schema(f).names)
+            pf = reader.parquet(f)
+            names = set(pf.schema_arrow.names)
             if "clip_id" in names and "blurs" not in names:
                 continue  # a background dataset nested under the sequences (data.backgrounds default)
             missing = [c for c in COLUMNS if c not in names]
             if missing:
                 for r in rows:
-                    self._skip(f"{f.name}#{r}", f"shard lacks columns {missing}")
+                    self._skip(f"{storage.basename(f)}#{r}", f"shard lacks columns {missing}")
                 continue
-            meta = pq.read_table(f, columns=["object_id", "index"])
+            meta = pf.read(columns=["object_id", "index"])
             self.files.append(f)
             for r, oid, idx in zip(rows, meta.column("object_id").to_pylist(), meta.column("index").to_pylist()):
                 refs.append((f, r))
@@ -203,7 +204,7 @@ class FMOLoader:
         self.object_ids = [objects[k] for k in keep]
         self.split = split
         self._cache_groups = cache_groups
-        self._handles: dict[Path, tuple[pq.ParquetFile, list[int]]] = {}
+        self._handles: dict[str, tuple[pq.ParquetFile, list[int]]] = {}
         self._groups: OrderedDict = OrderedDict()
 
     def _skip(self, source: str, reason: str) -> None:
@@ -220,9 +221,10 @@ class FMOLoader:
         state["_handles"], state["_groups"] = {}, OrderedDict()
         return state
 
-    def _group(self, f: Path, row: int) -> tuple[object, int]:
+    def _group(self, f: str, row: int) -> tuple[object, int]:
         if f not in self._handles:
-            pf = pq.ParquetFile(f, memory_map=True)
+            # a remote shard is read from this node's cached copy: every row group is read many times
+            pf = pq.ParquetFile(storage.local(f), memory_map=True)
             starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)])
             self._handles[f] = (pf, list(starts))
         pf, starts = self._handles[f]
@@ -238,7 +240,7 @@ class FMOLoader:
     def get(self, i: int) -> Sequence:
         """Row ``i`` of this (filtered) loader; raises :class:`RowError` for a corrupt row."""
         f, r = self.refs[i]
-        source = f"{f.name}#{r}"
+        source = f"{storage.basename(f)}#{r}"
         try:
             table, local = self._group(f, r)
             row = table.slice(local, 1).to_pylist()[0]
@@ -254,7 +256,7 @@ class FMOLoader:
 
     def source(self, i: int) -> str:
         f, r = self.refs[i]
-        return f"{f.name}#{r}"
+        return f"{storage.basename(f)}#{r}"
 
 
 def stable_key(text: str) -> int:

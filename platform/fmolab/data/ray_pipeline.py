@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
-import pyarrow.parquet as pq
 import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
@@ -24,7 +22,8 @@ from fmolab.data.background_adder import build_adder
 from fmolab.data.dataset import collate, item_rng, make_item, split_args
 from fmolab.data.formats import UINT8_LAYERS, build_format
 from fmolab.data.loader import COLUMNS, OPTIONAL, FMOLoader, RowError, Sequence
-from fmolab.shards import SEQUENCE_SCHEMA
+from fmolab import storage
+from fmolab.shards import SEQUENCE_SCHEMA, open_parquet
 
 log = logging.getLogger("fmolab.data")
 
@@ -51,7 +50,7 @@ class RayItems:
     def __call__(self, batch) -> dict:
         seqs, epochs = [], []
         for r in batch.to_pylist():
-            source = f"{Path(r.get('path') or '?').name}:{r.get('seq_id')}"
+            source = f"{storage.basename(r.get('path') or '?')}:{r.get('seq_id')}"
             try:
                 seqs.append(Sequence(r, source))
                 epochs.append(int(r.get("epoch") or 0))
@@ -102,7 +101,7 @@ def read_row_groups(batch: dict, columns: list[str], held_out: frozenset, keep: 
     tables = []
     for path, group, epoch in zip(batch["path"], batch["row_group"], batch["epoch"]):
         try:
-            pf = pq.ParquetFile(path)
+            pf = open_parquet(path)  # a remote shard is read by range: each row group once per epoch
             have = set(pf.schema_arrow.names)
             t = pf.read_row_group(int(group), columns=[c for c in columns if c in have])
         except Exception as exc:
@@ -139,7 +138,7 @@ def ray_dataset(cfg, split: str, epoch_seed: int = 0, batch_size: int = 16, epoc
     d = cfg.data
     root, loader_split = split_args(cfg, split)
     loader = FMOLoader(root, split="all", val_fraction=d.val_fraction)  # shard list + held-out objects
-    groups = [(str(f), g) for f in loader.files for g in range(pq.ParquetFile(f).metadata.num_row_groups)]
+    groups = [(f, g) for f in loader.files for g in range(open_parquet(f).metadata.num_row_groups)]
     if samples > 0:
         held = loader.val_objects
         rows = sum((o in held) == (loader_split == "val") or loader_split == "all" for o in loader.object_ids)

@@ -21,6 +21,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from fmolab import storage
 from fmolab.atomic import atomic_dir
 from fmolab.compose import composite
 from fmolab.evaluation import metrics
@@ -34,12 +35,14 @@ DATA_KINDS = ("auto", "shards", "falling", "tbd", "tbd3d")
 
 
 def data_kind(path: str | Path) -> str:
-    """"shards" for an fmolab dataset (Parquet shards), else the benchmark kind of the folder."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"evaluation data {path} does not exist")
-    if any(path.glob("*.parquet")):
+    """"shards" for an fmolab dataset (Parquet shards, a folder or a URI), else the benchmark kind of
+    the folder."""
+    if not storage.exists(path):
+        raise FileNotFoundError(f"evaluation data {storage.normalize(path)} does not exist")
+    if storage.list_files(path, ".parquet"):
         return "shards"
+    if storage.is_remote(path):
+        raise ValueError(f"{path}: no .parquet shards; the FMO benchmark layouts are read from local folders")
     return detect_kind(path)
 
 
@@ -115,30 +118,42 @@ def _json_safe(x):
 
 def evaluate(predictor, data: str | Path, out_dir: str | Path, kind: str = "auto", num_frames: int | None = None,
              max_samples: int | None = None, sub_steps: int = 1, size: tuple[int, int] | None = None,
-             sync: str = "first", progress: bool = False) -> dict:
-    """Score every sample; write ``samples.csv`` and ``summary.json`` into ``out_dir`` (all or nothing)."""
-    kind, samples = samples_for(predictor, data, kind, num_frames, max_samples, sub_steps, size)
-    rows: list[dict] = []
+             sync: str = "first", progress: bool = False, workers: int = 0) -> dict:
+    """Score every sample; write ``samples.csv`` and ``summary.json`` into ``out_dir`` (all or nothing).
+    ``workers > 0``: shard datasets are scored by that many model actors on the Ray cluster
+    (:mod:`fmolab.evaluation.cluster`), the rows written as ``samples/*.parquet``, the summary last."""
+    kind = data_kind(data) if kind == "auto" else kind
     start = time.time()
-    for s in samples:
-        row = {"sample": s.sample_id, "sequence": s.sequence, "dataset": s.dataset, **score(predictor, s, sync)}
-        rows.append(row)
-        if progress and len(rows) % 10 == 0:
-            print(f"[evaluate] {len(rows)} samples, psnr {row['model_psnr']:.2f} dB", flush=True)
+    if workers:
+        from fmolab.evaluation.cluster import score_on_ray
+
+        if kind != "shards":
+            raise ValueError(f"--workers scores fmolab shard datasets on the cluster; {data} is a {kind} benchmark "
+                             f"folder on this machine: evaluate it without --workers")
+        rows = score_on_ray(predictor, str(data), storage.normalize(out_dir), actors=workers, num_frames=num_frames,
+                            max_samples=max_samples, sync=sync)
+    else:
+        rows = []
+        for s in samples_for(predictor, data, kind, num_frames, max_samples, sub_steps, size)[1]:
+            rows.append({"sample": s.sample_id, "sequence": s.sequence, "dataset": s.dataset, **score(predictor, s, sync)})
+            if progress and len(rows) % 10 == 0:
+                print(f"[evaluate] {len(rows)} samples, psnr {rows[-1]['model_psnr']:.2f} dB", flush=True)
     if not rows:
         raise ValueError(f"no samples to evaluate in {data} (kind {kind})")
-    summary = {"model_uri": predictor.source, "data": str(data), "dataset_kind": kind,
+    summary = {"model_uri": predictor.source, "data": storage.normalize(data), "dataset_kind": kind,
                "input_format": predictor.config.data.format, "seconds": round(time.time() - start, 2),
-               **aggregate(rows)}
-    out = Path(out_dir)
-    with atomic_dir(out) as tmp:
-        with open(tmp / "samples.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            for r in rows:
-                writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-        (tmp / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2))
-    summary["out_dir"] = str(out)
+               "workers": workers, **aggregate(rows)}
+    if workers:  # the samples are in place: the summary says the folder is complete
+        storage.write_json(storage.join(out_dir, "summary.json"), _json_safe(summary))
+    else:
+        with atomic_dir(out_dir) as tmp:
+            with open(tmp / "samples.csv", "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                for r in rows:
+                    writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+            (tmp / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2))
+    summary["out_dir"] = storage.normalize(out_dir)
     return summary
 
 
@@ -168,8 +183,9 @@ def log_evaluation(cfg, summary: dict, experiment: str = "fmolab-eval") -> str:
     client.log_batch(rid, metrics=[mlflow.entities.Metric(k, v, ts, 0) for k, v in flat_metrics(summary).items()],
                      params=[mlflow.entities.Param("input_format", summary["input_format"]),
                              mlflow.entities.Param("num_samples", str(summary["num_samples"]))])
-    for f in ("samples.csv", "summary.json"):
-        client.log_artifact(rid, str(Path(summary["out_dir"]) / f))
+    for f in ("samples.csv", "summary.json"):  # a cluster evaluation keeps its rows as Parquet, in place
+        if storage.exists(storage.join(summary["out_dir"], f)):
+            client.log_artifact(rid, str(storage.local(storage.join(summary["out_dir"], f))))
     client.set_terminated(rid)
     return rid
 
@@ -184,9 +200,10 @@ def format_summary(summary: dict) -> str:
 
 
 def run_evaluation(model: str, data: str, out: str = "", *, work_dir: str = "", size: str = "",
-                   experiment: str = "fmolab-eval", log: bool = True, **options) -> dict:
+                   experiment: str = "fmolab-eval", log: bool = True, address: str = "", **options) -> dict:
     """``fmolab evaluate``: check the arguments, load ``model``, evaluate it on ``data`` (``options``:
-    those of :func:`evaluate`), log the run; ``size`` is ``WIDTHxHEIGHT`` or empty."""
+    those of :func:`evaluate`), log the run; ``size`` is ``WIDTHxHEIGHT`` or empty. With
+    ``options["workers"]``, Ray starts (or joins ``address``) before the scoring."""
     from fmolab.config import ConfigError
     from fmolab.inference.predictor import load_predictor
     from fmolab.runtime import work_config
@@ -201,9 +218,17 @@ def run_evaluation(model: str, data: str, out: str = "", *, work_dir: str = "", 
         except ValueError:
             raise ConfigError(f"--size {size!r}: expected WIDTHxHEIGHT, e.g. 320x240") from None
         options["size"] = (h, w)
+    if options.get("workers", 0) < 0:
+        raise ConfigError(f"--workers {options['workers']}: must be >= 0")
+    storage.check_readable(data, "evaluation data")
+    out = out or cfg.output("eval", f"{storage.basename(data)}-{time.strftime('%Y%m%d-%H%M%S')}")
+    storage.check_writable(storage.parent(out))
     setup_tracking(cfg)
     predictor = load_predictor(model)
-    out = out or str(cfg.work_dir / "eval" / f"{Path(data).name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if options.get("workers"):
+        from fmolab.runtime import init_ray
+
+        init_ray(address, cfg.runtime.num_cpus, cfg.work_dir)
     summary = evaluate(predictor, data, out, progress=True, **options)
     if log:
         summary["mlflow_run_id"] = log_evaluation(cfg, summary, experiment)

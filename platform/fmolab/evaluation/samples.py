@@ -12,6 +12,7 @@ from typing import Iterator
 
 import numpy as np
 
+from fmolab import storage
 from fmolab.compose import composite, span_mask
 from fmolab.evaluation.metrics import alpha_centroids, equivalent_radius
 from fmolab.geometry import Box, scoring_crop
@@ -43,38 +44,48 @@ class Sample:
     dataset: str = ""
 
 
-def shard_samples(cfg, data: str | Path, num_frames: int | None = None,
-                  max_samples: int | None = None) -> Iterator[Sample]:
-    """Samples of an fmolab shard dataset composited in the model's own input format (``cfg`` is the
-    model's config; ``data`` replaces its training data). Every row is one sample (split "all"); the
-    ground truth is instantaneous, so renders are not sub-sampled."""
-    from fmolab.data import build_dataset, to_device
+def shard_dataset(cfg, data: str | Path, num_frames: int | None = None):
+    """The items of an fmolab shard dataset (a folder or a URI) composited in the model's own input
+    format (``cfg`` is the model's config; ``data`` replaces its training data); split "all"."""
+    from fmolab.data import build_dataset
 
     cfg = copy.deepcopy(cfg)
-    cfg.data.train, cfg.data.val = str(data), ""
-    bgs = Path(data) / "backgrounds"
-    cfg.data.backgrounds = str(bgs) if bgs.exists() else cfg.data.backgrounds
+    cfg.data.train, cfg.data.val = storage.normalize(data), ""
+    bgs = storage.join(data, "backgrounds")
+    cfg.data.backgrounds = bgs if storage.exists(bgs) else cfg.data.backgrounds
     if num_frames:
         cfg.data.frames_per_sample = int(num_frames)
-    ds = build_dataset(cfg, "all")
-    n = len(ds) if max_samples is None else min(len(ds), max_samples)
-    for i in range(n):
-        item = to_device(ds[i])  # float frames
-        frames = item["frames"].numpy()  # [T,4,H,W]
-        times = item["times"].numpy()
-        spans = item["spans"].numpy()  # [K,2]
-        images, backgrounds = item["images"].numpy(), item["backgrounds"].numpy()  # [K,3,H,W]
-        which = np.zeros(len(times), dtype=int)  # the image whose exposure holds each time
-        for kk, span in enumerate(spans):
-            which[span_mask(times, span)] = kk
-        bg_t, im_t = backgrounds[which], images[which]
-        gt = composite(frames, bg_t)
-        alpha = frames[:, 3]
-        h, w = frames.shape[-2:]
-        traj = alpha_centroids(alpha)
-        yield Sample(
-            sample_id=str(item["seq_id"]), sequence=str(item["seq_id"]), inputs=item["inputs"].numpy(),
-            times=times.astype(np.float32), sub_steps=1, gt=gt, images=im_t,
-            backgrounds=bg_t, place=(0, 0, h, w), box=scoring_crop(alpha, TIGHT_MARGIN, threshold=0.05),
-            gt_traj=None if np.isnan(traj).all() else traj, radius=max(equivalent_radius(alpha), 1.0),
-            dataset="shards")
+    return build_dataset(cfg, "all")
+
+
+def shard_sample(dataset, i: int) -> Sample:
+    """Item ``i`` of :func:`shard_dataset` as a sample; the ground truth is instantaneous, so renders
+    are not sub-sampled."""
+    from fmolab.data import to_device
+
+    item = to_device(dataset[i])  # float frames
+    frames = item["frames"].numpy()  # [T,4,H,W]
+    times = item["times"].numpy()
+    spans = item["spans"].numpy()  # [K,2]
+    images, backgrounds = item["images"].numpy(), item["backgrounds"].numpy()  # [K,3,H,W]
+    which = np.zeros(len(times), dtype=int)  # the image whose exposure holds each time
+    for kk, span in enumerate(spans):
+        which[span_mask(times, span)] = kk
+    bg_t, im_t = backgrounds[which], images[which]
+    alpha = frames[:, 3]
+    h, w = frames.shape[-2:]
+    traj = alpha_centroids(alpha)
+    return Sample(
+        sample_id=str(item["seq_id"]), sequence=str(item["seq_id"]), inputs=item["inputs"].numpy(),
+        times=times.astype(np.float32), sub_steps=1, gt=composite(frames, bg_t), images=im_t,
+        backgrounds=bg_t, place=(0, 0, h, w), box=scoring_crop(alpha, TIGHT_MARGIN, threshold=0.05),
+        gt_traj=None if np.isnan(traj).all() else traj, radius=max(equivalent_radius(alpha), 1.0),
+        dataset="shards")
+
+
+def shard_samples(cfg, data: str | Path, num_frames: int | None = None,
+                  max_samples: int | None = None) -> Iterator[Sample]:
+    """Every row of an fmolab shard dataset as a sample (see :func:`shard_dataset`)."""
+    ds = shard_dataset(cfg, data, num_frames)
+    for i in range(len(ds) if max_samples is None else min(len(ds), max_samples)):
+        yield shard_sample(ds, i)

@@ -48,12 +48,13 @@ class Predictor:
 
     def render(self, inputs: np.ndarray, times: np.ndarray) -> np.ndarray:
         """Renders ``[B,T,4,H,W]`` at arbitrary ``times [T]`` (or ``[B,T]``) of the exposure."""
-        t = torch.as_tensor(np.asarray(times, dtype=np.float32))
-        x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
+        device = next(self.module.parameters()).device  # an evaluation actor may have moved it to a GPU
+        t = torch.as_tensor(np.asarray(times, dtype=np.float32), device=device)
+        x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(device)
         if t.dim() == 1:
             t = t[None].expand(x.shape[0], -1)
         with torch.no_grad():
-            return self.module(x, t)["renders"].numpy()
+            return self.module(x, t)["renders"].float().cpu().numpy()
 
     @property
     def size(self) -> tuple[int, int]:

@@ -2,11 +2,13 @@
 weights as an MLflow model (with loss curves) and register them."""
 from __future__ import annotations
 
-import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
-from fmolab.config import Config, config_from_dict, resolve_work_dir
+from fmolab import storage
+from fmolab.config import Config
 from fmolab.train.launch import launch, open_run, run_dir
 
 
@@ -14,17 +16,21 @@ def resolve_run_name(cfg: Config) -> str:
     return cfg.train.run_name or f"{cfg.variant}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def load_run_config(work_dir: str | Path | None, run_name: str) -> Config:
-    """The config run ``run_name`` was started with, its work folder in use (``fmolab train --resume``);
-    ``work_dir`` is where to look (None: $FMOLAB_HOME, else ./fmolab-work)."""
+def load_run_config(where: Config, run_name: str, overrides: list[str] = ()) -> Config:
+    """The config run ``run_name`` was started with (``fmolab train --resume NAME``), looked up in the
+    storage of ``where`` (``runtime.storage``, else the work folder), with ``overrides`` on top (e.g.
+    more steps); this machine's work folder stays ``where``'s."""
+    from fmolab.config import load_config
     from fmolab.runtime import use_work_dir
 
-    runs = resolve_work_dir(work_dir) / "runs"
-    path = runs / run_name / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"no run {run_name!r} under {runs}: nothing to resume")
-    cfg = config_from_dict(json.loads(path.read_text()))
-    use_work_dir(cfg.work_dir)
+    runs = where.output("runs")
+    try:
+        saved = storage.read_json(storage.join(runs, run_name, "config.json"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no run {run_name!r} under {runs}: nothing to resume") from None
+    cfg = load_config([], list(overrides), base=saved)
+    cfg.runtime.work_dir = str(use_work_dir(where.work_dir))
+    cfg.train.run_name = run_name
     return cfg
 
 
@@ -36,21 +42,24 @@ def train(cfg: Config, register: bool = True) -> dict:
 
     cfg.runtime.work_dir = str(cfg.work_dir)  # pinned before the config travels to workers
     uri = setup_tracking(cfg)  # first: fail fast on a dead server, before starting Ray
+    storage.check_readable(cfg.train_dir, "training data (data.train)")
+    storage.check_writable(cfg.storage_root)
     init_ray(cfg.runtime.address, cfg.runtime.num_cpus, cfg.work_dir)
     cfg.train.run_name = run_name = resolve_run_name(cfg)
     run_id = open_run(cfg)
     print(f"[train] run {run_name} (MLflow run {run_id}) on {cfg.train.workers} worker(s)", flush=True)
-    result = launch(cfg, run_id, uri, str(cfg.work_dir / "ray_results"))
+    result = launch(cfg, run_id, uri, cfg.output("ray_results"))
     out = {"run_id": run_id, "run_name": run_name, "metrics": dict(result.metrics or {})}
     if result.checkpoint is None:
         return out
     folder = run_dir(cfg, run_name)
-    best = folder / "best_model.pt"
-    with result.checkpoint.as_directory() as d:
-        best.write_bytes((Path(d) / "best_model.pt").read_bytes())
-    out["best_weights"] = str(best)
-    log_curves(cfg, run_id, folder)
-    out["model_uri"] = model_registry.log_model(cfg, best, run_id)
+    with result.checkpoint.as_directory() as d, tempfile.TemporaryDirectory() as tmp:
+        best = Path(tmp) / "best_model.pt"
+        shutil.copyfile(Path(d) / "best_model.pt", best)
+        out["best_weights"] = storage.upload(best, storage.join(folder, "best_model.pt"))
+        curves = log_curves(cfg, run_id, Path(tmp) / "loss_curves.png")
+        storage.upload(curves, storage.join(folder, "loss_curves.png"))
+        out["model_uri"] = model_registry.log_model(cfg, best, run_id)
     if register and cfg.tracking.register_as:
         out["version"] = model_registry.register(out["model_uri"], cfg.tracking.register_as, cfg.tracking.alias,
                                                  tags={"run_name": run_name, "variant": cfg.variant})
@@ -58,8 +67,8 @@ def train(cfg: Config, register: bool = True) -> dict:
     return out
 
 
-def log_curves(cfg: Config, run_id: str, folder: Path) -> None:
-    """Loss curves of this run as a PNG artifact (train and validation overlaid)."""
+def log_curves(cfg: Config, run_id: str, path: Path) -> Path:
+    """Loss curves of this run as a PNG artifact (train and validation overlaid), drawn into ``path``."""
     import mlflow
 
     from fmolab.media import plot_curves
@@ -68,5 +77,6 @@ def log_curves(cfg: Config, run_id: str, folder: Path) -> None:
     not_losses = ("val/psnr", "val/animation_ratio", "val/animation_step")
     keys = [k for k in client.get_run(run_id).data.metrics if k.startswith(("train/", "val/")) and k not in not_losses]
     series = {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in sorted(keys)}
-    path = plot_curves(series, folder / "loss_curves.png", title=f"{cfg.train.run_name} ({cfg.variant})")
+    plot_curves(series, path, title=f"{cfg.train.run_name} ({cfg.variant})")
     client.log_artifact(run_id, str(path), "plots")
+    return path

@@ -3,24 +3,23 @@ record the same tags and train the same way."""
 from __future__ import annotations
 
 import hashlib
-import json
-from pathlib import Path
 
+from fmolab import storage
 from fmolab.config import Config, to_dict
 
 
-def run_dir(cfg: Config, run_name: str) -> Path:
-    """``<work>/runs/<name>``: the run's config and its best weights on the driver."""
-    return cfg.work_dir / "runs" / run_name
+def run_dir(cfg: Config, run_name: str) -> str:
+    """``<storage>/runs/<name>``: the run's config, best weights and loss curves (a path or a URI)."""
+    return cfg.output("runs", run_name)
 
 
 def dataset_tags(cfg: Config) -> dict[str, str]:
     """Which data a run learned from: the training folder and its manifest's hash."""
-    from fmolab.shards import read_manifest
-
-    path = Path(cfg.train_dir) / "manifest.json"
-    fallback = hashlib.sha1(path.read_bytes()).hexdigest() if path.exists() else "none"
-    return {"dataset": str(cfg.train_dir), "dataset_manifest_sha1": read_manifest(cfg.train_dir).get("sha1", fallback)}
+    try:
+        digest = hashlib.sha1(storage.read_bytes(storage.join(cfg.train_dir, "manifest.json"))).hexdigest()
+    except FileNotFoundError:
+        digest = "none"
+    return {"dataset": cfg.train_dir, "dataset_manifest_sha1": digest}
 
 
 def open_run(cfg: Config, tags: dict[str, str] | None = None) -> str:
@@ -28,9 +27,7 @@ def open_run(cfg: Config, tags: dict[str, str] | None = None) -> str:
     the standard tags (variant, git commit, dataset) plus ``tags``; returns the MLflow run id."""
     from fmolab.tracking.store import git_commit, start_or_resume_run
 
-    folder = run_dir(cfg, cfg.train.run_name)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    storage.write_json(storage.join(run_dir(cfg, cfg.train.run_name), "config.json"), to_dict(cfg))
     standard = {"variant": cfg.variant, "git_commit": git_commit(), **dataset_tags(cfg)}
     return start_or_resume_run(cfg, cfg.train.run_name, {**standard, **(tags or {})})
 
@@ -64,13 +61,14 @@ def torch_trainer(cfg: Config, loop_config: dict, run_config):
 
 def launch(cfg: Config, run_id: str, tracking_uri: str, storage_path: str, *, callbacks: list = (),
            keep: int = 2):
-    """Run ``cfg``'s training as Ray Train run ``cfg.train.run_name`` below ``storage_path`` (checkpoints,
-    resume, ``train.max_failures`` restarts), logging to MLflow run ``run_id``; returns the Ray result."""
+    """Run ``cfg``'s training as Ray Train run ``cfg.train.run_name`` below ``storage_path`` (a folder
+    or a URI: checkpoints, resume, ``train.max_failures`` restarts), logging to MLflow run ``run_id``;
+    returns the Ray result."""
     import ray.train
 
     trainer = torch_trainer(cfg, {"config": to_dict(cfg), "run_id": run_id, "tracking_uri": tracking_uri},
                             ray.train.RunConfig(
-                                name=cfg.train.run_name, storage_path=storage_path, callbacks=list(callbacks),
+                                name=cfg.train.run_name, **storage.ray_storage(storage_path), callbacks=list(callbacks),
                                 failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
                                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep)))
     result = trainer.fit()

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from fmolab import storage
 from fmolab.config import Config, to_dict
 from fmolab.tune.space import SearchSpace
 from fmolab.tune.trial import SEARCH_TAG, TRIAL_TAG, trial_run_name
@@ -154,7 +155,7 @@ def plot_importances(importances: dict[str, float], path: Path, title: str, metr
     return path
 
 
-def report(cfg: Config, space: SearchSpace, grid, name: str, parent_id: str, folder: Path) -> dict:
+def report(cfg: Config, space: SearchSpace, grid, name: str, parent_id: str, folder: Path, train_storage: str) -> dict:
     """Table, CSV, plots, child-run statuses, and the best trial's model (logged + registered)."""
     import mlflow
     import ray.train
@@ -203,7 +204,8 @@ def report(cfg: Config, space: SearchSpace, grid, name: str, parent_id: str, fol
     out.update(best_trial=best["trial"], best_params=best["params"], metric=space.metric, best_value=best["best"],
                best_run_id=best["run_id"], best_config=to_dict(best_cfg))
     weights = folder / "best_model.pt"
-    with ray.train.Checkpoint(best["checkpoint_path"]).as_directory() as d:
+    fs = storage.ray_storage(train_storage).get("storage_filesystem")  # checkpoint paths are inside it
+    with ray.train.Checkpoint(best["checkpoint_path"], filesystem=fs).as_directory() as d:
         weights.write_bytes((Path(d) / "best_model.pt").read_bytes())
     (folder / "best_config.json").write_text(json.dumps(to_dict(best_cfg), indent=2))
     (folder / "best.json").write_text(json.dumps({k: out[k] for k in ("best_trial", "best_params", "metric", "best_value",

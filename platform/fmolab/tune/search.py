@@ -13,10 +13,12 @@ MLflow child run.
 """
 from __future__ import annotations
 
-import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
+from fmolab import storage
 from fmolab.config import Config, ConfigError, config_from_dict, to_dict
 from fmolab.tune.space import SearchSpace
 from fmolab.tune.space_file import load_space, space_from_text
@@ -25,8 +27,9 @@ TRIAL_CPU = 0.01  # CPU held by a trial's own actor (its Train workers hold trai
 OPTIONS = ("trials", "max_concurrent", "study_storage", "seed", "grace_steps", "reduction_factor")
 
 
-def search_dir(cfg: Config, name: str) -> Path:
-    return cfg.work_dir / "searches" / name
+def search_dir(cfg: Config, name: str) -> str:
+    """``<storage>/searches/<name>``: the saved search, its table, plots and best weights."""
+    return cfg.output("searches", name)
 
 
 def default_concurrency(cfg: Config) -> int:
@@ -55,12 +58,12 @@ def study_storage(url: str):
     return optuna.storages.RDBStorage(url)
 
 
-def load_search(work_dir: str | Path, name: str) -> dict:
-    """What ``run_search`` saved for ``name`` (base config, space text, options)."""
-    path = Path(work_dir) / "searches" / name / "search.json"
-    if not path.exists():
-        raise FileNotFoundError(f"no search {name!r} under {Path(work_dir) / 'searches'}: nothing to resume")
-    return json.loads(path.read_text())
+def load_search(where: Config, name: str) -> dict:
+    """What ``run_search`` saved for ``name`` (base config, space text, options), in ``where``'s storage."""
+    try:
+        return storage.read_json(storage.join(search_dir(where, name), "search.json"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no search {name!r} under {where.output('searches')}: nothing to resume") from None
 
 
 def prepare(cfg: Config, space, overrides: list[str], name: str, resume: bool,
@@ -70,8 +73,10 @@ def prepare(cfg: Config, space, overrides: list[str], name: str, resume: bool,
     if resume:
         if not name:
             raise ConfigError("resuming needs the search's name")
-        saved = load_search(cfg.work_dir, name)
+        saved = load_search(cfg, name)
+        work_dir = cfg.runtime.work_dir
         cfg = config_from_dict(saved["config"])
+        cfg.runtime.work_dir = work_dir  # this machine's, not the one the search started on
         return cfg, space_from_text(saved["space_text"], saved["space_path"], cfg), name, saved["options"]
     if space is None:
         raise ConfigError("a search needs a space (a YAML file, see search_spaces/README.md)")
@@ -91,7 +96,8 @@ def prepare(cfg: Config, space, overrides: list[str], name: str, resume: bool,
     return cfg, space, name or f"tune-{Path(space.path).stem}-{time.strftime('%Y%m%d-%H%M%S')}", options
 
 
-def open_parent_run(cfg: Config, space: SearchSpace, name: str, options: dict, concurrency: int, folder: Path) -> str:
+def open_parent_run(cfg: Config, space: SearchSpace, name: str, options: dict, concurrency: int,
+                    folder: Path) -> str:
     """The search's MLflow run: its options and space as params, the space file as an artifact."""
     import mlflow
 
@@ -136,13 +142,15 @@ def build_tuner(cfg: Config, space: SearchSpace, name: str, options: dict, setup
     from fmolab.tune.placement import release_callback
     from fmolab.tune.trial import run_trial
 
-    storage_root = cfg.work_dir / "ray_results"
+    results = storage.ray_storage(cfg.output("ray_results"))  # storage_path (+ storage_filesystem)
+    experiment = storage.ray_storage(cfg.output("ray_results", name))
     # The trial actor only waits on its Train controller: a token CPU share (Tune refuses an empty request).
     trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, setup=setup), {"CPU": TRIAL_CPU})
-    if resume and ray.tune.Tuner.can_restore(str(storage_root / name)):
-        print(f"[tune] resuming {name} from {storage_root / name}", flush=True)
-        return ray.tune.Tuner.restore(str(storage_root / name), trainable=trainable, resume_unfinished=True,
-                                      resume_errored=True)
+    fs = experiment.get("storage_filesystem")
+    if resume and ray.tune.Tuner.can_restore(experiment["storage_path"], storage_filesystem=fs):
+        print(f"[tune] resuming {name} from {cfg.output('ray_results', name)}", flush=True)
+        return ray.tune.Tuner.restore(experiment["storage_path"], trainable=trainable, resume_unfinished=True,
+                                      resume_errored=True, storage_filesystem=fs)
     searcher = OptunaSearch(space=space, metric=space.metric, mode=space.mode,
                             points_to_evaluate=[dict(p) for p in space.points_to_evaluate] or None,
                             sampler=optuna.samplers.TPESampler(seed=options["seed"]),
@@ -154,7 +162,7 @@ def build_tuner(cfg: Config, space: SearchSpace, name: str, options: dict, setup
         trainable,
         tune_config=ray.tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=searcher, scheduler=scheduler,
                                         num_samples=options["trials"], max_concurrent_trials=concurrency),
-        run_config=ray.tune.RunConfig(name=name, storage_path=str(storage_root), verbose=verbose,
+        run_config=ray.tune.RunConfig(name=name, **results, verbose=verbose,
                                       callbacks=[release_callback()],
                                       failure_config=ray.tune.FailureConfig(max_failures=0)),
     )
@@ -176,11 +184,12 @@ def run_search(cfg: Config, space: SearchSpace | str | Path | None, trials: int 
     options = dict(trials=trials, max_concurrent=max_concurrent, study_storage=study_storage, seed=seed,
                    grace_steps=grace_steps, reduction_factor=reduction_factor)
     cfg, space, name, options = prepare(cfg, space, list(overrides), name, resume, options)
-    folder = search_dir(cfg, name)
-    folder.mkdir(parents=True, exist_ok=True)
+    storage.check_readable(cfg.train_dir, "training data (data.train)")
     if not resume:
-        (folder / "search.json").write_text(json.dumps({"name": name, "config": to_dict(cfg), "space_path": space.path,
-                                                        "space_text": space.text, "options": options}, indent=2))
+        storage.write_json(storage.join(search_dir(cfg, name), "search.json"),
+                           {"name": name, "config": to_dict(cfg), "space_path": space.path,
+                            "space_text": space.text, "options": options})
+    folder = Path(tempfile.mkdtemp(prefix=f"search-{name}-"))  # staged here, then copied to search_dir
     uri = setup_tracking(cfg)
     init_ray(cfg.runtime.address, cfg.runtime.num_cpus, cfg.work_dir)
     concurrency = concurrency_for(cfg, options)
@@ -190,15 +199,21 @@ def run_search(cfg: Config, space: SearchSpace | str | Path | None, trials: int 
           f"time, ASHA on {space.metric} ({space.mode}; grace {grace} steps, max {cfg.train.steps}, "
           f"reduction {options['reduction_factor']})", flush=True)
     setup = {"space": space, "base": to_dict(cfg), "name": name, "parent_run_id": parent_id, "tracking_uri": uri,
-             "train_storage": str(cfg.work_dir / "ray_results" / name / "train"), "git_commit": git_commit()}
+             "train_storage": cfg.output("ray_results", name, "train"), "git_commit": git_commit()}
     grid = build_tuner(cfg, space, name, options, setup, concurrency, resume, verbose).fit()
     client = mlflow.MlflowClient()
     try:
-        summary = report(cfg, space, grid, name, parent_id, folder)
+        summary = report(cfg, space, grid, name, parent_id, folder, setup["train_storage"])
+        storage.upload_tree(folder, search_dir(cfg, name), last=("best.json",))
     except Exception:
         client.set_terminated(parent_id, "FAILED")
         raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     client.set_terminated(parent_id, "FINISHED")
+    saved = search_dir(cfg, name)  # the staged files' final places
+    summary["table"] = storage.join(saved, "trials.csv")
+    summary["plots"] = {k: storage.join(saved, Path(v).name) for k, v in summary["plots"].items()}
     return summary
 
 

@@ -1,0 +1,170 @@
+"""One storage layer for local folders and object-store URIs, against a real S3-protocol server (moto
+over HTTP on 127.0.0.1): atomic writes, listing, datasets read the same from both, and clear errors in
+seconds for every way the storage can be wrong."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from cluster_fakes import KEYS, s3_server
+from fmolab import storage
+from fmolab.data import build_dataset, write_synthetic_dataset
+
+
+@pytest.fixture(scope="module")
+def s3_vars():
+    with s3_server(buckets=("fmo", "other")) as variables:
+        yield variables
+
+
+@pytest.fixture
+def s3(s3_vars, monkeypatch, work):
+    for k, v in s3_vars.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("FMOLAB_HOME", str(work))  # the node-local cache goes below the test's folder
+    return s3_vars
+
+
+def test_files_round_trip_and_hidden_temporaries_are_never_listed(s3, tmp_path):
+    base = "s3://fmo/t1"
+    storage.write_json(f"{base}/manifest.json", {"a": 1})
+    storage.write_bytes(f"{base}/part-00000.parquet", b"x" * 10)
+    storage.write_bytes(f"{base}/.part-00001.parquet.abc.tmp", b"half")  # what an unfinished upload leaves
+    assert storage.read_json(f"{base}/manifest.json") == {"a": 1}
+    assert storage.list_files(base, ".parquet") == [f"{base}/part-00000.parquet"]
+    assert storage.exists(base) and storage.is_dir(base) and storage.is_file(f"{base}/manifest.json")
+    assert storage.list_files("s3://fmo/nothing-here") == []
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes(f"{base}/missing.json")
+    cached = storage.local(f"{base}/part-00000.parquet")
+    assert cached.read_bytes() == b"x" * 10 and str(cached).startswith(str(storage.cache_dir()))
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d" / "sub" / "a.txt").write_text("A")
+    (tmp_path / "d" / "summary.json").write_text("{}")
+    storage.upload_tree(tmp_path / "d", f"{base}/tree", last=("summary.json",))
+    assert storage.read_bytes(f"{base}/tree/sub/a.txt") == b"A"
+    storage.remove(f"{base}/tree")
+    assert not storage.exists(f"{base}/tree/sub/a.txt")
+
+
+def test_an_upload_cut_off_mid_file_leaves_nothing_visible(s3, tmp_path, monkeypatch):
+    import shutil as real_shutil
+
+    from fmolab.shards import write_shard
+    from fmolab.storage import files
+
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(3 << 20))
+
+    def cut(a, b, length=0):
+        b.write(a.read(1 << 20))
+        raise ConnectionResetError("connection lost mid-upload")
+
+    monkeypatch.setattr(files.shutil, "copyfileobj", cut)
+    with pytest.raises(storage.StorageError, match="s3://fmo/t2/part-00000.parquet"):
+        storage.upload(src, "s3://fmo/t2/part-00000.parquet")
+    with pytest.raises(storage.StorageError):
+        write_shard([], "s3://fmo/t2/part-00001.parquet")
+    monkeypatch.setattr(files.shutil, "copyfileobj", real_shutil.copyfileobj)
+    import boto3
+
+    listed = boto3.client("s3").list_objects_v2(Bucket="fmo", Prefix="t2/").get("Contents", [])
+    objects = [o["Key"] for o in listed if not o["Key"].endswith("/")]  # pyarrow's directory markers aside
+    assert objects == [], objects  # neither the shard nor a temporary object
+
+
+def test_a_dataset_in_the_bucket_reads_like_the_local_one(s3, work, make_config):
+    from render_cluster.inspect import inspect_dataset
+
+    local = write_synthetic_dataset(work / "ds", num_sequences=8, width=64, height=48, seed=2)
+    storage.upload_tree(local, "s3://fmo/ds")
+    layer = {"data.frames_per_sample": 4, "data.val_fraction": 0.25, "data.flip": "false"}
+    here = build_dataset(make_config(layer, {"data.train": local}), "train")
+    there = build_dataset(make_config(layer, {"data.train": "s3://fmo/ds"}), "train")
+    assert len(here) == len(there) > 0
+    for i in range(len(here)):
+        a, b = here[i], there[i]
+        assert a["seq_id"] == b["seq_id"] and np.array_equal(a["inputs"].numpy(), b["inputs"].numpy())
+    assert there.adder.root == "s3://fmo/ds/backgrounds"
+    info = inspect_dataset("s3://fmo/ds", n=2)
+    assert info["contact_sheet"] == "s3://fmo/ds/inspect/contact_sheet.png" and storage.exists(info["contact_sheet"])
+
+
+def _cli(args, env, timeout=60):
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "fmolab.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    return proc, time.time() - t0
+
+
+@pytest.mark.parametrize("case", ["missing_bucket", "unreachable", "no_credentials"])
+def test_bad_storage_is_reported_in_seconds_before_any_cluster_work(s3_vars, work, case):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(s3_vars, FMOLAB_HOME=str(work), AWS_EC2_METADATA_DISABLED="true",
+               AWS_CONFIG_FILE=str(work / "none"), AWS_SHARED_CREDENTIALS_FILE=str(work / "none"))
+    uri, expect = "s3://fmo/out", ""
+    if case == "missing_bucket":
+        uri, expect = "s3://no-such-bucket/out", "the bucket does not exist"
+    elif case == "unreachable":
+        env["AWS_ENDPOINT_URL"], expect = "http://127.0.0.1:9", "cannot be reached; set AWS_ENDPOINT_URL"
+    else:
+        del env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
+        expect = "no credentials for s3://fmo/out/datasets/fmo: set AWS_ACCESS_KEY_ID"
+    proc, seconds = _cli(["render", f"runtime.storage={uri}", "render.num_sequences=1"], env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert uri in proc.stderr and expect in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert seconds < 10 + 8, seconds  # + interpreter and import start-up
+    assert not (work / "ray").exists() or not any((work / "ray").iterdir())  # Ray never started
+
+
+def test_a_read_only_bucket_is_refused_before_work(work, tmp_path):
+    """IAM enforced by the server: a user allowed to read, not to write."""
+    import boto3
+
+    with s3_server(buckets=(), env={"INITIAL_NO_AUTH_ACTION_COUNT": "5"}) as s3v:
+        boto = dict(endpoint_url=s3v["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                    aws_access_key_id=KEYS["AWS_ACCESS_KEY_ID"], aws_secret_access_key=KEYS["AWS_SECRET_ACCESS_KEY"])
+        boto3.client("s3", **boto).create_bucket(Bucket="readonly")  # the start-up probe and these 4 calls need no auth
+        iam = boto3.client("iam", **boto)
+        iam.create_user(UserName="reader")
+        key = iam.create_access_key(UserName="reader")["AccessKey"]
+        iam.put_user_policy(UserName="reader", PolicyName="read", PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": "*"}]}))
+        env = {**os.environ, **s3v, "FMOLAB_HOME": str(work), "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+               "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+        proc, seconds = _cli(["render", "runtime.storage=s3://readonly/out", "render.num_sequences=1"], env)
+    assert proc.returncode == 2 and "cannot write to s3://readonly/out" in proc.stderr, proc.stderr[-2000:]
+    assert "read-only for these credentials" in proc.stderr and seconds < 18
+
+
+def test_asset_folders_in_the_bucket_are_read_from_a_node_local_copy(s3, work, make_config):
+    """A background-clips folder at a URI: fetched once into this node's cache, then used as a folder."""
+    from PIL import Image
+
+    from fmolab.shards import ShardReader
+    from render_cluster.backgrounds import write_backgrounds
+
+    rng = np.random.default_rng(0)
+    frames = work / "vot" / "seq_a"
+    frames.mkdir(parents=True)
+    for k in range(4):
+        Image.fromarray(rng.integers(0, 255, (30, 50, 3), dtype=np.uint8)).save(frames / f"{k:08d}.jpg")
+    storage.upload_tree(work / "vot", "s3://fmo/assets/vot")
+    local = storage.local_tree("s3://fmo/assets/vot")
+    assert (local / "seq_a" / "00000003.jpg").read_bytes() == (frames / "00000003.jpg").read_bytes()
+    assert storage.local_tree("s3://fmo/assets/vot") == local and (local / ".complete").exists()
+    cfg = make_config({"runtime.work_dir": work, "render.width": 32, "render.height": 24,
+                       "render.backgrounds.source": "s3://fmo/assets/vot", "render.backgrounds.num_clips": 2,
+                       "render.backgrounds.frames_per_clip": 3})
+    manifest = write_backgrounds(cfg, "s3://fmo/bg-out")
+    assert manifest["num_rows"] == 2 and manifest["source"] == "s3://fmo/assets/vot"
+    assert ShardReader("s3://fmo/bg-out").column("source") == ["seq_a", "seq_a"]
+    with pytest.raises(FileNotFoundError, match="s3://fmo/assets/none"):
+        storage.local_tree("s3://fmo/assets/none")
