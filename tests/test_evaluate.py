@@ -128,7 +128,7 @@ def test_oracle_on_shards_scores_perfectly(session_home):
     """Renders equal to the ground truth: PSNR capped, SSIM 1, TIoU 1 (checks the shard adapter end to end)."""
     from fmo_fakes import tiny_model_config
     from fmolab.data import build_dataset, to_device, write_synthetic_dataset
-    from fmolab.evaluation.evaluate import score
+    from fmolab.evaluation.scoring import score
     from fmolab.evaluation.samples import shard_samples
 
     data = write_synthetic_dataset(session_home / "eval-oracle", num_sequences=4, width=64, height=48, seed=3)

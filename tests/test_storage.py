@@ -168,3 +168,42 @@ def test_asset_folders_in_the_bucket_are_read_from_a_node_local_copy(s3, work, m
     assert ShardReader("s3://fmo/bg-out").column("source") == ["seq_a", "seq_a"]
     with pytest.raises(FileNotFoundError, match="s3://fmo/assets/none"):
         storage.local_tree("s3://fmo/assets/none")
+
+
+SEARCH = """
+params:
+  train.lr: {choice: [0.003]}
+overrides: {train.steps: 4, train.val_every: 2, train.ckpt_every: 2}
+points_to_evaluate: [{train.lr: 0.003}]
+"""
+
+
+def test_a_search_keeps_its_state_checkpoints_and_results_in_the_bucket(s3, work, tmp_path, make_config):
+    """Ray Tune + Train with storage in the bucket: trial checkpoints, Tune's state, the search's
+    files; the best model registered from the bucket's checkpoint; a resume reads it all back."""
+    import ray
+
+    from fmolab.tune import run_search
+
+    ray.shutdown()  # a Ray whose workers get this test's endpoint and credentials (init_ray passes them)
+    local = write_synthetic_dataset(work / "toy", num_sequences=12, width=64, height=48, seed=3)
+    storage.upload_tree(local, "s3://fmo/tune-data")
+    space = tmp_path / "space.yaml"
+    space.write_text(SEARCH)
+    cfg = make_config({"runtime.work_dir": work, "runtime.storage": "s3://fmo/tune-out", "runtime.num_cpus": 2,
+                       "data.train": "s3://fmo/tune-data", "data.frames_per_sample": 4, "data.val_fraction": 0.25,
+                       "model.encoder": "tiny", "loss.compare": "[]", "train.workers": 1, "train.batch_size": 2,
+                       "train.val_samples": 2, "train.preview_samples": 0, "tracking.experiment": "tune-s3",
+                       "tracking.register_as": "tune-s3", "tracking.alias": "best"})
+    try:
+        out = run_search(cfg, space, trials=1, name="s3search", max_concurrent=1, verbose=0)
+        assert out["table"] == "s3://fmo/tune-out/searches/s3search/trials.csv" and storage.exists(out["table"])
+        assert storage.exists("s3://fmo/tune-out/searches/s3search/search.json")
+        assert storage.list_dirs("s3://fmo/tune-out/ray_results/s3search")  # Tune's state and trial checkpoints
+        assert out["registered"] == "models:/tune-s3@best" and out["trials"][0]["checkpoint_path"]
+        again = run_search(make_config({"runtime.work_dir": work, "runtime.storage": "s3://fmo/tune-out"}), None,
+                           name="s3search", resume=True, verbose=0)
+        assert again["best_trial"] == out["best_trial"]
+    finally:
+        ray.shutdown()
+    assert not (work / "searches").exists() and not (work / "ray_results").exists()  # nothing local

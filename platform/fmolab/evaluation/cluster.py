@@ -32,8 +32,8 @@ class Scorer:
         self.sync = sync
 
     def __call__(self, batch: dict) -> dict:
-        from fmolab.evaluation.evaluate import score
         from fmolab.evaluation.samples import shard_sample
+        from fmolab.evaluation.scoring import score
 
         rows = []
         for i in batch["id"]:

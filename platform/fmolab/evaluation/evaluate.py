@@ -23,14 +23,10 @@ import numpy as np
 
 from fmolab import storage
 from fmolab.atomic import atomic_dir
-from fmolab.compose import composite
-from fmolab.evaluation import metrics
 from fmolab.evaluation.benchmark_data import benchmark_samples, detect_kind
 from fmolab.evaluation.samples import Sample, shard_samples
-from fmolab.geometry import resize, valid_size
+from fmolab.evaluation.scoring import METHODS, METRICS, score
 
-METHODS = ("model", "bg", "im")
-METRICS = ("tiou", "psnr", "ssim", "middle_psnr")
 DATA_KINDS = ("auto", "shards", "falling", "tbd", "tbd3d")
 
 
@@ -53,41 +49,6 @@ def samples_for(predictor, data: str | Path, kind: str = "auto", num_frames: int
     if kind == "shards":
         return kind, shard_samples(predictor.config, data, num_frames, max_samples)
     return kind, benchmark_samples(data, predictor.input_format, size or predictor.size, kind, sub_steps, max_samples)
-
-
-def predict_sample(predictor, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
-    """Composited prediction ``[T,3,H,W]`` in the evaluation frame and its trajectory ``[T,2]``."""
-    x = sample.inputs
-    size = valid_size(*x.shape[-2:])
-    renders = predictor.render(resize(x, size)[None], sample.times)[0]  # [T*s,4,h',w']
-    if sample.sub_steps > 1:
-        renders = renders.reshape(-1, sample.sub_steps, *renders.shape[1:]).mean(1)
-    y0, x0, y1, x1 = sample.place
-    renders = resize(renders, (y1 - y0, x1 - x0))
-    traj = metrics.alpha_centroids(renders[:, 3])
-    traj += np.array([x0, y0], dtype=np.float64)
-    pred = np.array(sample.images, dtype=np.float32, copy=True)
-    pred[..., y0:y1, x0:x1] = composite(renders, sample.backgrounds[..., y0:y1, x0:x1])
-    return pred, traj
-
-
-def score(predictor, sample: Sample, sync: str = "first") -> dict[str, float]:
-    """Metrics of the model and both baselines for one sample (flat dict ``method_metric``)."""
-    pred, traj = predict_sample(predictor, sample)
-    row: dict[str, float] = {}
-    candidates = {"model": (pred, traj), **{k: (v, None) for k, v in metrics.baselines(sample.images, sample.backgrounds).items()}}
-    for name, (frames, tr) in candidates.items():
-        if sample.gt is not None:
-            s = metrics.score_sample(frames, sample.gt, sample.box, sample.gt_traj, tr, sample.radius, sync)
-        else:  # no appearance ground truth: trajectory only
-            s = {m: float("nan") for m in METRICS}
-            if tr is not None and sample.gt_traj is not None and sample.radius:
-                s["tiou"] = metrics.trajectory_iou(sample.gt_traj, tr, sample.radius)[0]
-        for m in METRICS:
-            row[f"{name}_{m}"] = float(s.get(m, float("nan")))
-        if name == "model":
-            row["model_reversed"] = float(s.get("reversed", float("nan")))
-    return row
 
 
 def _nanmean(values: Iterable[float]) -> float:
