@@ -4,7 +4,6 @@ Frames and blurs are shown over a checkerboard so transparency (and thin blurs) 
 """
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -42,7 +41,7 @@ def summary(manifest: dict, rows: int) -> dict:
 
 
 def inspect_dataset(path: str | Path, out_dir: str | Path | None = None, n: int = 8, columns: int = 8) -> dict:
-    """Print and return the manifest summary; write ``contact_sheet.png`` and ``preview.webp`` into
+    """Return the manifest summary; write ``contact_sheet.png`` and ``preview.webp`` into
     ``out_dir`` (default ``<path>/inspect``; either may be a URI)."""
     path = storage.normalize(path)
     out_dir = storage.normalize(out_dir) if out_dir else storage.join(path, "inspect")
@@ -82,5 +81,4 @@ def inspect_dataset(path: str | Path, out_dir: str | Path | None = None, n: int 
                                "skipped": bg_manifest.get("skipped_this_run")}
     info.update(contact_sheet=storage.join(out_dir, "contact_sheet.png"), preview=storage.join(out_dir, "preview.webp"),
                 shown=[int(i) for i in picks])
-    print(json.dumps(info, indent=2, default=str))
     return info
