@@ -1,6 +1,7 @@
 """`fmolab deblur`: two frames, a video (GIF with a moving disc), and bad input (exit 2, clear message,
 nothing half-written)."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,3 +130,27 @@ def test_bad_input_exits_2_with_message_and_no_output(models, tmp_path, capsys, 
     err = capsys.readouterr().err
     assert expect in err and "Traceback" not in err
     assert not out.exists() and not _leftovers(tmp_path)
+
+
+def test_deblur_a_folder_of_videos_with_model_actors(models, tmp_path, ray_local, capsys):
+    """--videos: Ray Data model actors deblur every video; a corrupt one and one without a mover are
+    skipped and counted, the others written as `--video` writes them."""
+    from fmolab.cli import main
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    write_disc_gif(folder / "disc_a.gif", n=6)
+    write_disc_gif(folder / "disc_b.gif", n=5)
+    write_disc_gif(folder / "still.gif", n=6, still=True)
+    (folder / "broken.gif").write_bytes(b"GIF89a" + b"\x00garbage" * 10)
+    out = tmp_path / "out"
+    assert main(["deblur", "--model", models["double"], "--videos", str(folder), "--workers", "2", "--out", str(out),
+                 "--num-frames", "3", "--work-dir", str(tmp_path)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["videos"], summary["deblurred"], summary["skipped"]) == (4, 2, 2)
+    errors = {Path(r["video"]).name: r["error"] for r in summary["results"]}
+    assert "no moving object" in errors["still.gif"] and "broken.gif" in errors["broken.gif"]
+    for name, n in (("disc_a", 6), ("disc_b", 5)):
+        assert json.loads((out / name / "summary.json").read_text())["frames"] == n
+        assert (out / name / "super_resolved.webp").exists()
+    assert '"deblurred": 2' in capsys.readouterr().out
