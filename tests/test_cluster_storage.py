@@ -62,6 +62,20 @@ def test_render_train_resume_register_on_nodes_that_share_nothing(monkeypatch):
         ids = [i for f in storage.list_files("s3://fmo/out/datasets/multi", ".parquet")
                for i in open_parquet(f).read(columns=["seq_id"]).column("seq_id").to_pylist()]
         assert len(ids) == len(set(ids)) == N
+        # a lost shard (say, an upload that never completed) is rendered again, and only it
+        def stamps():
+            objs = s3c.list_objects_v2(Bucket="fmo", Prefix="out/datasets/multi/part-")["Contents"]
+            return {o["Key"]: o["LastModified"] for o in objs}
+
+        before = stamps()
+        s3c.delete_object(Bucket="fmo", Key="out/datasets/multi/part-00001.parquet")
+        again = fmolab(["render", *common, *TINY_RENDER], env)
+        assert again.returncode == 0, again.stderr[-3000:]
+        after = stamps()
+        assert set(after) == set(before)
+        assert [k for k in after if after[k] != before[k]] == ["out/datasets/multi/part-00001.parquet"]
+        manifest = json.loads(s3c.get_object(Bucket="fmo", Key="out/datasets/multi/manifest.json")["Body"].read())
+        assert manifest["timing"]["blocks_rendered_this_run"] == 1 and manifest["num_rows"] == N
 
         # 2. train one worker per node, checkpoints in the bucket; the second node's worker dies mid-run
         result: dict = {}
