@@ -6,7 +6,8 @@ import pytest
 
 from fmolab.cli import build_parser, main
 
-COMMANDS = ["demo", "render", "dataset", "train", "tune", "evaluate", "deblur", "runs", "submit", "jobs", "list"]
+COMMANDS = ["demo", "render", "dataset", "train", "tune", "evaluate", "deblur", "runs", "submit", "jobs", "import",
+            "export", "list"]
 
 
 def test_every_stage_has_help(capsys):

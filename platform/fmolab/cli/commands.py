@@ -150,3 +150,17 @@ def cmd_tune(args) -> int:
     show(out, ("name", "parent_run_id", "best_trial", "best_params", "metric", "best_value", "best_run_id",
                 "model_uri", "registered", "table", "plots"))
     return 0
+
+
+def cmd_import(args) -> int:
+    from fmolab.inference.official import import_defmo
+
+    show(import_defmo(args.encoder, args.rendering, args.register, args.alias, work_dir=args.work_dir or ""))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from fmolab.inference.official import export_defmo
+
+    show(export_defmo(args.model, args.out, work_dir=args.work_dir or ""))
+    return 0

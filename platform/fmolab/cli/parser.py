@@ -155,6 +155,24 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
     p.set_defaults(func=c.cmd_jobs)
 
+    p = sub.add_parser("import", help="bring published weights in as an MLflow model")
+    q = p.add_subparsers(dest="import_kind", required=True).add_parser(
+        "defmo", help="the official DeFMO files -> a registered model of the `defmo` preset (strict, weights_only)")
+    q.add_argument("encoder", help="encoder_best.pt (a path or a URI)")
+    q.add_argument("rendering", help="rendering_best.pt (a path or a URI)")
+    q.add_argument("--register", required=True, metavar="NAME", help="registered model name")
+    q.add_argument("--alias", default="official", help="alias to point at the new version (default official)")
+    _work_dir_arg(q)
+    q.set_defaults(func=c.cmd_import)
+
+    p = sub.add_parser("export", help="write a model out in another project's format")
+    q = p.add_subparsers(dest="export_kind", required=True).add_parser(
+        "defmo", help="a model of the official structure -> encoder_best.pt + rendering_best.pt (official code, kornia)")
+    q.add_argument("--model", required=True, help="models:/NAME@ALIAS, runs:/ID/model, or a checkpoint folder")
+    q.add_argument("--out", required=True, help="output folder or URI")
+    _work_dir_arg(q)
+    q.set_defaults(func=c.cmd_export)
+
     p = sub.add_parser("list", help="list registered parts by name")
     p.add_argument("kind", nargs="?", default="all",
                    choices=["all", "encoders", "renderers", "losses", "formats", "optimizers", "schedulers"])

@@ -184,6 +184,9 @@ class ModelConfig:
     renderer: str = "defmo"  # spec, see `fmolab list renderers`
     norm: Literal["batch", "syncbatch", "group", "instance", "layer", "none"] = "group"
     pretrained: str = ""  # local path to ImageNet ResNet weights; "" = random init
+    # Where N sub-frames of an exposure are rendered: centers (i + 0.5) / N, as fmolab's data is made;
+    # endpoints k / (N - 1), as the published DeFMO weights were trained (`fmolab import defmo` sets it)
+    time_convention: Literal["centers", "endpoints"] = "centers"
 
 
 @dataclass

@@ -8,7 +8,7 @@ import numpy as np
 from fmolab.compose import composite
 from fmolab.evaluation import metrics
 from fmolab.evaluation.samples import Sample
-from fmolab.geometry import resize, valid_size
+from fmolab.geometry import resize
 
 METHODS = ("model", "bg", "im")
 METRICS = ("tiou", "psnr", "ssim", "middle_psnr")
@@ -17,7 +17,7 @@ METRICS = ("tiou", "psnr", "ssim", "middle_psnr")
 def predict_sample(predictor, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     """Composited prediction ``[T,3,H,W]`` in the evaluation frame and its trajectory ``[T,2]``."""
     x = sample.inputs
-    size = valid_size(*x.shape[-2:])
+    size = predictor.input_size(*x.shape[-2:])
     renders = predictor.render(resize(x, size)[None], sample.times)[0]  # [T*s,4,h',w']
     if sample.sub_steps > 1:
         renders = renders.reshape(-1, sample.sub_steps, *renders.shape[1:]).mean(1)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from fmolab.atomic import atomic_dir
 from fmolab.compose import composite
-from fmolab.geometry import resize, valid_size
+from fmolab.geometry import resize
 from fmolab.inference.predictor import DeblurError, Predictor
 from fmolab.media import flatten_rgba, read_rgb, save_animation, to_uint8
 
@@ -34,7 +34,7 @@ def deblur_images(predictor: Predictor, images: list[str | Path], background: st
         detail = ", ".join(f"{n}: {a.shape[2]}x{a.shape[1]}" for n, a in zip(names, arrays))
         raise DeblurError(f"input images differ in size ({detail}); give frames of one video")
     (h, w), = sizes
-    size = valid_size(h, w)
+    size = predictor.input_size(h, w)
     stacked = np.concatenate([resize(a, size) for a in arrays], axis=0)[None].astype(np.float32)
     renders = resize(predictor(stacked, num_frames)[0], (h, w))  # [T,4,H,W]
     return write_outputs(torch.from_numpy(renders), out_dir, torch.from_numpy(arrays[-1]) if background else None)

@@ -24,14 +24,12 @@ class FMOModel(mlflow.pyfunc.PythonModel):
         self.model = load_network(self.config, context.artifacts["weights"])
 
     def predict(self, context, model_input, params=None):
-        from fmolab.compose import frame_times
-
         num_frames = int((params or {}).get("num_frames", self.config.data.frames_per_sample))
         if isinstance(model_input, dict):  # a caller passing {"inputs": array}
             model_input = next(iter(model_input.values()))
         x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
         with torch.no_grad():
-            out = self.model(x, frame_times(num_frames))
+            out = self.model(x, self.model.times(num_frames))  # the model's own time convention
         return out["renders"].numpy()
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fmolab.compose import frame_times
 from fmolab.config import Config, config_from_dict
 from fmolab.data.formats import InputFormat, build_format
 from fmolab.geometry import valid_size
@@ -35,9 +34,18 @@ class Predictor:
     def __call__(self, inputs: np.ndarray, num_frames: int) -> np.ndarray:
         if isinstance(self.model, torch.nn.Module):
             with torch.no_grad():
-                out = self.model(torch.from_numpy(inputs), frame_times(num_frames))
+                out = self.model(torch.from_numpy(inputs), self.times(num_frames))
             return out["renders"].numpy()
         return self.model.predict(inputs, params={"num_frames": num_frames})
+
+    def times(self, n: int) -> torch.Tensor:
+        """``n`` equally spaced times of the exposure in the model's own convention."""
+        return self.module.times(n)
+
+    def input_size(self, h: int, w: int) -> tuple[int, int]:
+        """The size to feed an ``h x w`` input at: itself for a network that takes any size (the
+        official DeFMO), else the nearest multiple of 16."""
+        return (h, w) if getattr(self.module, "any_size", False) else valid_size(h, w)
 
     @property
     def module(self) -> torch.nn.Module:

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from fmolab.atomic import atomic_dir
-from fmolab.compose import composite, frame_times
+from fmolab.compose import composite
 from fmolab.geometry import grow, model_box, resize, union
 from fmolab.inference.predictor import DeblurError, Predictor
 from fmolab.inference.video_io import VideoError, detect_mover, open_video, with_background
@@ -107,7 +107,7 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
                         region = dets[0].box if len(dets) == 1 else union(dets[0].box, dets[1].box)
                         radius = max(d.radius for d in dets)
                         box = model_box(grow(region, ext_factor * radius, shape), 0, size, shape)
-                        both = predictor.render(crop_inputs([pimage, image], box), frame_times(2 * n).numpy())[0]
+                        both = predictor.render(crop_inputs([pimage, image], box), predictor.times(2 * n).numpy())[0]
                         if prenders is None:
                             prenders, pbox = both[:n], box
                         renders = both[n:]
@@ -118,7 +118,7 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
                     if det is not None:
                         box = model_box(grow(det.box, ext_factor * det.radius, shape), 0, size, shape)
                         parts_in = [image, bg] if fmt.background_input else [image]
-                        renders = predictor.render(crop_inputs(parts_in, box), frame_times(n).numpy())[0]
+                        renders = predictor.render(crop_inputs(parts_in, box), predictor.times(n).numpy())[0]
                     emit(image, bg, box, renders, k)
             if prev is not None:
                 emit(prev[1], prev[2], prev[5], prev[4], prev[0])

@@ -1,4 +1,4 @@
-"""Models by name: ``ENCODERS`` (resnet50, resnet34, resnet18, tiny), ``RENDERERS`` (defmo, defmo_atrous).
+"""Models by name: ``ENCODERS`` (resnet50, resnet34, resnet18, tiny), ``RENDERERS`` (defmo, defmo_atrous, defmo_official).
 
 Every module of this package is imported, so a new part joins by a decorated factory in one file.
 """
