@@ -12,31 +12,36 @@ from fmolab.losses.base import EPS, LOSSES, RegularizerLoss, binarize_st, choice
 
 @LOSSES.register()
 class TimeConsistency(RegularizerLoss):
-    """1 - normalized cross-correlation of consecutive renders, the best over shifts up to
-    ``max_shift`` pixels (so a small move between frames is not penalized for moving).
+    """DeFMO's time consistency: 1 - the normalized cross-correlation of consecutive renders, the best
+    over shifts up to ``max_shift`` of the height and width (10% in the paper), averaged over pairs.
 
-    On premultiplied RGBA (invisible colour must not count), normalized by the norms, not
-    mean-centred: a zero background then contributes nothing and a pure shift scores exactly 1.
-    All shifts at once by FFT on a grid padded by ``max_shift`` (no wrap-around).
+    Each render (straight RGBA, all channels together) is mean-centred and divided by its standard
+    deviation, so NCC(shift) = mean over the image of a(x) * b(x + shift), zero outside the image.
+    An object that moves by less than the search window between frames scores ~0 however fast
+    it moves, as a correct render must (only the strip the shift uncovers is lost). All shifts at once
+    by FFT on a grid padded by the window (no wrap-around).
     """
 
-    def __init__(self, weight: float = 1.0, max_shift: int = 2):
+    def __init__(self, weight: float = 1.0, max_shift: float = 0.1):  # the paper's weight is 5 (defmo losses)
         super().__init__(weight)
-        self.max_shift = int(max_shift)
+        if not 0 <= max_shift < 0.5:
+            raise ValueError(f"TimeConsistency: max_shift {max_shift} is a fraction of the size, in [0, 0.5)")
+        self.max_shift = float(max_shift)
 
     def per_sample(self, batch, outputs):
         r = need(outputs, "renders", self.name, "outputs")
         if r.shape[1] < 2:
             return r.new_zeros(r.shape[0])
-        r = torch.cat([r[:, :, :3] * r[:, :, 3:], r[:, :, 3:]], 2)
-        a, b = r[:, :-1], r[:, 1:]
-        s, (h, w) = self.max_shift, r.shape[-2:]
-        size = (h + s, w + s)
+        dims = (2, 3, 4)
+        z = (r - r.mean(dims, keepdim=True)) / r.std(dims, unbiased=False, keepdim=True).clamp_min(EPS)
+        a, b = z[:, :-1], z[:, 1:]
+        h, w = r.shape[-2:]
+        sy, sx = int(h * self.max_shift), int(w * self.max_shift)
+        size = (h + sy, w + sx)
         corr = torch.fft.irfft2(torch.fft.rfft2(a, s=size).conj() * torch.fft.rfft2(b, s=size), s=size).sum(2)
-        window = torch.roll(corr, (s, s), (-2, -1))[..., : 2 * s + 1, : 2 * s + 1]  # shifts |dy|, |dx| <= s
-        best = window.flatten(-2).amax(-1)
-        norm = torch.sqrt(a.square().sum((2, 3, 4)) * b.square().sum((2, 3, 4)) + EPS)
-        return 1 - (best / norm).mean(1)
+        window = torch.roll(corr, (sy, sx), (-2, -1))[..., : 2 * sy + 1, : 2 * sx + 1]  # |dy| <= sy, |dx| <= sx
+        ncc = window.flatten(-2).amax(-1) / (r.shape[2] * h * w)
+        return 1 - ncc.mean(1)
 
 
 @LOSSES.register()
