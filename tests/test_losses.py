@@ -275,3 +275,22 @@ def test_losses_run_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         total, values = ls(batch_for(f), {"renders": pred})
     assert total.dtype == torch.float32 and torch.isfinite(total)
+
+
+def test_defmo_reconstruction_and_sharpness_known_values():
+    """The paper's variants: reconstruction only inside the object's region (penalty summed over the 3
+    channels, divided by the area + 0.01) and entropy summed over frames / a fixed 24."""
+    f = moving_square()  # 2 samples, 6 frames, a 6x6 square moving 3 px a frame: area 6 x (6 + 5*3) px
+    b = batch_for(f)
+    off = dict(b, images=b["images"] + 0.1)  # the inputs differ from the re-blurred renders by 0.1 everywhere
+    area = 6 * (6 + 5 * 3)
+    assert loss("Reconstruction:kind=l1,region=object")(b, {"renders": f}).item() == pytest.approx(0.0, abs=1e-6)
+    got = loss("Reconstruction:kind=l1,region=object")(off, {"renders": f}).item()
+    assert got == pytest.approx(3 * 0.1 * area / (area + 0.01), rel=1e-5)
+    assert loss("Reconstruction:kind=l1")(off, {"renders": f}).item() == pytest.approx(0.1, rel=1e-5)  # whole image
+    half = f.clone()
+    half[:, :, 3] = 0.5  # 1 bit per pixel and frame
+    assert loss("Sharpness")(b, {"renders": half}).item() == pytest.approx(1.0, rel=1e-4)
+    assert loss("Sharpness:frames=24")(b, {"renders": half}).item() == pytest.approx(6 / 24, rel=1e-4)
+    with pytest.raises(ValueError, match="region=object takes a pixel penalty"):
+        loss("Reconstruction:kind=ssim,region=object")

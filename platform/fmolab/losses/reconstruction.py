@@ -26,13 +26,21 @@ class Reconstruction(ReconstructionLoss):
     For each image k: renders whose times fall in ``spans[:,k]`` are averaged (compose.blur_from_frames),
     composited on ``backgrounds[:,k]`` and compared with ``images[:,k]``; so a double blur is rebuilt
     half by half. ``binary=true`` rounds the rendered alpha straight-through first (thesis 4.5).
+
+    ``region``: ``image`` averages over the whole image; ``object`` (DeFMO's) only where the ground-truth
+    sub-frames of the span have any alpha, the penalty summed over the channels and divided by that
+    area (+ 0.01): the background, which the input already shows, does not dilute the object's error.
     """
 
     def __init__(self, weight: float = 1.0, kind: str = "l2", binary: bool = False, threshold: float = 0.5,
-                 eps: float = 1e-3):
+                 eps: float = 1e-3, region: str = "image"):
         super().__init__(weight)
         choice("Reconstruction", "kind", kind, KINDS)
+        choice("Reconstruction", "region", region, ("image", "object"))
+        if region == "object" and kind in ("ssim", "msssim"):
+            raise ValueError(f"Reconstruction: region=object takes a pixel penalty (l1, l2, charbonnier), not {kind}")
         self.kind, self.binary, self.threshold, self.eps = kind, bool(binary), float(threshold), float(eps)
+        self.region = region
 
     def per_sample(self, batch, outputs):
         renders = need(outputs, "renders", self.name, "outputs")
@@ -41,9 +49,17 @@ class Reconstruction(ReconstructionLoss):
         times, spans = need(batch, "times", self.name, "batch"), need(batch, "spans", self.name, "batch")
         images, bgs = need(batch, "images", self.name, "batch"), need(batch, "backgrounds", self.name, "batch")
         total = renders.new_zeros(renders.shape[0])
+        frames = need(batch, "frames", self.name, "batch") if self.region == "object" else None
         for k in range(images.shape[1]):
             blur = blur_from_frames(renders, times.to(renders.device), spans[:, k])
-            total = total + image_distance(self.kind, composite(blur, bgs[:, k]), images[:, k], self.eps)
+            pred = composite(blur, bgs[:, k])
+            if frames is None:
+                total = total + image_distance(self.kind, pred, images[:, k], self.eps)
+                continue
+            inside = span_mask(times.to(frames.device), spans[:, k]).to(frames.dtype)[:, :, None, None]
+            region = ((frames[:, :, 3] * inside).sum(1) > 0).to(pred.dtype)[:, None]  # [B,1,H,W]
+            err = penalty(self.kind, self.eps)(pred - images[:, k]).sum(1, keepdim=True) * region
+            total = total + err.sum((1, 2, 3)) / (region.sum((1, 2, 3)) + 0.01)
         return total / images.shape[1]
 
 

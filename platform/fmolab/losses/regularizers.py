@@ -73,10 +73,19 @@ def binary_entropy(p: torch.Tensor) -> torch.Tensor:
 
 @LOSSES.register()
 class Sharpness(RegularizerLoss):
-    """Binary entropy of the rendered alpha: semi-transparent pixels cost, 0 and 1 are free."""
+    """Binary entropy of the rendered alpha: semi-transparent pixels cost, 0 and 1 are free. Mean over
+    the pixels, then over the rendered frames; ``frames=N``: summed over them and divided by a fixed N
+    (DeFMO's: 24, so fewer rendered frames cost less)."""
+
+    def __init__(self, weight: float = 1.0, frames: int = 0):
+        super().__init__(weight)
+        if frames < 0:
+            raise ValueError(f"Sharpness: frames {frames} must be >= 0 (0: the mean over rendered frames)")
+        self.frames = int(frames)
 
     def per_sample(self, batch, outputs):
-        return binary_entropy(need(outputs, "renders", self.name, "outputs")[:, :, 3]).mean((1, 2, 3))
+        entropy = binary_entropy(need(outputs, "renders", self.name, "outputs")[:, :, 3]).mean((2, 3))
+        return entropy.sum(1) / self.frames if self.frames else entropy.mean(1)
 
 
 @LOSSES.register()
