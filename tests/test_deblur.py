@@ -154,3 +154,35 @@ def test_deblur_a_folder_of_videos_with_model_actors(models, tmp_path, ray_local
         assert json.loads((out / name / "summary.json").read_text())["frames"] == n
         assert (out / name / "super_resolved.webp").exists()
     assert '"deblurred": 2' in capsys.readouterr().out
+
+
+def test_self_ensemble_averages_the_undone_flips(models, tmp_path):
+    """--ensemble 2: the renders of the input and of its mirror image (mirrored back), averaged in
+    premultiplied colour; 8: all flips and transposes; the time order is the model's."""
+    import torch
+
+    from fmolab.inference.predictor import load_predictor
+
+    p = load_predictor(models["double"])
+    x = np.random.default_rng(0).random((1, 6, 48, 64), dtype=np.float32)
+    t = p.times(5).numpy()
+    with torch.no_grad():
+        direct = p.module(torch.from_numpy(x), torch.from_numpy(t)[None])["renders"].numpy()
+        mirror = p.module(torch.from_numpy(x[..., ::-1].copy()), torch.from_numpy(t)[None])["renders"].numpy()[..., ::-1]
+    assert np.array_equal(p.render(x, t), direct)  # ensemble 1: the network itself
+    p.ensemble = 2
+    alpha = (direct[:, :, 3:] + mirror[:, :, 3:]) / 2
+    rgb = (direct[:, :, :3] * direct[:, :, 3:] + mirror[:, :, :3] * mirror[:, :, 3:]) / 2 / np.maximum(alpha, 1e-6)
+    np.testing.assert_allclose(p.render(x, t), np.concatenate([rgb.clip(0, 1), alpha], 2), atol=1e-6)
+    p.ensemble = 8
+    all8 = p.render(x, t)
+    assert all8.shape == direct.shape and np.isfinite(all8).all() and not np.allclose(all8, direct)
+    from fmolab.cli import main
+
+    frames = []
+    for i in range(2):
+        frames.append(tmp_path / f"f{i}.png")
+        Image.fromarray((x[0, 3 * i:3 * i + 3].transpose(1, 2, 0) * 255).astype(np.uint8)).save(frames[-1])
+    assert main(["deblur", "--model", models["double"], "--frames", *map(str, frames), "--out", str(tmp_path / "o"),
+                 "--ensemble", "4", "--num-frames", "3", "--work-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "o" / "subframe_002.png").exists()

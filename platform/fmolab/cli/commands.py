@@ -66,7 +66,8 @@ def cmd_deblur(args) -> int:
     result = deblur(args.model, args.out, frames=args.frames, image=args.image, background=args.background,
                     video=args.video, videos=args.videos, workers=args.workers, address=args.address,
                     num_frames=args.num_frames, work_dir=args.work_dir, window=args.window,
-                    threshold=args.threshold, min_area=args.min_area, chunk_frames=args.chunk_frames)
+                    threshold=args.threshold, min_area=args.min_area, chunk_frames=args.chunk_frames,
+                    ensemble=args.ensemble)
     show({k: v for k, v in result.items() if k != "results"})
     return 0
 
@@ -128,7 +129,7 @@ def cmd_evaluate(args) -> int:
     summary = run_evaluation(args.model, args.data, args.out or "", work_dir=args.work_dir or "", size=args.size or "",
                              experiment=args.experiment, log=not args.no_log, address=args.address, kind=args.kind,
                              num_frames=args.num_frames, max_samples=args.max, sub_steps=args.sub_steps,
-                             sync=args.sync, workers=args.workers)
+                             sync=args.sync, workers=args.workers, ensemble=args.ensemble)
     print(format_summary(summary))
     show(summary, ("out_dir", "num_samples", "dataset_kind", "mlflow_run_id"))
     return 0

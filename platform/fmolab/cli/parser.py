@@ -20,6 +20,12 @@ def _work_dir_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work-dir", help="work folder (MLflow store; default ./fmolab-work, or $FMOLAB_HOME)")
 
 
+def _ensemble_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ensemble", type=int, default=1, choices=(1, 2, 4, 8),
+                   help="test-time self-ensemble: average the renders of 1 (off), 2, 4 or 8 flips/transposes of "
+                        "the input, each undone")
+
+
 def _address_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default="", help="Ray dashboard/job server (default $RAY_ADDRESS or http://127.0.0.1:8265)")
 
@@ -94,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shards: score with N model actors on the Ray cluster (Ray Data; a GPU each where there are "
                         "GPUs), rows written as OUT/samples/*.parquet (default 0: in this process)")
     _address_arg(p)
+    _ensemble_arg(p)
     p.add_argument("--experiment", default="fmolab-eval", help="MLflow experiment of the evaluation run")
     p.add_argument("--no-log", action="store_true", help="do not log to MLflow")
     _work_dir_arg(p)
@@ -114,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-area", type=int, default=12, help="video: smallest mover in pixels")
     p.add_argument("--chunk-frames", type=int, default=240, help="video: output frames per super-resolved WebP file")
     p.add_argument("--num-frames", type=int, default=8, help="sub-frames to render per input (temporal super-resolution factor)")
+    _ensemble_arg(p)
     p.add_argument("--out", required=True, help="output folder")
     _work_dir_arg(p)
     p.set_defaults(func=c.cmd_deblur)

@@ -13,7 +13,8 @@ from fmolab import storage
 class Scorer:
     """One model per actor; a batch of sample indices -> their metric rows."""
 
-    def __init__(self, model: str, data: str, num_frames: int | None, sync: str, tracking_uri: str, env: dict):
+    def __init__(self, model: str, data: str, num_frames: int | None, sync: str, tracking_uri: str, env: dict,
+                 ensemble: int = 1):
         import os
 
         import mlflow
@@ -26,6 +27,7 @@ class Scorer:
         mlflow.set_tracking_uri(tracking_uri)  # the registry the driver loaded the model from
         mlflow.set_registry_uri(tracking_uri)
         self.predictor = load_predictor(model)
+        self.predictor.ensemble = ensemble
         if torch.cuda.is_available():
             self.predictor.module.to("cuda")
         self.dataset = shard_dataset(self.predictor.config, data, num_frames)
@@ -62,7 +64,7 @@ def score_on_ray(predictor, data: str, out_dir: str, *, actors: int, num_frames:
     ds = ray.data.from_items([{"id": i} for i in range(n)]).map_batches(
         Scorer, fn_constructor_kwargs=dict(model=predictor.source, data=storage.normalize(data), num_frames=num_frames,
                                            sync=sync, tracking_uri=mlflow.get_tracking_uri(),
-                                           env=worker_env()),
+                                           env=worker_env(), ensemble=predictor.ensemble),
         concurrency=actors, batch_size=batch_size, num_gpus=gpus,
         num_cpus=0 if gpus else max(0.25, min(1.0, cpus / (actors + 1))),  # room for Ray Data's own tasks
     ).materialize()

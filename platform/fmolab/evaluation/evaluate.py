@@ -161,12 +161,13 @@ def format_summary(summary: dict) -> str:
 
 
 def run_evaluation(model: str, data: str, out: str = "", *, work_dir: str = "", size: str = "",
-                   experiment: str = "fmolab-eval", log: bool = True, address: str = "", **options) -> dict:
+                   experiment: str = "fmolab-eval", log: bool = True, address: str = "", ensemble: int = 1,
+                   **options) -> dict:
     """``fmolab evaluate``: check the arguments, load ``model``, evaluate it on ``data`` (``options``:
     those of :func:`evaluate`), log the run; ``size`` is ``WIDTHxHEIGHT`` or empty. With
     ``options["workers"]``, Ray starts (or joins ``address``) before the scoring."""
     from fmolab.config import ConfigError
-    from fmolab.inference.predictor import load_predictor
+    from fmolab.inference.predictor import ENSEMBLES, load_predictor
     from fmolab.runtime import work_config
     from fmolab.tracking.store import setup_tracking
 
@@ -181,11 +182,14 @@ def run_evaluation(model: str, data: str, out: str = "", *, work_dir: str = "", 
         options["size"] = (h, w)
     if options.get("workers", 0) < 0:
         raise ConfigError(f"--workers {options['workers']}: must be >= 0")
+    if ensemble not in ENSEMBLES:
+        raise ConfigError(f"--ensemble {ensemble}: one of {', '.join(map(str, ENSEMBLES))} (flips, then transposes)")
     storage.check_readable(data, "evaluation data")
     out = out or cfg.output("eval", f"{storage.basename(data)}-{time.strftime('%Y%m%d-%H%M%S')}")
     storage.check_writable(storage.parent(out))
     setup_tracking(cfg)
     predictor = load_predictor(model)
+    predictor.ensemble = ensemble
     if options.get("workers"):
         from fmolab.runtime import init_ray
 

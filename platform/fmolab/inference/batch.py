@@ -35,6 +35,8 @@ class VideoDeblurrer:
         self.predictor = load_predictor(model)
         if torch.cuda.is_available():
             self.predictor.module.to("cuda")
+        options = dict(options)
+        self.predictor.ensemble = options.pop("ensemble", 1)
         self.out, self.options = out, options
 
     def __call__(self, batch: dict) -> dict:

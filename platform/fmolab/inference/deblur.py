@@ -6,12 +6,12 @@ from fmolab.config import ConfigError
 
 def deblur(model: str, out: str, *, frames: list[str] | None = None, image: str = "", background: str = "",
            video: str = "", videos: str = "", workers: int = 1, address: str = "", num_frames: int = 8,
-           work_dir: str = "", **video_options) -> dict:
+           work_dir: str = "", ensemble: int = 1, **video_options) -> dict:
     """Check the inputs (before any model is loaded), load ``model`` and deblur; ``video_options`` are
     those of :func:`fmolab.inference.video.deblur_video` (window, threshold, min_area, chunk_frames).
     ``videos``: every video of a folder or URI prefix, by ``workers`` model actors on the Ray cluster."""
     from fmolab.inference.images import deblur_images
-    from fmolab.inference.predictor import load_predictor
+    from fmolab.inference.predictor import ENSEMBLES, load_predictor
     from fmolab.inference.video import deblur_video
     from fmolab.runtime import work_config
     from fmolab.tracking.store import setup_tracking
@@ -23,6 +23,8 @@ def deblur(model: str, out: str, *, frames: list[str] | None = None, image: str 
         raise ConfigError("--background goes with --image; a video's background is estimated from its frames")
     if num_frames < 1 or workers < 1:
         raise ConfigError(f"--num-frames {num_frames} / --workers {workers}: must be >= 1")
+    if ensemble not in ENSEMBLES:
+        raise ConfigError(f"--ensemble {ensemble}: one of {', '.join(map(str, ENSEMBLES))} (flips, then transposes)")
     cfg = work_config(work_dir)
     if videos:
         from fmolab import storage
@@ -31,12 +33,13 @@ def deblur(model: str, out: str, *, frames: list[str] | None = None, image: str 
         storage.check_writable(out)
     setup_tracking(cfg)
     predictor = load_predictor(model)
+    predictor.ensemble = ensemble
     if videos:
         from fmolab.inference.batch import deblur_folder
         from fmolab.runtime import init_ray
 
         init_ray(address, cfg.runtime.num_cpus, cfg.work_dir)
-        return deblur_folder(predictor, videos, out, workers, num_frames=num_frames, **video_options)
+        return deblur_folder(predictor, videos, out, workers, num_frames=num_frames, ensemble=ensemble, **video_options)
     if video:
         return deblur_video(predictor, video, out, num_frames=num_frames, **video_options)
     return deblur_images(predictor, list(frames or [image]), background or None, out, num_frames=num_frames)

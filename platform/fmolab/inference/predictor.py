@@ -18,13 +18,32 @@ class DeblurError(ValueError):
     """Bad input for deblurring; the message names the file and what to do."""
 
 
+def _flip(dims):
+    return lambda x: torch.flip(x, dims)
+
+
+def _transposed(flip):
+    return lambda x: flip(x).transpose(-1, -2), lambda y: flip(y.transpose(-1, -2))
+
+
+_FLIPS = (lambda x: x, _flip((-1,)), _flip((-2,)), _flip((-2, -1)))
+# The 8 symmetries of the square as (transform of the input, its inverse on the renders): identity,
+# the flips, then the same after a transpose; --ensemble N takes the first N.
+TRANSFORMS = [(f, f) for f in _FLIPS] + [_transposed(f) for f in _FLIPS]
+ENSEMBLES = (1, 2, 4, 8)
+
+
 @dataclass
 class Predictor:
-    """Anything that maps stacked inputs ``[B,C,H,W]`` to renders ``[B,T,4,H,W]``."""
+    """Anything that maps stacked inputs ``[B,C,H,W]`` to renders ``[B,T,4,H,W]``.
+
+    ``ensemble`` > 1: test-time self-ensemble, the renders of the first ``ensemble`` flips/transposes
+    of the input, each undone, averaged in premultiplied colour (time order unchanged)."""
 
     config: Config
     model: object  # an MLflow pyfunc or a torch module
     source: str
+    ensemble: int = 1
 
     @functools.cached_property
     def input_format(self) -> InputFormat:
@@ -32,11 +51,8 @@ class Predictor:
         return build_format(self.config.data.format, self.config.data)
 
     def __call__(self, inputs: np.ndarray, num_frames: int) -> np.ndarray:
-        if isinstance(self.model, torch.nn.Module):
-            with torch.no_grad():
-                out = self.model(torch.from_numpy(inputs), self.times(num_frames))
-            return out["renders"].numpy()
-        return self.model.predict(inputs, params={"num_frames": num_frames})
+        """Renders ``[B,T,4,H,W]`` of ``num_frames`` equally spaced times (the model's convention)."""
+        return self.render(inputs, self.times(num_frames).numpy())
 
     def times(self, n: int) -> torch.Tensor:
         """``n`` equally spaced times of the exposure in the model's own convention."""
@@ -61,8 +77,21 @@ class Predictor:
         x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(device)
         if t.dim() == 1:
             t = t[None].expand(x.shape[0], -1)
+        if self.ensemble not in ENSEMBLES:
+            raise ValueError(f"--ensemble {self.ensemble}: one of {', '.join(map(str, ENSEMBLES))}")
+        if self.ensemble == 1:
+            with torch.no_grad():
+                return self.module(x, t)["renders"].float().cpu().numpy()
+        premultiplied = alpha = None
         with torch.no_grad():
-            return self.module(x, t)["renders"].float().cpu().numpy()
+            for forward, inverse in TRANSFORMS[: self.ensemble]:
+                r = inverse(self.module(forward(x), t)["renders"].float())
+                rgb, a = r[:, :, :3] * r[:, :, 3:], r[:, :, 3:]
+                premultiplied = rgb if premultiplied is None else premultiplied + rgb
+                alpha = a if alpha is None else alpha + a
+        alpha = alpha / self.ensemble
+        rgb = premultiplied / self.ensemble / alpha.clamp_min(1e-6)
+        return torch.cat([rgb.clamp(0, 1), alpha], 2).cpu().numpy()
 
     @property
     def size(self) -> tuple[int, int]:
