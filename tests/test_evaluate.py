@@ -139,6 +139,9 @@ def test_oracle_on_shards_scores_perfectly(session_home):
         config, source, input_format = cfg, "oracle", build_format("double_blur")
         frames = None
 
+        def input_size(self, h, w):
+            return h, w
+
         def render(self, inputs, times):
             return self.frames[None]
 
@@ -240,3 +243,58 @@ def test_evaluate_bad_data_is_a_clear_error(eval_home, tmp_path, capsys):
     assert main(["evaluate", "--model", uri, "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o"),
                  "--work-dir", str(home), "--no-log"]) == 2
     assert "imgs/" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- the benchmark's own protocol
+
+
+def test_protocol_ground_truth_rules_known_values():
+    from fmolab.evaluation.protocol import extend_to_aspect, extend_uniform, fill_positions
+
+    nan = float("nan")
+    filled = fill_positions(np.array([[nan, nan], [1.0, 1.0], [nan, nan], [3.0, 5.0], [nan, nan]]))
+    # a leading gap: the first known; inside: the mean of both neighbours; at the end: the previous
+    np.testing.assert_array_equal(filled, [[1, 1], [1, 1], [2, 3], [3, 5], [3, 5]])
+    # 20 x 40 box + 8 in height at aspect 3/4: h2 = ceil(ceil(28 / .75) * .75) = 29, w2 = int(29 / .75) = 38;
+    # 9 more rows split round(4.5) = 4 above (numpy rounds half to even), 5 below; 2 fewer columns: -1 left
+    assert extend_to_aspect(np.array([10, 20, 30, 60]), 8, 0.75, (100, 100)).tolist() == [6, 21, 35, 59]
+    assert extend_uniform(np.array([2, 3, 90, 95]), 5, (96, 99)).tolist() == [0, 0, 95, 98]  # last row/col - 1
+
+
+def test_protocol_scores_known_values():
+    from fmolab.evaluation.protocol import aggregate_strict, appearance, tiou
+
+    gt = np.array([[10.0, 12.0, 14.0], [5.0, 5.0, 5.0]])
+    assert tiou(gt, gt[:, ::-1], 3) == pytest.approx(1.0)  # the better order
+    assert np.isnan(tiou(gt, np.array([[10.0, np.nan, 14.0], [5.0, 5.0, 5.0]]), 3))  # a missing position
+    rng = np.random.default_rng(2)
+    g = rng.random((2, 3, 12, 12))
+    e = 0.5 * g + 0.25  # half the range of the ground truth
+    psnr, ssim = appearance(g, e)
+    assert ssim == pytest.approx(np.mean([metrics.ssim_image(a, b, float(e.max() - e.min())) for a, b in zip(e, g)]))
+    assert ssim != pytest.approx(metrics.ssim(e, g))  # fmolab's default takes the ground truth's range
+    assert appearance(g, g)[0] == 100.0 and psnr == pytest.approx(
+        20 * np.log10(1 / np.sqrt(np.mean((g.astype(np.float32) - e.astype(np.float32)) ** 2))))
+    rows = [{"sequence": s, **{f"{m}_{k}": v for m in ("model", "bg", "im") for k, v in
+                               (("tiou", t), ("psnr", 20.0), ("ssim", 0.5), ("middle_psnr", np.nan))},
+             "model_reversed": 0.0} for s, t in (("a", 0.6), ("a", np.nan), ("b", 0.8), ("b", 0.4))]
+    summary = aggregate_strict(rows)
+    assert summary["model"]["tiou"] == pytest.approx(0.6)  # sequence a drops out; b averages (0.8 + 0.4) / 2
+
+
+def test_protocol_benchmark_end_to_end_and_refusals(tmp_path, capsys):
+    from fmolab.cli import main
+
+    bb = checkpoint_model(tmp_path / "bb", "background_blur")
+    falling = write_fake_benchmark(tmp_path / "falling_objects", "falling", n_frames=3)
+    out = tmp_path / "out"
+    assert main(["evaluate", "--model", str(bb), "--data", str(falling), "--protocol", "benchmark", "--out", str(out),
+                 "--no-log", "--work-dir", str(tmp_path), "--size", "64x48"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["protocol"] == "benchmark" and summary["num_samples"] == 3
+    assert summary["bg"]["tiou"] == 0.0 and summary["im"]["tiou"] == 0.0  # the benchmark's baselines
+    assert math.isfinite(summary["model"]["psnr"]) and 0 <= summary["model"]["ssim"] <= 1
+    double = checkpoint_model(tmp_path / "db", "double_blur")
+    assert main(["evaluate", "--model", str(double), "--data", str(falling), "--protocol", "benchmark", "--no-log",
+                 "--out", str(tmp_path / "o2"), "--work-dir", str(tmp_path)]) == 2
+    assert "one-image methods" in capsys.readouterr().err

@@ -17,16 +17,16 @@ def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
     return (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def read_rgb(path: str | Path, error: type[Exception] = ValueError) -> np.ndarray:
-    """RGB float32 ``[3,H,W]`` in [0,1] (16-bit PNGs are read at 8 bits); a missing or unreadable file
-    raises ``error`` naming it."""
+def read_rgb(path: str | Path, error: type[Exception] = ValueError, dtype=np.float32) -> np.ndarray:
+    """RGB ``[3,H,W]`` in [0,1] as ``dtype`` (``uint8 / 255``; 16-bit PNGs are read at 8 bits); a missing
+    or unreadable file raises ``error`` naming it."""
     from PIL import Image
 
     if not Path(path).exists():
         raise error(f"image {path} does not exist")
     try:
         with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+            arr = np.asarray(im.convert("RGB"), dtype=dtype) / dtype(255)
     except Exception as exc:
         raise error(f"cannot read image {path}: {exc}") from exc
     return np.ascontiguousarray(np.moveaxis(arr, -1, 0))

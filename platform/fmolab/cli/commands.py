@@ -129,7 +129,7 @@ def cmd_evaluate(args) -> int:
     summary = run_evaluation(args.model, args.data, args.out or "", work_dir=args.work_dir or "", size=args.size or "",
                              experiment=args.experiment, log=not args.no_log, address=args.address, kind=args.kind,
                              num_frames=args.num_frames, max_samples=args.max, sub_steps=args.sub_steps,
-                             sync=args.sync, workers=args.workers, ensemble=args.ensemble)
+                             sync=args.sync, workers=args.workers, ensemble=args.ensemble, protocol=args.protocol)
     print(format_summary(summary))
     show(summary, ("out_dir", "num_samples", "dataset_kind", "mlflow_run_id"))
     return 0

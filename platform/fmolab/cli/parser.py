@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sub-steps", type=int, default=1, help="benchmarks: renders averaged per sub-frame "
                    "(DeFMO used 5 to imitate the ground truth's short exposure)")
     p.add_argument("--size", help="benchmarks: model input WIDTHxHEIGHT (default: the training resolution)")
+    p.add_argument("--protocol", default="fmolab", choices=["fmolab", "benchmark"],
+                   help="benchmark folders: fmolab's protocol (default) or the FMO deblurring benchmark's own, "
+                        "whose numbers match the DeFMO paper's table (docs/evaluate.md)")
     p.add_argument("--sync", default="first", choices=["first", "all"],
                    help="direction synchronisation: first sub-frame (benchmark) or whole sequence")
     p.add_argument("--workers", type=int, default=0, metavar="N",

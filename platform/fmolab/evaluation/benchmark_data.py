@@ -133,7 +133,8 @@ class BenchmarkSequence:
                 data = loadmat(str(tpl))
                 rads = np.atleast_1d(float(data["template"].shape[0] / 2) / np.asarray(data["scale"], float).ravel()[0])
         bbox_file = self.root / "gt_bbox" / f"{self.name}.txt"
-        if pars is None and bbox_file.exists():
+        self.from_bboxes = pars is None and bbox_file.exists()
+        if self.from_bboxes:
             bb = np.atleast_2d(np.loadtxt(bbox_file))
             n = self.nsplits
             usable = bb.shape[0] // n * n
@@ -165,28 +166,31 @@ class BenchmarkSequence:
         return par, radius
 
     # -- frames and background
-    def frame(self, k: int) -> np.ndarray:
-        return read_rgb(_frame_path(self.path, self.start + k), BenchmarkError)
+    def frame(self, k: int, dtype=np.float32) -> np.ndarray:
+        return read_rgb(_frame_path(self.path, self.start + k), BenchmarkError, dtype)
 
-    def frames_with_background(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    def frames_with_background(self, dtype=np.float32) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """``(k, image, background)`` for every frame, the benchmark's sliding median (bounded memory)."""
-        buf = deque((self.frame(i) for i in range(self.window)), maxlen=self.window)
+        buf = deque((self.frame(i, dtype) for i in range(self.window)), maxlen=self.window)
         for k in range(self.nfrms):
-            image = self.frame(k)
-            bg = np.median(np.stack(buf), axis=0).astype(np.float32)
+            image = self.frame(k, dtype)
+            bg = np.median(np.stack(buf), axis=0).astype(dtype)
             if k >= self.window:
                 buf.append(image)
             yield k, image, bg
 
-    def gt_subframes(self, k: int, shape: tuple[int, int]) -> np.ndarray | None:
+    def gt_subframes(self, k: int, shape: tuple[int, int], n: int | None = None,
+                     dtype=np.float32) -> np.ndarray | None:
+        """The ``n`` (default: the sequence's) high-speed sub-frames of frame ``k`` cropped to ``shape``."""
         if not self.use_hs:
             return None
+        n = n or self.nsplits
         out = []
-        for i in range(self.nsplits):
-            p = _frame_path(self.hs_base, (k + self.start) * self.nsplits + i + self.hs_start)
+        for i in range(n):
+            p = _frame_path(self.hs_base, (k + self.start) * n + i + self.hs_start)
             if not p.exists():
                 return None
-            out.append(read_rgb(p, BenchmarkError)[:, :shape[0], :shape[1]])
+            out.append(read_rgb(p, BenchmarkError, dtype)[:, :shape[0], :shape[1]])
         return np.stack(out)
 
 

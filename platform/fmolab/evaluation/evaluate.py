@@ -30,6 +30,9 @@ from fmolab.evaluation.scoring import METHODS, METRICS, score
 DATA_KINDS = ("auto", "shards", "falling", "tbd", "tbd3d")
 
 
+PROTOCOLS = ("fmolab", "benchmark")
+
+
 def data_kind(path: str | Path) -> str:
     """"shards" for an fmolab dataset (Parquet shards, a folder or a URI), else the benchmark kind of
     the folder."""
@@ -79,13 +82,23 @@ def _json_safe(x):
 
 def evaluate(predictor, data: str | Path, out_dir: str | Path, kind: str = "auto", num_frames: int | None = None,
              max_samples: int | None = None, sub_steps: int = 1, size: tuple[int, int] | None = None,
-             sync: str = "first", progress: bool = False, workers: int = 0) -> dict:
+             sync: str = "first", progress: bool = False, workers: int = 0, protocol: str = "fmolab") -> dict:
     """Score every sample; write ``samples.csv`` and ``summary.json`` into ``out_dir`` (all or nothing).
     ``workers > 0``: shard datasets are scored by that many model actors on the Ray cluster
-    (:mod:`fmolab.evaluation.cluster`), the rows written as ``samples/*.parquet``, the summary last."""
+    (:mod:`fmolab.evaluation.cluster`), the rows written as ``samples/*.parquet``, the summary last.
+    ``protocol="benchmark"``: the FMO deblurring benchmark's own rules (:mod:`fmolab.evaluation.protocol`)."""
     kind = data_kind(data) if kind == "auto" else kind
     start = time.time()
-    if workers:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"--protocol {protocol!r}: one of {', '.join(PROTOCOLS)}")
+    if protocol == "benchmark":
+        from fmolab.evaluation.protocol import score_benchmark
+
+        if kind == "shards" or workers:
+            raise ValueError("--protocol benchmark scores the published benchmark folders (Falling Objects, TbD, "
+                             "TbD-3D) in this process; fmolab shards use the default protocol")
+        rows = score_benchmark(predictor, data, kind, max_samples, size)
+    elif workers:
         from fmolab.evaluation.cluster import score_on_ray
 
         if kind != "shards":
@@ -101,9 +114,13 @@ def evaluate(predictor, data: str | Path, out_dir: str | Path, kind: str = "auto
                 print(f"[evaluate] {len(rows)} samples, psnr {rows[-1]['model_psnr']:.2f} dB", flush=True)
     if not rows:
         raise ValueError(f"no samples to evaluate in {data} (kind {kind})")
+    if protocol == "benchmark":
+        from fmolab.evaluation.protocol import aggregate_strict as means
+    else:
+        means = aggregate
     summary = {"model_uri": predictor.source, "data": storage.normalize(data), "dataset_kind": kind,
                "input_format": predictor.config.data.format, "seconds": round(time.time() - start, 2),
-               "workers": workers, **aggregate(rows)}
+               "workers": workers, "protocol": protocol, **means(rows)}
     if workers:  # the samples are in place: the summary says the folder is complete
         storage.write_json(storage.join(out_dir, "summary.json"), _json_safe(summary))
     else:
