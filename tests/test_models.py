@@ -141,7 +141,8 @@ def test_from_config_and_state_dict_round_trip_weights_only():
     x, t = torch.rand(1, 6, 32, 32), torch.rand(1, 3)
     with torch.no_grad():
         assert torch.equal(model(x, t)["renders"], rebuilt(x, t)["renders"])
-    assert model.hparams == {"in_channels": 6, "encoder": "tiny:width=8", "renderer": "defmo_atrous", "norm": "batch"}
+    assert model.hparams == {"in_channels": 6, "encoder": "tiny:width=8", "renderer": "defmo_atrous", "norm": "batch",
+                             "time_convention": "centers"}
 
 
 def test_bad_encoder_spec_is_spec_error():
