@@ -55,9 +55,8 @@ def run_trial(params: dict, setup: dict) -> None:
     if searched:
         client.log_batch(run_id, params=searched)
     client.update_run(run_id, status="RUNNING")
-    try:
-        launch(cfg, run_id, uri, setup["train_storage"], callbacks=report_callbacks(space.metric), keep=1)
-    except Exception:
-        client.set_terminated(run_id, "FAILED")
-        raise
+    # Only a completed trial ends its own run. A failing one leaves that to the driver
+    # (:func:`fmolab.tune.report.report`, Tune's view): when ASHA stops a trial, its Train run dies with
+    # the actor and raises here, possibly after the driver already marked the run KILLED.
+    launch(cfg, run_id, uri, setup["train_storage"], callbacks=report_callbacks(space.metric), keep=1)
     client.set_terminated(run_id, "FINISHED")
