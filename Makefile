@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export FMOLAB_HOME ?= $(CURDIR)/fmolab-work
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all bench clean browser
 setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt scripts/setup.sh
 	VENV=$(VENV) bash scripts/setup.sh
@@ -11,10 +11,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt scripts/setup.sh
 demo: setup  ## render -> train -> register -> deblur, on local Ray + SQLite MLflow (< 10 min on 2 cores)
 	$(BIN)/fmolab demo
 
-test: setup  ## the CI suite: fast tests + one real end-to-end run (slow tests excluded)
+test: setup browser  ## the CI suite: fast tests + one real end-to-end run (slow tests excluded)
 	$(BIN)/python -m pytest -m "not slow" -q
 
-test-all: setup  ## everything, including slow tests (multi-node, long training)
+browser:  ## headless Chromium for the report test (apt-get, when missing and run as root)
+	@bash scripts/browser.sh
+
+test-all: setup browser  ## everything, including slow tests (multi-node, long training)
 	$(BIN)/python -m pytest -q
 
 bench: setup

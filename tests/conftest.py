@@ -2,6 +2,8 @@
 way tests build configs."""
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -63,6 +65,26 @@ def free_port():
             return s.getsockname()[1]
 
     return pick
+
+
+@pytest.fixture
+def mlflow_server(work, free_port):
+    """A real ``mlflow server`` on 127.0.0.1 (SQLite store, local artifacts) in the test's folder; its URL."""
+    port = free_port()
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    proc = subprocess.Popen(
+        [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{work}/server.db", "--artifacts-destination", str(work / "art")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no job-runner processes
+    )
+    uri = f"http://127.0.0.1:{port}"
+    if not wait_for_http(uri + "/health", 90):
+        proc.kill()
+        pytest.fail("mlflow server did not start in 90 s")
+    yield uri
+    proc.terminate()
+    proc.wait(timeout=20)
 
 
 def wait_for_http(url: str, seconds: float) -> bool:

@@ -1,6 +1,7 @@
 """Evaluation: benchmark metrics on hand-made arrays, the benchmark adapters on a fake published layout,
 and `fmolab evaluate` end to end with a registered tiny model."""
 import csv
+import hashlib
 import json
 import math
 
@@ -193,6 +194,14 @@ def test_evaluate_cli_on_shards_logs_to_mlflow(eval_home, capsys):
     assert run.data.tags["model_uri"] == uri and "psnr" in run.data.metrics and "bg/psnr" in run.data.metrics
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"samples.csv", "summary.json"} <= arts
+    # the data as the run's dataset input (the manifest's hash, the rows it holds), the command as Source
+    (inp,) = run.inputs.dataset_inputs
+    manifest_sha1 = hashlib.sha1((data / "manifest.json").read_bytes()).hexdigest()
+    assert inp.dataset.digest == manifest_sha1[:36] and json.loads(inp.dataset.profile)["num_rows"] == 4
+    assert {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "evaluation"
+    assert run.data.tags["mlflow.source.name"] == "fmolab evaluate"
+    exp_tags = mlflow.get_experiment_by_name("fmolab-eval").tags
+    assert exp_tags["mlflow.experimentKind"] == "custom_model_development" and "evaluations" in exp_tags["mlflow.note.content"]
 
 
 def test_evaluate_on_fake_falling_objects_and_tbd(eval_home, tmp_path):

@@ -1,15 +1,11 @@
 """MLflow: clear failure for an unreachable server; a real server on 127.0.0.1 over HTTP."""
 import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import wait_for_http
 from fmolab.config import load_config
 from fmolab.tracking.store import TrackingError, setup_tracking
 
@@ -22,25 +18,6 @@ def test_unreachable_server_fails_fast_and_says_what_to_do(work, free_port):
         setup_tracking(cfg)
     assert time.time() - t0 < 10
     assert f"127.0.0.1:{port}" in str(err.value) and "unreachable" in str(err.value)
-
-
-@pytest.fixture
-def mlflow_server(work, free_port):
-    port = free_port()
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
-    proc = subprocess.Popen(
-        [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{work}/server.db", "--artifacts-destination", str(work / "art")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no job-runner processes
-    )
-    uri = f"http://127.0.0.1:{port}"
-    if not wait_for_http(uri + "/health", 90):
-        proc.kill()
-        pytest.fail("mlflow server did not start in 90 s")
-    yield uri
-    proc.terminate()
-    proc.wait(timeout=20)
 
 
 def test_model_logged_registered_and_loaded_over_http(work, mlflow_server, monkeypatch):
@@ -79,7 +56,6 @@ def test_model_logged_registered_and_loaded_over_http(work, mlflow_server, monke
 
 def test_setup_tracking_does_not_leak_into_later_configs(work, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    import os
 
     first = load_config([], [f"runtime.work_dir={work / 'a'}"])
     setup_tracking(first)

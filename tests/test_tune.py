@@ -175,14 +175,21 @@ def test_search_stops_bad_trials_tracks_children_and_registers_the_best(work, to
     exp = mlflow.get_experiment_by_name("tune-tests")
     children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert len(children) == 4
+    by_run = {r["run_id"]: r for r in rows}
     for child in children:
         assert child.data.params["search.train.lr"] in ("0.003", "10.0")
         assert "val/loss" in child.data.metrics
         assert child.info.status in ("FINISHED", "KILLED")
+        # why it ended, as Tune saw it: ASHA's stops KILLED, the completed FINISHED with all their steps
+        stopped = by_run[child.info.run_id]["status"] == "stopped early"
+        assert child.data.tags["fmolab.end_reason"] == ("asha_stop" if stopped else "steps_done")
+        assert child.info.status == ("KILLED" if stopped else "FINISHED")
+        assert child.data.tags["fmolab.steps_done"] == f"{by_run[child.info.run_id]['steps']}/8"
     conditional = [c for c in children if c.data.params.get("search.model.norm") == "instance"]
     assert conditional and all("search.groups" not in c.data.params for c in conditional)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    assert {"plots/optimization_history.png", "plots/param_importances.png"} <= artifacts
+    assert {"plots/optimization_history.png", "plots/param_importances.png",
+            "plots/parallel_coordinates.png"} <= artifacts
     assert "search/trials.csv" in {a.path for a in client.list_artifacts(parent.info.run_id, "search")}
     with open(out["table"]) as f:
         table = list(csv.DictReader(f))

@@ -1,4 +1,4 @@
-"""Pictures: reading images, animated previews (ground truth | prediction | alpha), loss-curve plots."""
+"""Pictures: reading images, animated previews (ground truth | prediction | alpha) as WebP and GIF."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -79,6 +79,19 @@ def save_animation(path: str | Path, frames: torch.Tensor | np.ndarray, quality:
     return path
 
 
+def save_gif(path: str | Path, frames: torch.Tensor | np.ndarray, frame_ms: int = 120) -> Path:
+    """Write ``[T,3|4,H,W]`` floats (or ``[T,H,W,C]`` uint8) as a looping animated GIF: what a browser's
+    (and MLflow's artifact viewer's) image tag shows; WebP stays the compact copy."""
+    from PIL import Image
+
+    arr = frames if isinstance(frames, np.ndarray) and frames.dtype == np.uint8 else to_uint8(frames)
+    images = [Image.fromarray(np.ascontiguousarray(f[..., :3])) for f in arr]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
+    return path
+
+
 def stack_rows(rows: Sequence[torch.Tensor], gap: int = 2) -> torch.Tensor:
     """Stack several ``[T,3,H,W]`` strips vertically (padded to the widest)."""
     width = max(r.shape[-1] for r in rows)
@@ -87,31 +100,3 @@ def stack_rows(rows: Sequence[torch.Tensor], gap: int = 2) -> torch.Tensor:
     for r in padded:
         out += [r, torch.ones(r.shape[0], 3, gap, width)]
     return torch.cat(out[:-1], dim=-2)
-
-
-def plot_curves(series: dict[str, Sequence[tuple[int, float]]], path: str | Path, title: str = "",
-                ylabel: str = "loss", logy: bool = True) -> Path:
-    """Overlay named curves ``{label: [(step, value), ...]}`` in one PNG (thesis figs. 4.6-4.9 style)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    for label, points in series.items():
-        if points:
-            steps, values = zip(*points)
-            ax.plot(steps, values, label=label, linewidth=1.4)
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    if logy and all(v > 0 for pts in series.values() for _, v in pts):
-        ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path

@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=c.cmd_tune)
 
     p = sub.add_parser("evaluate", help="evaluate a registered model with the FMO benchmark metrics")
-    p.add_argument("--model", required=True, help="models:/NAME@ALIAS, runs:/ID/model, or a checkpoint folder")
+    p.add_argument("--model", required=True, help="models:/NAME@ALIAS, runs:/ID/NAME, models:/m-ID, or a checkpoint folder")
     p.add_argument("--data", required=True, help="fmolab shard dataset (a folder or a URI such as s3://bucket/ds), "
                    "or a Falling Objects / TbD / TbD-3D folder")
     p.add_argument("--kind", default="auto", choices=["auto", "shards", "falling", "tbd", "tbd3d"],
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=c.cmd_evaluate)
 
     p = sub.add_parser("deblur", help="deblur real frames or a video with a trained model")
-    p.add_argument("--model", required=True, help="models:/NAME@ALIAS, runs:/ID/model, or a checkpoint folder")
+    p.add_argument("--model", required=True, help="models:/NAME@ALIAS, runs:/ID/NAME, models:/m-ID, or a checkpoint folder")
     p.add_argument("--frames", nargs=2, metavar=("FRAME1", "FRAME2"), help="two consecutive frames (double-blur models)")
     p.add_argument("--image", help="one blurred image (background+blur models)")
     p.add_argument("--background", help="the background of --image")
@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a model out in another project's format")
     q = p.add_subparsers(dest="export_kind", required=True).add_parser(
         "defmo", help="a model of the official structure -> encoder_best.pt + rendering_best.pt (official code, kornia)")
-    q.add_argument("--model", required=True, help="models:/NAME@ALIAS, runs:/ID/model, or a checkpoint folder")
+    q.add_argument("--model", required=True, help="models:/NAME@ALIAS, runs:/ID/NAME, models:/m-ID, or a checkpoint folder")
     q.add_argument("--out", required=True, help="output folder or URI")
     _work_dir_arg(q)
     q.set_defaults(func=c.cmd_export)

@@ -155,7 +155,10 @@ def log_evaluation(cfg, summary: dict, experiment: str = "fmolab-eval") -> str:
 
     rid = create_run(cfg, experiment, f"eval-{Path(str(summary['data'])).name}-{time.strftime('%Y%m%d-%H%M%S')}",
                      {"model_uri": summary["model_uri"], "dataset": summary["data"],
-                      "dataset_kind": summary["dataset_kind"], "fmolab.kind": "evaluation"})
+                      "dataset_kind": summary["dataset_kind"], "fmolab.kind": "evaluation"}, command="evaluate")
+    from fmolab.tracking.datasets import log_dataset
+
+    log_dataset(rid, str(summary["data"]), "evaluation")
     client = mlflow.MlflowClient()
     ts = int(time.time() * 1000)
     client.log_batch(rid, metrics=[mlflow.entities.Metric(k, v, ts, 0) for k, v in flat_metrics(summary).items()],

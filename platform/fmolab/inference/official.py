@@ -56,7 +56,7 @@ def import_defmo(encoder: str, rendering: str, register: str, alias: str = "offi
     run_id = create_run(cfg, experiment, f"import-defmo-{time.strftime('%Y%m%d-%H%M%S')}",
                         {"fmolab.kind": "import", "source.encoder": storage.normalize(encoder),
                          "source.rendering": storage.normalize(rendering),
-                         **{f"sha1.{k}": v for k, v in digests.items()}})
+                         **{f"sha1.{k}": v for k, v in digests.items()}}, command="import defmo")
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "best_model.pt"
         torch.save(model.state_dict(), weights)

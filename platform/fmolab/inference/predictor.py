@@ -108,7 +108,7 @@ class Predictor:
 
 
 def load_predictor(source: str) -> Predictor:
-    """``models:/name@alias`` / ``runs:/id/model`` (MLflow), or a checkpoint folder / ``best_model.pt``
+    """``models:/name@alias`` / ``runs:/id/<model name>`` (MLflow), or a checkpoint folder / ``best_model.pt``
     with ``config.json`` beside it."""
     if "://" in source or source.startswith("models:/") or source.startswith("runs:/"):
         from fmolab.tracking.model_registry import load_model
@@ -120,7 +120,7 @@ def load_predictor(source: str) -> Predictor:
     weights = path / "best_model.pt" if path.is_dir() else path
     config_file = weights.parent / "config.json"
     if not weights.exists() or not config_file.exists():
-        raise DeblurError(f"{source}: expected models:/NAME@ALIAS, runs:/ID/model, or a checkpoint "
+        raise DeblurError(f"{source}: expected models:/NAME@ALIAS, runs:/ID/NAME, or a checkpoint "
                           f"folder holding best_model.pt and config.json")
     cfg = config_from_dict(json.loads(config_file.read_text()))
     return Predictor(cfg, load_network(cfg, weights), source)

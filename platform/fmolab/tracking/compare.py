@@ -2,10 +2,13 @@
 
 Runs are named by id or by run name (``--experiment`` narrows name look-ups), or all runs of an
 experiment are taken. Outputs (folder ``--out``): ``comparison.csv`` (one row per run: run name, id,
-the params that differ between the runs, the final value of every metric) and one PNG per compared
-metric (``train_loss.png``, ``val_loss.png``: the runs' curves overlaid, as the thesis' figs. 4.6-4.9).
-The same files are logged as artifacts of a new run in experiment ``fmolab-compare`` (tagged
-``fmolab.kind=comparison`` and ``compared_runs=<ids>``), so the training experiments stay clean.
+the params that differ between the runs, the final value of every metric), one PNG per compared
+metric (``train_loss.png``, ``val_loss.png``: the runs' curves overlaid, as the thesis' figs. 4.6-4.9)
+and ``report.html``, all of it on one self-contained page with each run's latest preview
+(:mod:`fmolab.tracking.compare_html`). The files are logged as artifacts of a new run in experiment
+``fmolab-compare`` (tagged ``fmolab.kind=comparison`` and ``compared_runs=<ids>``), so the training
+experiments stay clean; the report also goes to the runs' parent (a search) or the first run, under
+``comparisons/<comparison run id>/``.
 """
 from __future__ import annotations
 
@@ -81,7 +84,7 @@ def compare_runs(refs: list[str], experiment: str | None = None, metrics: list[s
     log them to MLflow when ``log``."""
     import mlflow
 
-    from fmolab.media import plot_curves
+    from fmolab.plots import plot_curves
 
     runs = resolve_runs(list(refs), experiment)
     if len({r.info.run_id for r in runs}) < len(runs):
@@ -117,11 +120,48 @@ def compare_runs(refs: list[str], experiment: str | None = None, metrics: list[s
         path = plot_curves(series, out / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', m)}.png", title=m, ylabel=m,
                            logy="loss" in m)
         plots.append(str(path))
-    result = {"runs": [r.info.run_id for r in runs], "csv": str(csv_path), "plots": plots,
+    from fmolab.tracking import compare_html
+
+    report = out / "report.html"
+    report.write_text(compare_html.build(runs, labels, diff, metric_keys, plots,
+                                         latest_previews(runs, labels, out / "previews")))
+    result = {"runs": [r.info.run_id for r in runs], "csv": str(csv_path), "plots": plots, "report": str(report),
               "differing_params": sorted(diff), "table": format_table(rows, diff, metrics)}
     if log:
         result["comparison_run_id"] = _log(runs, csv_path, plots, log_experiment, cfg)
+        client.log_artifact(result["comparison_run_id"], str(report))
+        home = report_home(runs)
+        client.log_artifact(home, str(report), f"comparisons/{result['comparison_run_id'][:8]}")
+        result["report_logged_to"] = home
     return result
+
+
+def report_home(runs: list) -> str:
+    """Where the report is also logged: the runs' shared parent (a search), else the first run."""
+    parents = {r.data.tags.get("mlflow.parentRunId") for r in runs}
+    return parents.pop() if len(parents) == 1 and None not in parents else runs[0].info.run_id
+
+
+def latest_previews(runs: list, labels: list[str], folder: Path) -> dict[str, str]:
+    """``{label: local GIF}``: each run's ``previews/latest.gif`` (runs from before it existed: their last
+    ``val_step*.gif``); runs without one are left out."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    out = {}
+    for label, r in zip(labels, runs):
+        try:
+            names = [a.path for a in client.list_artifacts(r.info.run_id, "previews")]
+        except Exception:  # no artifacts at all
+            continue
+        gifs = sorted(n for n in names if n.endswith(".gif") and "/val_step" in n)
+        pick = "previews/latest.gif" if "previews/latest.gif" in names else (gifs[-1] if gifs else "")
+        if pick:
+            dest = folder / r.info.run_id
+            dest.mkdir(parents=True, exist_ok=True)
+            out[label] = mlflow.artifacts.download_artifacts(run_id=r.info.run_id, artifact_path=pick,
+                                                             dst_path=str(dest))
+    return out
 
 
 def _log(runs, csv_path: Path, plots: list[str], experiment: str, cfg) -> str:
@@ -133,7 +173,7 @@ def _log(runs, csv_path: Path, plots: list[str], experiment: str, cfg) -> str:
     ids = ",".join(r.info.run_id for r in runs)
     run_id = create_run(cfg or Config(), experiment, f"compare-{len(runs)}-runs-{time.strftime('%Y%m%d-%H%M%S')}",
                         {"fmolab.kind": "comparison", "compared_runs": ids[:5000],
-                         "compared_names": ",".join(run_label(r) for r in runs)[:5000]})
+                         "compared_names": ",".join(run_label(r) for r in runs)[:5000]}, command="runs compare")
     client = mlflow.MlflowClient()
     client.log_artifact(run_id, str(csv_path))
     for p in plots:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +32,17 @@ def pip_requirements() -> list[str]:
     return [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}", "pyyaml", "pillow"]
 
 
-def log_model(cfg: Config, state_dict_path: str | os.PathLike, run_id: str, name: str = "model") -> str:
-    """Log the model of ``run_id`` from a weights file; returns the model URI ``runs:/<id>/<name>``."""
+def model_name(cfg: Config) -> str:
+    """A logged model's name: variant and run (``double_blur-demo``), as the Models tab lists it."""
+    name = f"{cfg.variant}-{cfg.train.run_name}" if cfg.train.run_name else cfg.variant
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:200]
+
+
+def log_model(cfg: Config, state_dict_path: str | os.PathLike, run_id: str, name: str = "",
+              step: int = 0, metrics: dict[str, float] | None = None) -> str:
+    """Log the model of ``run_id`` from a weights file as ``name`` (default :func:`model_name`), made at
+    training step ``step``, with ``metrics`` (the validation at that step) linked to it so models can
+    be compared by them; returns the model URI (``models:/<model id>``)."""
     import mlflow
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
@@ -44,24 +56,70 @@ def log_model(cfg: Config, state_dict_path: str | os.PathLike, run_id: str, name
             outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, 4, -1, -1))]),
             params=ParamSchema([ParamSpec("num_frames", "integer", cfg.data.frames_per_sample)]),
         )
-        with mlflow.start_run(run_id=run_id):
+        # Leaving start_run marks the run FINISHED: put back the status it had (a search's KILLED trial,
+        # a training run its driver ends later with its end reason).
+        status = mlflow.MlflowClient().get_run(run_id).info.status
+        # MLflow warns on every log that predict() has no type hints and that no input example was given:
+        # neither applies (arrays in and out, declared by the signature above).
+        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*(type hint|input example).*")
             info = mlflow.pyfunc.log_model(
-                name=name,
+                name=name or model_name(cfg),
+                step=max(0, int(step)),
+                params={"variant": cfg.variant, "dataset": cfg.train_dir, "monitor": cfg.train.monitor.metric,
+                        "encoder": cfg.model.encoder, "renderer": cfg.model.renderer},
                 python_model=str(MODEL_CODE),
                 artifacts={"config": str(config_path), "weights": str(state_dict_path)},
                 code_paths=[str(PACKAGE)],  # the model carries the fmolab it was made with
                 pip_requirements=pip_requirements(),
                 signature=signature,
             )
+    if status != "FINISHED":
+        mlflow.MlflowClient().update_run(run_id, status=status)
+    if metrics:
+        client, ts = mlflow.MlflowClient(), int(time.time() * 1000)
+        for k, v in metrics.items():
+            client.log_metric(run_id, k, float(v), timestamp=ts, step=max(0, int(step)), model_id=info.model_id)
     return info.model_uri
 
 
-def register(model_uri: str, name: str, alias: str, tags: dict[str, str] | None = None) -> int:
-    """Register ``model_uri`` under ``name`` and point ``alias`` at the new version."""
+def validation_at(run_id: str, step: int) -> dict[str, float]:
+    """Every ``val/*`` metric of ``run_id`` as logged at ``step`` (the best checkpoint's validation)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    out = {}
+    for key in client.get_run(run_id).data.metrics:
+        if key.startswith("val/") and key != "val/animation_step":
+            at = [m.value for m in client.get_metric_history(run_id, key) if m.step == step]
+            if at:
+                out[key] = at[-1]
+    return out
+
+
+def describe_version(cfg: Config, *, steps_done: int, best_step: int, best_value: float,
+                     linked: dict[str, float], digest: str) -> str:
+    """A registered version's description: data, steps, the monitored metric and its value, the rest."""
+    monitor = cfg.train.monitor
+    lines = [f"{cfg.variant} model of run {cfg.train.run_name}, trained on {cfg.train_dir} (manifest sha1 "
+             f"{digest[:12]}) for {steps_done} of {cfg.train.steps} steps.",
+             f"Best {monitor.metric} ({monitor.mode}) = {float(best_value):.5g} at step {best_step}."]
+    others = {k: v for k, v in linked.items() if k != monitor.metric}
+    if others:
+        lines.append("At that step: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(others.items())) + ".")
+    return "\n".join(lines)
+
+
+def register(model_uri: str, name: str, alias: str, tags: dict[str, str] | None = None,
+             description: str = "") -> int:
+    """Register ``model_uri`` under ``name`` (the version described by ``description``) and point
+    ``alias`` at the new version."""
     import mlflow
 
     version = mlflow.register_model(model_uri, name, tags=tags or {})
     client = mlflow.MlflowClient()
+    if description:
+        client.update_model_version(name, version.version, description=description)
     if alias:
         client.set_registered_model_alias(name, alias, version.version)
     return int(version.version)

@@ -54,17 +54,50 @@ def check_server(uri: str, timeout: float) -> None:
         ) from exc
 
 
+# The MLflow UI opens an experiment by its kind: without this tag MLflow 3 infers a GenAI experiment
+# (traces overview) and hides the runs table one click away.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+NOTE_TAG = "mlflow.note.content"  # the description the UI shows on an experiment's or a run's page
+DESCRIPTIONS = {
+    "training": "fmolab training runs: DeFMO encoder + renderer on FMO sequences (losses, validation PSNR/SSIM/"
+                "TIoU, preview animations, the best weights as a logged model).",
+    "fmolab-eval": "fmolab evaluations: the FMO deblurring benchmark's metrics of a model on a dataset.",
+    "fmolab-compare": "fmolab comparisons: parameter differences, metric tables and overlaid curves of runs.",
+    "fmolab-import": "fmolab imports: published weights (the official DeFMO checkpoints) as registered models.",
+}
+
+
 def ensure_experiment(cfg: Config) -> str:
-    """Experiment id; artifacts of a local store go below the work folder, not the current directory."""
+    """Experiment id; a new one is a model-training experiment with a description and the variant and
+    dataset it was made for (an older one gets the kind tag); artifacts of a local store go below the
+    work folder, not the current directory."""
     import mlflow
 
-    exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+    name = cfg.tracking.experiment
+    exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
+        if "mlflow.experimentKind" not in exp.tags:
+            mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         return exp.experiment_id
     location = None
     if not cfg.tracking_uri.startswith(("http://", "https://", "databricks")):
         location = (cfg.work_dir / "mlartifacts").absolute().as_uri()
-    return mlflow.create_experiment(cfg.tracking.experiment, artifact_location=location)
+    tags = {**EXPERIMENT_KIND, NOTE_TAG: DESCRIPTIONS.get(name, DESCRIPTIONS["training"])}
+    if name not in DESCRIPTIONS:  # a training experiment: what it was made for
+        tags.update(variant=cfg.variant, dataset=cfg.data.train)
+    return mlflow.create_experiment(name, artifact_location=location, tags=tags)
+
+
+def source_tags(command: str) -> dict[str, str]:
+    """What the UI shows as a run's Source and Created by: the fmolab command, the user, the commit."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return {"mlflow.source.name": f"fmolab {command}", "mlflow.source.type": "LOCAL", "mlflow.user": user,
+            "mlflow.source.git.commit": git_commit()}
 
 
 def git_commit() -> str:
@@ -76,7 +109,7 @@ def git_commit() -> str:
         return "unknown"
 
 
-def start_or_resume_run(cfg: Config, run_name: str, tags: dict[str, str]) -> str:
+def start_or_resume_run(cfg: Config, run_name: str, tags: dict[str, str], command: str = "train") -> str:
     """The MLflow run of training ``run_name``: the existing one when resuming, else a new one."""
     import mlflow
 
@@ -86,7 +119,8 @@ def start_or_resume_run(cfg: Config, run_name: str, tags: dict[str, str]) -> str
     if found:
         return found[0].info.run_id
     client = mlflow.MlflowClient()
-    run = client.create_run(exp_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **tags})
+    run = client.create_run(exp_id, run_name=run_name,
+                            tags={**source_tags(command), RUN_NAME_TAG: run_name, **tags})
     params = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flatten(to_dict(cfg)).items()}
     items = list(params.items())
     for i in range(0, len(items), 90):  # MLflow caps a batch at 100 params
@@ -94,7 +128,7 @@ def start_or_resume_run(cfg: Config, run_name: str, tags: dict[str, str]) -> str
     return run.info.run_id
 
 
-def create_run(cfg: Config, experiment: str, run_name: str, tags: dict[str, str]) -> str:
+def create_run(cfg: Config, experiment: str, run_name: str, tags: dict[str, str], command: str = "") -> str:
     """A new run in ``experiment`` (created where it does not exist; evaluations and comparisons go to
     experiments of their own, so the training experiments stay clean); returns its id."""
     import copy
@@ -103,4 +137,5 @@ def create_run(cfg: Config, experiment: str, run_name: str, tags: dict[str, str]
 
     cfg = copy.deepcopy(cfg)
     cfg.tracking.experiment = experiment
-    return mlflow.MlflowClient().create_run(ensure_experiment(cfg), run_name=run_name, tags=tags).info.run_id
+    return mlflow.MlflowClient().create_run(ensure_experiment(cfg), run_name=run_name,
+                                            tags={**source_tags(command), **tags}).info.run_id

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -116,15 +117,17 @@ class Progress(Callback):
 
 
 class Previews(Callback):
-    """Rank 0: an animated WebP (inputs | ground truth | prediction | alpha) of the first validation
-    items at every validation, as an MLflow artifact."""
+    """Rank 0: an animation (inputs | ground truth | prediction | alpha) of the first validation items
+    at every validation, as MLflow artifacts ``previews/val_step<N>.webp`` and ``.gif`` (the GIF is what
+    the artifact viewer displays), and at fixed names ``previews/latest.gif`` and, when the validation
+    was the best so far, ``previews/best.gif``."""
 
     def __init__(self, logger: MLflowLogger):
         self.logger = logger
 
     @torch.no_grad()
     def on_validation(self, trainer, val):
-        from fmolab.media import prediction_animation, save_animation, stack_rows
+        from fmolab.media import prediction_animation, save_animation, save_gif, stack_rows
 
         n = min(trainer.cfg.train.preview_samples, len(trainer.val_ds))
         if trainer.rank != 0 or n == 0 or not self.logger.enabled(trainer):
@@ -133,9 +136,16 @@ class Previews(Callback):
         renders = outputs["renders"].float().cpu()
         rows = [prediction_animation(list(batch["images"][b].cpu()), batch["frames"][b].cpu(), renders[b])
                 for b in range(n)]
+        frames, s = stack_rows(rows), trainer.state
         with tempfile.TemporaryDirectory() as d:
-            path = save_animation(Path(d) / f"val_step{trainer.state.step:07d}.webp", stack_rows(rows))
-            self.logger.artifact(trainer, path, "previews")
+            stem = Path(d) / f"val_step{s.step:07d}"
+            gif = save_gif(stem.with_suffix(".gif"), frames)
+            names = [save_animation(stem.with_suffix(".webp"), frames), gif,
+                     Path(shutil.copyfile(gif, Path(d) / "latest.gif"))]
+            if s.best_step == s.step:
+                names.append(Path(shutil.copyfile(gif, Path(d) / "best.gif")))
+            for path in names:
+                self.logger.artifact(trainer, path, "previews")
 
 
 class NanPolicy(Callback):

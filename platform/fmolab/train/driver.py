@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fmolab import storage
 from fmolab.config import Config
-from fmolab.train.launch import launch, open_run, run_dir
+from fmolab.train.launch import dataset_tags, launch, open_run, run_dir
 
 
 def resolve_run_name(cfg: Config) -> str:
@@ -37,7 +37,7 @@ def load_run_config(where: Config, run_name: str, overrides: list[str] = ()) -> 
 def train(cfg: Config, register: bool = True) -> dict:
     """Train (or resume) ``cfg``; returns run id, model URI, registered version and final metrics."""
     from fmolab.runtime import init_ray
-    from fmolab.tracking import model_registry
+    from fmolab.tracking.ending import end_run, reason_of_error, reason_of_metrics
     from fmolab.tracking.store import setup_tracking
 
     cfg.runtime.work_dir = str(cfg.work_dir)  # pinned before the config travels to workers
@@ -49,34 +49,55 @@ def train(cfg: Config, register: bool = True) -> dict:
     run_id = open_run(cfg)
     print(f"[train] run {run_name} (MLflow run {run_id}) on {cfg.train.workers} worker(s)", flush=True)
     result = launch(cfg, run_id, uri, cfg.output("ray_results"))
-    out = {"run_id": run_id, "run_name": run_name, "metrics": dict(result.metrics or {})}
-    if result.checkpoint is None:
-        return out
-    folder = run_dir(cfg, run_name)
-    with result.checkpoint.as_directory() as d, tempfile.TemporaryDirectory() as tmp:
+    metrics = dict(result.metrics or {})
+    out = {"run_id": run_id, "run_name": run_name, "metrics": metrics}
+    try:
+        if result.checkpoint is not None:
+            out.update(publish(cfg, run_id, result.checkpoint, metrics, register))
+    except (Exception, KeyboardInterrupt) as exc:
+        end_run(run_id, reason_of_error(exc), metrics, cfg.train.steps, detail=f"{type(exc).__name__}: {exc}")
+        raise
+    end_run(run_id, reason_of_metrics(metrics, cfg.train.steps), metrics, cfg.train.steps, cfg.train.monitor.metric)
+    return out
+
+
+def publish(cfg: Config, run_id: str, checkpoint, metrics: dict, register: bool) -> dict:
+    """The best weights and curves into the run's folder; the weights as an MLflow model linked to the
+    validation they were best at; registered with a description when ``register``."""
+    from fmolab.tracking import model_registry
+
+    out: dict = {}
+    folder, best_step = run_dir(cfg, cfg.train.run_name), int(metrics.get("best_step", -1))
+    with checkpoint.as_directory() as d, tempfile.TemporaryDirectory() as tmp:
         best = Path(tmp) / "best_model.pt"
         shutil.copyfile(Path(d) / "best_model.pt", best)
         out["best_weights"] = storage.upload(best, storage.join(folder, "best_model.pt"))
         curves = log_curves(cfg, run_id, Path(tmp) / "loss_curves.png")
         storage.upload(curves, storage.join(folder, "loss_curves.png"))
-        out["model_uri"] = model_registry.log_model(cfg, best, run_id)
+        linked = model_registry.validation_at(run_id, best_step)
+        out["model_uri"] = model_registry.log_model(cfg, best, run_id, step=best_step, metrics=linked)
     if register and cfg.tracking.register_as:
-        out["version"] = model_registry.register(out["model_uri"], cfg.tracking.register_as, cfg.tracking.alias,
-                                                 tags={"run_name": run_name, "variant": cfg.variant})
+        out["version"] = model_registry.register(
+            out["model_uri"], cfg.tracking.register_as, cfg.tracking.alias,
+            tags={"run_name": cfg.train.run_name, "variant": cfg.variant},
+            description=model_registry.describe_version(
+                cfg, steps_done=int(metrics.get("step", 0)), best_step=best_step,
+                best_value=linked.get(cfg.train.monitor.metric, metrics.get("best_metric", float("nan"))),
+                linked=linked, digest=dataset_tags(cfg)["dataset_manifest_sha1"]))
         out["registered"] = f"models:/{cfg.tracking.register_as}@{cfg.tracking.alias}"
     return out
 
 
 def log_curves(cfg: Config, run_id: str, path: Path) -> Path:
-    """Loss curves of this run as a PNG artifact (train and validation overlaid), drawn into ``path``."""
+    """This run's curves as a PNG artifact: losses (train and validation) in one panel, each validation
+    metric family (PSNR, SSIM, TIoU, animation) in its own (:func:`fmolab.media.plot_run_curves`)."""
     import mlflow
 
-    from fmolab.media import plot_curves
+    from fmolab.plots import plot_run_curves
 
     client = mlflow.MlflowClient()
-    not_losses = ("val/psnr", "val/animation_ratio", "val/animation_step")
-    keys = [k for k in client.get_run(run_id).data.metrics if k.startswith(("train/", "val/")) and k not in not_losses]
-    series = {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in sorted(keys)}
-    plot_curves(series, path, title=f"{cfg.train.run_name} ({cfg.variant})")
+    keys = [k for k in client.get_run(run_id).data.metrics if k.startswith(("train/", "val/"))]
+    series = {k: sorted({m.step: m.value for m in client.get_metric_history(run_id, k)}.items()) for k in sorted(keys)}
+    plot_run_curves(series, path, title=f"{cfg.train.run_name} ({cfg.variant})")
     client.log_artifact(run_id, str(path), "plots")
     return path

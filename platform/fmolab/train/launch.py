@@ -22,14 +22,20 @@ def dataset_tags(cfg: Config) -> dict[str, str]:
     return {"dataset": cfg.train_dir, "dataset_manifest_sha1": digest}
 
 
-def open_run(cfg: Config, tags: dict[str, str] | None = None) -> str:
+def open_run(cfg: Config, tags: dict[str, str] | None = None, command: str = "train") -> str:
     """Save the config of run ``cfg.train.run_name`` and open (or, resuming, find) its MLflow run with
-    the standard tags (variant, git commit, dataset) plus ``tags``; returns the MLflow run id."""
+    the standard tags (variant, git commit, dataset) plus ``tags``, its data as dataset inputs;
+    returns the MLflow run id."""
+    from fmolab.tracking.datasets import log_dataset
     from fmolab.tracking.store import git_commit, start_or_resume_run
 
     storage.write_json(storage.join(run_dir(cfg, cfg.train.run_name), "config.json"), to_dict(cfg))
     standard = {"variant": cfg.variant, "git_commit": git_commit(), **dataset_tags(cfg)}
-    return start_or_resume_run(cfg, cfg.train.run_name, {**standard, **(tags or {})})
+    run_id = start_or_resume_run(cfg, cfg.train.run_name, {**standard, **(tags or {})}, command=command)
+    log_dataset(run_id, cfg.train_dir, "training")
+    if cfg.data.val:
+        log_dataset(run_id, cfg.data.val, "validation")
+    return run_id
 
 
 def torch_trainer(cfg: Config, loop_config: dict, run_config):
@@ -60,18 +66,26 @@ def torch_trainer(cfg: Config, loop_config: dict, run_config):
 
 
 def launch(cfg: Config, run_id: str, tracking_uri: str, storage_path: str, *, callbacks: list = (),
-           keep: int = 2):
+           keep: int = 2, end_on_error: bool = True):
     """Run ``cfg``'s training as Ray Train run ``cfg.train.run_name`` below ``storage_path`` (a folder
     or a URI: checkpoints, resume, ``train.max_failures`` restarts), logging to MLflow run ``run_id``;
-    returns the Ray result."""
+    returns the Ray result. An error (or Ctrl-C) ends the MLflow run with its reason
+    (:mod:`fmolab.tracking.ending`) unless ``end_on_error`` is off (a search's driver decides)."""
     import ray.train
+
+    from fmolab.tracking.ending import end_run, reason_of_error
 
     trainer = torch_trainer(cfg, {"config": to_dict(cfg), "run_id": run_id, "tracking_uri": tracking_uri},
                             ray.train.RunConfig(
                                 name=cfg.train.run_name, **storage.ray_storage(storage_path), callbacks=list(callbacks),
                                 failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
                                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep)))
-    result = trainer.fit()
-    if result.error:
-        raise result.error
+    try:
+        result = trainer.fit()
+        if result.error:
+            raise result.error
+    except (Exception, KeyboardInterrupt) as exc:
+        if end_on_error and run_id:
+            end_run(run_id, reason_of_error(exc), steps=cfg.train.steps, detail=f"{type(exc).__name__}: {exc}")
+        raise
     return result

@@ -12,6 +12,8 @@ from typing import Any
 
 from fmolab import storage
 from fmolab.config import Config, to_dict
+from fmolab.train.launch import dataset_tags
+from fmolab.tune.plots import plot_history, plot_importances, plot_parallel
 from fmolab.tune.space import SearchSpace
 from fmolab.tune.trial import SEARCH_TAG, TRIAL_TAG, trial_run_name
 
@@ -97,70 +99,13 @@ def study_of(rows: list[dict], space: SearchSpace):
     return study
 
 
-def plot_history(rows: list[dict], path: Path, title: str, metric: str, mode: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
-    xs = list(range(len(rows)))
-    ys = [r["best"] for r in rows]
-    colors = {"completed": "tab:blue", "stopped early": "tab:orange", "error": "tab:red"}
-    for status, color in colors.items():
-        pts = [(x, y) for x, y, r in zip(xs, ys, rows) if r["status"] == status and math.isfinite(y)]
-        if pts:
-            ax1.scatter(*zip(*pts), color=color, label=status, zorder=3)
-    better = max if mode == "max" else min
-    running, best = [], -math.inf if mode == "max" else math.inf
-    for y in ys:
-        best = better(best, y) if math.isfinite(y) else best
-        running.append(best)
-    ax1.step(xs, running, where="post", color="black", linewidth=1.2, label="best so far")
-    ax1.set_xlabel("trial")
-    ax1.set_ylabel(f"best {metric}")
-    ax1.set_title("optimization history")
-    ax1.grid(alpha=0.3)
-    ax1.legend(fontsize=8)
-    for r in rows:  # learning curves: where ASHA cut
-        if r["history"]:
-            s, v = zip(*r["history"])
-            ax2.plot(s, v, marker=".", linewidth=1, color=colors.get(r["status"], "gray"), alpha=0.8)
-    ax2.set_xlabel("step")
-    ax2.set_ylabel(metric)
-    ax2.set_title("validation curves (orange: stopped by ASHA)")
-    ax2.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def plot_importances(importances: dict[str, float], path: Path, title: str, metric: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    items = sorted(importances.items(), key=lambda kv: kv[1])
-    fig, ax = plt.subplots(figsize=(7, 0.5 * len(items) + 1.5), dpi=110)
-    ax.barh([k for k, _ in items], [v for _, v in items], color="tab:blue")
-    ax.set_xlabel(f"importance for {metric} (fANOVA)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 def report(cfg: Config, space: SearchSpace, grid, name: str, parent_id: str, folder: Path, train_storage: str) -> dict:
     """Table, CSV, plots, child-run statuses, and the best trial's model (logged + registered)."""
     import mlflow
     import ray.train
 
     from fmolab.tracking import model_registry
+    from fmolab.tracking.ending import END_TAG, end_run, reason_of_error
 
     client = mlflow.MlflowClient()
     rows = trial_rows(cfg, space, grid, name)
@@ -169,14 +114,21 @@ def report(cfg: Config, space: SearchSpace, grid, name: str, parent_id: str, fol
     print(f"[tune] {name}: {len(rows)} trial(s)\n{table}", flush=True)
     csv_path = write_csv(rows, names, folder / "trials.csv")
     client.log_artifact(parent_id, str(csv_path), "search")
-    # A trial stopped by ASHA ends with its actor (its run may read RUNNING, or FAILED when its workers
-    # went first): Tune's view decides the final status.
-    final = {"completed": "FINISHED", "stopped early": "KILLED", "error": "FAILED"}
+    # A trial stopped by ASHA ends with its actor, its run still RUNNING; a failed trial leaves its run
+    # to this driver too: Tune's view decides the end reason and status (a completed trial set its own).
     for r in rows:
-        if r["run_id"]:
-            client.set_tag(r["run_id"], "fmolab.tune.status", r["status"])
-            client.set_terminated(r["run_id"], final[r["status"]])
-    plots = {"history": str(plot_history(rows, folder / "optimization_history.png", name, space.metric, space.mode))}
+        if not r["run_id"]:
+            continue
+        client.set_tag(r["run_id"], "fmolab.tune.status", r["status"])
+        progress = {"step": r["steps"]} if r["steps"] else {}
+        if r["status"] == "stopped early":
+            end_run(r["run_id"], "asha_stop", progress, r["max_steps"])
+        elif r["status"] == "error":
+            end_run(r["run_id"], reason_of_error(r["error"]), progress, r["max_steps"], detail=r["error"])
+        elif END_TAG not in client.get_run(r["run_id"]).data.tags:
+            end_run(r["run_id"], "steps_done", progress, r["max_steps"])
+    plots = {"history": str(plot_history(rows, folder / "optimization_history.png", name, space.metric, space.mode)),
+             "parallel": str(plot_parallel(rows, space, folder / "parallel_coordinates.png", name))}
     importances: dict[str, float] = {}
     study = study_of(rows, space)
     if len(study.trials) >= 2:
@@ -211,7 +163,11 @@ def report(cfg: Config, space: SearchSpace, grid, name: str, parent_id: str, fol
     (folder / "best.json").write_text(json.dumps({k: out[k] for k in ("best_trial", "best_params", "metric", "best_value",
                                                                      "best_run_id")}, indent=2, default=str))
     model_run = best["run_id"] or parent_id
-    out["model_uri"] = model_registry.log_model(best_cfg, weights, model_run)
+    pick = max if space.mode == "max" else min
+    best_step = pick(best["history"], key=lambda sv: sv[1])[0] if best["history"] else 0
+    linked = model_registry.validation_at(best["run_id"], best_step) if best["run_id"] else {}
+    out["model_uri"] = model_registry.log_model(best_cfg, weights, model_run, step=best_step,
+                                                metrics=linked or {space.metric: best["best"]})
     client.log_metric(parent_id, f"best_{space.metric.replace('/', '_')}", best["best"])
     client.log_batch(parent_id, params=[mlflow.entities.Param(f"best.{k}", str(v)[:6000])
                                         for k, v in best["params"].items()
@@ -221,7 +177,12 @@ def report(cfg: Config, space: SearchSpace, grid, name: str, parent_id: str, fol
     client.log_artifact(parent_id, str(folder / "best_config.json"), "search")
     if cfg.tracking.register_as:
         out["version"] = model_registry.register(out["model_uri"], cfg.tracking.register_as, cfg.tracking.alias,
-                                           tags={"run_name": best["run_name"], "search": name, "variant": cfg.variant})
+                                           tags={"run_name": best["run_name"], "search": name, "variant": cfg.variant},
+                                           description=model_registry.describe_version(
+                                               best_cfg, steps_done=best["steps"], best_step=best_step,
+                                               best_value=best["best"], linked=linked,
+                                               digest=dataset_tags(best_cfg)["dataset_manifest_sha1"])
+                                           + f"\nBest trial {best['trial']} of search {name}.")
         out["registered"] = f"models:/{cfg.tracking.register_as}@{cfg.tracking.alias}"
     print(f"[tune] best trial {best['trial']}: {space.metric} {best['best']:.5f} with "
           f"{json.dumps(best['params'], default=str)}" + (f" -> {out['registered']}" if "registered" in out else ""),

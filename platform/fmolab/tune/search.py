@@ -105,7 +105,7 @@ def open_parent_run(cfg: Config, space: SearchSpace, name: str, options: dict, c
     from fmolab.tune.trial import SEARCH_TAG
 
     parent_id = start_or_resume_run(cfg, name, {SEARCH_TAG: name, "fmolab.kind": "search", "variant": cfg.variant,
-                                                "space": space.path, "git_commit": git_commit()})
+                                                "space": space.path, "git_commit": git_commit()}, command="tune")
     client = mlflow.MlflowClient()
     known = client.get_run(parent_id).data.params
     extra = {"tune.trials": options["trials"], "tune.max_concurrent": concurrency, "tune.metric": space.metric,

@@ -36,6 +36,7 @@ def run_trial(params: dict, setup: dict) -> None:
     import mlflow
     import ray.tune
 
+    from fmolab.tracking.ending import end_run, reason_of_metrics
     from fmolab.train.launch import launch, open_run
 
     space: SearchSpace = setup["space"]
@@ -47,7 +48,7 @@ def run_trial(params: dict, setup: dict) -> None:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     run_id = open_run(cfg, {"mlflow.parentRunId": setup["parent_run_id"], SEARCH_TAG: setup["name"],
-                            TRIAL_TAG: trial_id, "git_commit": setup["git_commit"]})
+                            TRIAL_TAG: trial_id, "git_commit": setup["git_commit"]}, command="tune")
     client = mlflow.MlflowClient()
     existing = client.get_run(run_id).data.params
     searched = [mlflow.entities.Param(f"search.{k}", str(v)) for k, v in sorted(params.items())
@@ -58,5 +59,7 @@ def run_trial(params: dict, setup: dict) -> None:
     # Only a completed trial ends its own run. A failing one leaves that to the driver
     # (:func:`fmolab.tune.report.report`, Tune's view): when ASHA stops a trial, its Train run dies with
     # the actor and raises here, possibly after the driver already marked the run KILLED.
-    launch(cfg, run_id, uri, setup["train_storage"], callbacks=report_callbacks(space.metric), keep=1)
-    client.set_terminated(run_id, "FINISHED")
+    result = launch(cfg, run_id, uri, setup["train_storage"], callbacks=report_callbacks(space.metric), keep=1,
+                    end_on_error=False)
+    metrics = dict(result.metrics or {})
+    end_run(run_id, reason_of_metrics(metrics, cfg.train.steps), metrics, cfg.train.steps, cfg.train.monitor.metric)
