@@ -25,6 +25,11 @@ class Browser:
     def __init__(self, binary: str, timeout: float = 60):
         self.timeout, self._id, self._buf, self.events = timeout, 0, b"", []
         self._profile = tempfile.mkdtemp(prefix="chromium-")
+        # Its own home, temp and XDG folders: the test process's TMPDIR/XDG_* point into other tests'
+        # work folders, which come and go.
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "HOME": self._profile,
+               "TMPDIR": self._profile, **{f"XDG_{k}_HOME": f"{self._profile}/{k.lower()}" for k in ("CONFIG", "CACHE", "DATA")}}
+        self._log = Path(self._profile) / "chromium.log"
         to_child, self._w = os.pipe()
         self._r, from_child = os.pipe()
 
@@ -36,8 +41,9 @@ class Browser:
 
         self.proc = subprocess.Popen(
             [binary, "--headless=new", "--remote-debugging-pipe", "--no-sandbox", "--disable-gpu",
-             "--no-first-run", "--disable-extensions", f"--user-data-dir={self._profile}", "about:blank"],
-            preexec_fn=fds, close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--no-first-run", "--disable-extensions", "--disable-dev-shm-usage",
+             f"--user-data-dir={self._profile}/profile", "about:blank"],
+            preexec_fn=fds, close_fds=False, env=env, stdout=subprocess.DEVNULL, stderr=open(self._log, "wb"))
         os.close(to_child)
         os.close(from_child)
 
@@ -48,7 +54,8 @@ class Browser:
                 raise TimeoutError("chromium sent nothing in time")
             chunk = os.read(self._r, 1 << 20)
             if not chunk:
-                raise RuntimeError("chromium closed its DevTools pipe")
+                tail = self._log.read_text(errors="replace").splitlines()[-15:] if self._log.exists() else []
+                raise RuntimeError("chromium closed its DevTools pipe; its last lines:\n" + "\n".join(tail))
             self._buf += chunk
         msg, self._buf = self._buf.split(b"\0", 1)
         return json.loads(msg)

@@ -49,11 +49,14 @@ def run_demo(cfg: Config, fresh: bool = False) -> dict:
     _banner(f"3/4 deblur a held-out sample with {result.get('registered', result.get('model_uri'))}")
     preview = deblur_held_out(cfg, result.get("registered") or result["model_uri"])
 
+    from fmolab.tracking.model_registry import model_name
+
     _banner("4/4 where everything is")
     db = cfg.tracking_uri
     lines = [
         f"dataset        {cfg.dataset_dir}  ({manifest.get('num_rows', '?')} sequences, manifest.json beside the shards)",
-        f"MLflow run     {result['run_id']}  (experiment '{cfg.tracking.experiment}', store {db})",
+        f"MLflow run     {result['run_id']}  (experiment '{cfg.tracking.experiment}', store {db}; previews/latest.gif,"
+        f" plots/loss_curves.png, the model '{model_name(cfg)}')",
         f"model          {result.get('registered', result.get('model_uri'))}",
         f"checkpoints    {cfg.output('ray_results', result['run_name'])}",
         f"deblur preview {preview['preview']}  (input frames | ground truth | prediction | alpha)",
