@@ -24,7 +24,9 @@ def find_chromium() -> str | None:
 class Browser:
     def __init__(self, binary: str, timeout: float = 60):
         self.timeout, self._id, self._buf, self.events = timeout, 0, b"", []
-        self._profile = tempfile.mkdtemp(prefix="chromium-")
+        # Short and fixed: Chromium's singleton socket lives in it (a socket path has at most 107 bytes,
+        # and the test's TMPDIR may be a long pytest folder).
+        self._profile = tempfile.mkdtemp(prefix="chr-", dir="/tmp")
         # Its own home, temp and XDG folders: the test process's TMPDIR/XDG_* point into other tests'
         # work folders, which come and go.
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "HOME": self._profile,

@@ -26,6 +26,8 @@ def test_override_value_types():
     assert cfg.train.lr == pytest.approx(1e-4)
     assert cfg.train.use_gpu is True
     assert cfg.render.blurs == {"full": [0.0, 1.0]}  # blur tables are replaced whole, not merged
+    # key= is the empty string (e.g. no registration), not YAML's null
+    assert load_config([], ["tracking.register_as=", "runtime.storage= "]).tracking.register_as == ""
 
 
 def test_unknown_key_names_key_and_allowed_keys():

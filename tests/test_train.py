@@ -87,15 +87,30 @@ def test_nan_loss_stops_with_step_and_losses_named(work, base, ray_local, make_c
     assert "non-finite loss at step" in str(err.value) and "RGBL1" in str(err.value)
 
 
-def test_killed_worker_is_recovered_from_last_checkpoint(work, base, ray_local, make_config):
+def own_train_workers(session_home) -> list[int]:
+    """Live Train worker processes of this session's Ray (another Ray on the machine, e.g. a CI run
+    beside this one, has its own): Ray titles them "ray::RayTrainWorker..." and gives them the
+    session's FMOLAB_HOME (the state API would need the dashboard)."""
+    import subprocess
+
+    mine = []
+    for pid in subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True).stdout.split():
+        try:
+            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:  # gone meanwhile
+            continue
+        if f"FMOLAB_HOME={session_home}".encode() in env:
+            mine.append(int(pid))
+    return mine
+
+
+def test_killed_worker_is_recovered_from_last_checkpoint(work, base, ray_local, make_config, session_home):
     """FailureConfig: a Train worker killed mid-run is replaced and training continues from the last
     checkpoint to the end, in the same MLflow run."""
     import os
     import signal
     import threading
     import time
-
-    import subprocess
 
     import mlflow
 
@@ -114,10 +129,9 @@ def test_killed_worker_is_recovered_from_last_checkpoint(work, base, ray_local, 
         time.sleep(0.5)
     assert len(list(ckpts.glob("checkpoint_*"))) >= 2, "no checkpoint was written"
     time.sleep(8)
-    # Ray titles worker processes "ray::RayTrainWorker..." (the state API would need the dashboard)
-    pids = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True).stdout.split()
+    pids = own_train_workers(session_home)
     assert pids, "no live train worker to kill"
-    os.kill(int(pids[-1]), signal.SIGKILL)
+    os.kill(pids[-1], signal.SIGKILL)
     runner.join(timeout=600)
     assert not runner.is_alive()
     assert result["metrics"]["step"] == 200

@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import signal
+import threading
 from pathlib import Path
 
 from fmolab.config import Config, load_config, resolve_work_dir
@@ -112,6 +114,11 @@ def init_ray(address: str = "", num_cpus: int = 0, work_dir: str | os.PathLike |
             _temp_dir=str(ray_temp_dir(work)),
             **kwargs,
         )
+    # Ray's core worker installs a C-level SIGTERM handler that ends the driver on the spot; put the
+    # Python one back (the CLI's: a SIGTERM ends runs as KILLED, like Ctrl-C, and work stays resumable).
+    handler = signal.getsignal(signal.SIGTERM)
+    if callable(handler) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
     # Ray Data's own progress bars would interleave with ours.
     try:
         ctx = ray.data.DataContext.get_current()

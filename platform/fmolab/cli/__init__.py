@@ -2,7 +2,9 @@
 stage (:mod:`fmolab.cli.commands`). Every config value is settable as ``section.key=value``."""
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
 from fmolab.cli.parser import build_parser
 from fmolab.config import ConfigError
@@ -10,9 +12,25 @@ from fmolab.config import ConfigError
 __all__ = ["build_parser", "main"]
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # SIGTERM (a scheduler, `kill`, a stopped job) ends a command as Ctrl-C does: runs are closed as
+    # KILLED with their reason, checkpoints stay, and the same command resumes.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    try:
+        return _run(args)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:

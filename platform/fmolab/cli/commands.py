@@ -54,8 +54,12 @@ def cmd_dataset_inspect(args) -> int:
 def cmd_train(args) -> int:
     from fmolab.train import load_run_config, train
 
+    from fmolab.train.preflight import preflight
+
     cfg = load_run_config(load(args), args.resume, args.overrides) if args.resume else load(args)
-    if not printed(args, cfg):
+    if printed(args, cfg):
+        print(f"preflight: {preflight(cfg)}")  # the config as printed would start (or the error, exit 2)
+    else:
         show({k: v for k, v in train(cfg).items() if k != "metrics"})
     return 0
 

@@ -166,7 +166,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not eq or not key:
         raise ConfigError(f"override {text!r} is not of the form section.key=value (e.g. train.lr=1e-4)")
     try:
-        parsed = yaml.safe_load(value) if value.strip()[:1] in "[{" else parse_value(value)
+        # ("" is in every string: test the first character only when there is one; key= means "")
+        parsed = yaml.safe_load(value) if value.strip()[:1] and value.strip()[0] in "[{" else parse_value(value)
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: cannot parse value: {exc}") from exc
     return key.strip(), parsed

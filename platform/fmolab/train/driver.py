@@ -10,6 +10,7 @@ from pathlib import Path
 from fmolab import storage
 from fmolab.config import Config
 from fmolab.train.launch import dataset_tags, launch, open_run, run_dir
+from fmolab.train.preflight import preflight
 
 
 def resolve_run_name(cfg: Config) -> str:
@@ -41,8 +42,9 @@ def train(cfg: Config, register: bool = True) -> dict:
     from fmolab.tracking.store import setup_tracking
 
     cfg.runtime.work_dir = str(cfg.work_dir)  # pinned before the config travels to workers
-    uri = setup_tracking(cfg)  # first: fail fast on a dead server, before starting Ray
     storage.check_readable(cfg.train_dir, "training data (data.train)")
+    preflight(cfg)  # the losses, format, model, optimizer and data, before anything starts
+    uri = setup_tracking(cfg)  # fail fast on a dead server, before starting Ray
     storage.check_writable(cfg.storage_root)
     init_ray(cfg.runtime.address, cfg.runtime.num_cpus, cfg.work_dir)
     cfg.train.run_name = run_name = resolve_run_name(cfg)

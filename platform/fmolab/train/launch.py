@@ -81,7 +81,10 @@ def launch(cfg: Config, run_id: str, tracking_uri: str, storage_path: str, *, ca
                                 failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
                                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep)))
     try:
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except SystemExit as exc:  # a signal inside Ray's ray.get surfaces as SystemExit(1), not as the
+            raise KeyboardInterrupt(f"interrupted during training ({exc!r})") from exc  # handler's exception
         if result.error:
             raise result.error
     except (Exception, KeyboardInterrupt) as exc:

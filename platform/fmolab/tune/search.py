@@ -20,6 +20,7 @@ from pathlib import Path
 
 from fmolab import storage
 from fmolab.config import Config, ConfigError, config_from_dict, to_dict
+from fmolab.train.preflight import preflight
 from fmolab.tune.space import SearchSpace
 from fmolab.tune.space_file import load_space, space_from_text
 
@@ -185,6 +186,7 @@ def run_search(cfg: Config, space: SearchSpace | str | Path | None, trials: int 
                    grace_steps=grace_steps, reduction_factor=reduction_factor)
     cfg, space, name, options = prepare(cfg, space, list(overrides), name, resume, options)
     storage.check_readable(cfg.train_dir, "training data (data.train)")
+    preflight(cfg)  # the base config builds and the data fits it (the space was checked when loaded)
     if not resume:
         storage.write_json(storage.join(search_dir(cfg, name), "search.json"),
                            {"name": name, "config": to_dict(cfg), "space_path": space.path,

@@ -1,0 +1,73 @@
+"""Faults on a real run, bounded in time and waiting on conditions, not on the clock."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fmolab.data.synthetic import write_synthetic_dataset
+
+TINY = ["model.encoder=tiny", "model.norm=group", "data.format=double_blur", "data.frames_per_sample=4",
+        "data.val_fraction=0.25", "train.workers=1", "train.cpus_per_worker=0.5", "train.batch_size=2",
+        "train.val_samples=2", "train.preview_samples=1", "train.log_every=2", "train.val_every=2",
+        "train.ckpt_every=2", "tracking.experiment=faults", "tracking.register_as="]
+
+
+@pytest.fixture(scope="module")
+def toy(session_home):
+    return write_synthetic_dataset(session_home / "faults-toy", num_sequences=8, width=64, height=48, seed=4)
+
+
+def wait_for(condition, seconds: float, what: str):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.5)
+    pytest.fail(f"{what}: not within {seconds:.0f} s")
+
+
+def test_sigterm_on_the_training_driver_ends_the_run_killed_and_it_resumes(work, toy, ray_local, monkeypatch):
+    import mlflow
+
+    from fmolab.cli import main
+
+    args = ["train", "--work-dir", str(work), *TINY, f"data.train={toy}", "train.run_name=sigterm",
+            "train.steps=100000"]
+    env = {**os.environ, "FMOLAB_HOME": str(work)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "fmolab.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        results = work / "ray_results" / "sigterm"
+        wait_for(lambda: list(results.glob("checkpoint_*")) or proc.poll() is not None, 240, "a first checkpoint")
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted; completed work is kept" in err
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mlflow.set_tracking_uri(f"sqlite:///{work / 'mlflow.db'}")
+    exp = mlflow.get_experiment_by_name("faults")
+    (run,) = mlflow.search_runs([exp.experiment_id], output_format="list")
+    assert run.info.status == "KILLED" and run.data.tags["fmolab.end_reason"] == "interrupted"
+    done = max(m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "val/loss"))
+    assert done >= 2
+
+    # the same command (a few more steps) resumes that run from its checkpoint
+    assert main([*args[:-1], f"train.steps={done + 2}"]) == 0
+    resumed = mlflow.MlflowClient().get_run(run.info.run_id)
+    assert resumed.info.status == "FINISHED" and resumed.data.tags["fmolab.end_reason"] == "steps_done"
+    assert resumed.data.metrics["resumed_from_step"] >= 2
+    assert len(mlflow.search_runs([exp.experiment_id], output_format="list")) == 1
+    assert Path(work / "runs" / "sigterm" / "best_model.pt").exists()
