@@ -62,3 +62,53 @@ def test_setup_tracking_does_not_leak_into_later_configs(work, monkeypatch):
     assert "MLFLOW_TRACKING_URI" not in os.environ
     second = load_config([], [f"runtime.work_dir={work / 'b'}"])
     assert second.tracking_uri == f"sqlite:///{work / 'b' / 'mlflow.db'}"
+
+
+def test_fmolab_loads_a_logged_model_without_its_stored_code(work, monkeypatch):
+    """A model's stored ``mlflow_model.py`` is code from whoever wrote the store: MLflow's pyfunc loader
+    runs it (the oracle below proves the tampering works), fmolab's loader must not."""
+    import subprocess
+    import sys
+
+    import mlflow
+
+    from fmo_fakes import registered_model
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = registered_model(work, "untrusted")
+    (stored,) = list((work / "mlartifacts" / "models").glob("m-*/artifacts/mlflow_model.py"))
+    marker = work / "code-ran"
+    stored.write_text(stored.read_text() + f"\nopen({str(marker)!r}, 'w').write('ran')\n")
+    store = f"sqlite:///{work / 'mlflow.db'}"
+
+    def load_with(code: str):
+        env = {**os.environ, "MLFLOW_TRACKING_URI": store, "FMOLAB_HOME": str(work)}
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+
+    out = load_with(f"from fmolab.inference.predictor import load_predictor; p = load_predictor({uri!r}); "
+                    "print(type(p.module).__name__)")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("DeFMO") and not marker.exists()
+    out = load_with(f"import mlflow; mlflow.pyfunc.load_model({uri!r})")
+    assert marker.exists(), out.stderr[-2000:]  # MLflow's own loader does run it
+    assert mlflow.get_tracking_uri()  # the test process itself loaded nothing
+
+
+def test_missing_models_and_stores_are_one_line_errors(work, capsys, monkeypatch):
+    from fmo_fakes import registered_model
+    from fmolab.cli import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    empty = work / "fresh"
+    code = main(["deblur", "--model", "models:/demo@demo", "--image", "x.png", "--background", "y.png",
+                 "--out", str(work / "o"), "--work-dir", str(empty)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "no MLflow store at" in err, err
+    assert not (empty / "mlflow.db").exists()  # looking made no store
+    registered_model(work, "known")
+    capsys.readouterr()
+    for uri, why in (("models:/unknown@x", "name=unknown not found"), ("models:/known@nope", "alias nope not found")):
+        code = main(["deblur", "--model", uri, "--image", "x.png", "--background", "y.png",
+                     "--out", str(work / "o"), "--work-dir", str(work)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and why in err and "not found in the MLflow store" in err, err

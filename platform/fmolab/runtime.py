@@ -34,6 +34,7 @@ def use_work_dir(work_dir: str | os.PathLike) -> Path:
     os.environ.setdefault("XDG_CONFIG_HOME", str(work / "config"))  # MLflow's and others' config files
     os.environ.setdefault("BLENDER_USER_RESOURCES", str(work / "config" / "blender"))  # not ~/.config/blender
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per downloaded file
     os.environ.setdefault("MPLCONFIGDIR", str(cache / "matplotlib"))
     os.environ.setdefault("TORCH_HOME", str(cache / "torch"))
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

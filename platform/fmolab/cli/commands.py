@@ -58,7 +58,7 @@ def cmd_train(args) -> int:
 
     cfg = load_run_config(load(args), args.resume, args.overrides) if args.resume else load(args)
     if printed(args, cfg):
-        print(f"preflight: {preflight(cfg)}")  # the config as printed would start (or the error, exit 2)
+        print(f"preflight: {preflight(cfg, data=False)}")  # the config builds (or the error, exit 2)
     else:
         show({k: v for k, v in train(cfg).items() if k != "metrics"})
     return 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +42,7 @@ class Predictor:
     of the input, each undone, averaged in premultiplied colour (time order unchanged)."""
 
     config: Config
-    model: object  # an MLflow pyfunc or a torch module
+    model: torch.nn.Module  # rebuilt from the config by the installed fmolab, wherever the weights came from
     source: str
     ensemble: int = 1
 
@@ -65,10 +66,7 @@ class Predictor:
 
     @property
     def module(self) -> torch.nn.Module:
-        """The torch network (inside an MLflow pyfunc too)."""
-        if isinstance(self.model, torch.nn.Module):
-            return self.model
-        return self.model.unwrap_python_model().model
+        return self.model
 
     def render(self, inputs: np.ndarray, times: np.ndarray) -> np.ndarray:
         """Renders ``[B,T,4,H,W]`` at arbitrary ``times [T]`` (or ``[B,T]``) of the exposure."""
@@ -111,11 +109,15 @@ def load_predictor(source: str) -> Predictor:
     """``models:/name@alias`` / ``runs:/id/<model name>`` (MLflow), or a checkpoint folder / ``best_model.pt``
     with ``config.json`` beside it."""
     if "://" in source or source.startswith("models:/") or source.startswith("runs:/"):
-        from fmolab.tracking.model_registry import load_model
+        from fmolab.tracking.model_registry import ModelNotFound, fetch_model_files
 
-        model = load_model(source)
-        impl = model.unwrap_python_model()
-        return Predictor(impl.config, model, source)
+        with tempfile.TemporaryDirectory(prefix="model-") as tmp:
+            try:
+                config_file, weights = fetch_model_files(source, tmp)
+            except ModelNotFound as exc:
+                raise DeblurError(str(exc)) from None
+            cfg = config_from_dict(json.loads(Path(config_file).read_text()))
+            return Predictor(cfg, load_network(cfg, weights), source)
     path = Path(source)
     weights = path / "best_model.pt" if path.is_dir() else path
     config_file = weights.parent / "config.json"

@@ -138,8 +138,44 @@ def promote(name: str, alias: str, version: int | None = None, from_alias: str =
     return version
 
 
+class ModelNotFound(ValueError):
+    """A model URI that names nothing in the store (or no fmolab model); the message says where."""
+
+
+def fetch_model_files(uri: str, folder: str | os.PathLike) -> tuple[str, str]:
+    """The config and weights files of the logged/registered model ``uri``, downloaded into ``folder``
+    without loading the model: fmolab rebuilds the network from the installed package, so code stored
+    with a model (its ``mlflow_model.py`` and ``code/``) is never imported, whoever wrote the store."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    store = mlflow.get_tracking_uri()
+    if store.startswith("sqlite:///") and not Path(store[len("sqlite:///"):]).exists():
+        raise ModelNotFound(f"{uri}: there is no MLflow store at {store} (nothing was trained with this work "
+                            f"folder); give --work-dir / FMOLAB_HOME, or MLFLOW_TRACKING_URI of the store that has it")
+    folder = str(folder)
+    try:
+        mlmodel = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{uri.rstrip('/')}/MLmodel", dst_path=folder))
+    except MlflowException as exc:
+        first = str(exc).strip().splitlines()[0][:300]
+        raise ModelNotFound(f"{uri}: not found in the MLflow store {store} ({first}); list runs with "
+                            f"`fmolab runs list --experiment NAME`, registered models in the MLflow UI") from None
+    import yaml
+
+    spec = yaml.safe_load(mlmodel.read_text()) or {}
+    artifacts = (spec.get("flavors", {}).get("python_function", {}).get("artifacts") or {})
+    paths = {k: (artifacts.get(k) or {}).get("path") for k in ("config", "weights")}
+    if not all(paths.values()):
+        raise ModelNotFound(f"{uri}: an MLflow model, but not an fmolab one (no config and weights artifacts)")
+    files = [mlflow.artifacts.download_artifacts(artifact_uri=f"{uri.rstrip('/')}/{p}", dst_path=folder)
+             for p in (paths["config"], paths["weights"])]
+    return files[0], files[1]
+
+
 def load_model(uri: str) -> Any:
-    """Load a logged/registered model (``models:/name@alias``, ``runs:/...``) as an MLflow pyfunc."""
+    """Load a logged/registered model (``models:/name@alias``, ``runs:/...``) as an MLflow pyfunc (for
+    serving; it imports the ``code/`` stored with the model: fmolab's own commands use
+    :func:`fetch_model_files` instead)."""
     import mlflow
 
     return mlflow.pyfunc.load_model(uri)

@@ -9,9 +9,10 @@ from __future__ import annotations
 from fmolab.config import Config, ConfigError
 
 
-def preflight(cfg: Config) -> dict:
+def preflight(cfg: Config, data: bool = True) -> dict:
     """Raise :class:`ConfigError` (what, where, what to do) on the first problem; else a summary
-    (rows, image size, the format's blurs)."""
+    (rows, image size, the format's blurs). ``data=False``: the config only (``--print-config``, where
+    the data may not exist yet)."""
     import torch
 
     from fmolab.data import build_format
@@ -26,6 +27,8 @@ def preflight(cfg: Config) -> dict:
         model = _built("model", lambda: DeFMO(fmt.in_channels, m.encoder, m.renderer, m.norm, m.time_convention))
     optimizer = _built("train.optimizer", lambda: build_optimizer(cfg.train.optimizer, model.parameters(), cfg.train.lr))
     _built("train.scheduler", lambda: build_scheduler(cfg.train.scheduler, optimizer, cfg.train.steps))
+    if not data:
+        return {"config": "format, losses, model, optimizer and scheduler build"}
     data = check_data(cfg, fmt)
     if not model.any_size:
         h, w = data["size"]
