@@ -186,3 +186,24 @@ def test_self_ensemble_averages_the_undone_flips(models, tmp_path):
     assert main(["deblur", "--model", models["double"], "--frames", *map(str, frames), "--out", str(tmp_path / "o"),
                  "--ensemble", "4", "--num-frames", "3", "--work-dir", str(tmp_path)]) == 0
     assert (tmp_path / "o" / "subframe_002.png").exists()
+
+
+def test_image_below_the_model_minimum_is_refused_and_every_written_file_is_listed(models, tmp_path, capsys):
+    from fmolab.cli import main
+
+    rng = np.random.default_rng(0)
+    for name, (w, h) in {"tiny": (8, 12), "ok": (64, 48)}.items():
+        for part in ("im", "bg"):
+            Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(tmp_path / f"{name}_{part}.png")
+    out = tmp_path / "tiny-out"
+    code = main(["deblur", "--model", models["bb"], "--image", str(tmp_path / "tiny_im.png"), "--background",
+                 str(tmp_path / "tiny_bg.png"), "--out", str(out), "--work-dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "8x12 is below the smallest input a model takes (16x16" in err and len(err.splitlines()) == 1
+    assert not out.exists() and not _leftovers(tmp_path)
+
+    out = tmp_path / "ok-out"
+    assert main(["deblur", "--model", models["bb"], "--image", str(tmp_path / "ok_im.png"), "--background",
+                 str(tmp_path / "ok_bg.png"), "--out", str(out), "--num-frames", "3", "--work-dir", str(tmp_path)]) == 0
+    listed = json.loads(capsys.readouterr().out)["files"]
+    assert listed == sorted(p.name for p in out.iterdir()) and len(listed) == 2 * 3 + 2  # PNGs + 2 animations

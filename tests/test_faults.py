@@ -71,3 +71,23 @@ def test_sigterm_on_the_training_driver_ends_the_run_killed_and_it_resumes(work,
     assert resumed.data.metrics["resumed_from_step"] >= 2
     assert len(mlflow.search_runs([exp.experiment_id], output_format="list")) == 1
     assert Path(work / "runs" / "sigterm" / "best_model.pt").exists()
+
+
+def test_a_truncated_shard_is_skipped_named_and_counted(work, ray_local, make_config, capsys, monkeypatch):
+    import mlflow
+
+    from fmolab.train import train
+
+    data = write_synthetic_dataset(work / "data", num_sequences=16, width=64, height=48, num_frames=8, seed=6)
+    broken = data / "shard-00001.parquet"
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])  # an interrupted copy
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = make_config([o for o in TINY if not o.startswith("tracking.register_as")],
+                      {"runtime.work_dir": work, "data.train": data, "train.steps": 2, "train.run_name": "broken",
+                       "tracking.register_as": ""})
+    out = train(cfg, register=False)
+    printed = capsys.readouterr().out
+    assert f"[train] warning: skipping unreadable shard {broken}" in printed
+    run = mlflow.MlflowClient().get_run(out["run_id"])
+    assert run.data.metrics["data/bad_shards"] == 1 and run.data.metrics["data/rows"] == 8
+    assert run.data.tags["fmolab.bad_shards"] == str(broken)

@@ -18,6 +18,9 @@ from fmolab.inference.predictor import DeblurError, Predictor
 from fmolab.media import flatten_rgba, read_rgb, save_animation, to_uint8
 
 
+MIN_SIDE = 16  # the encoder's output stride: a smaller image has no latent pixel to render from
+
+
 def deblur_images(predictor: Predictor, images: list[str | Path], background: str | Path | None,
                   out_dir: str | Path, num_frames: int = 8) -> dict:
     """Deblur one input (2 frames for double blur, or image + background) and write the outputs."""
@@ -34,6 +37,9 @@ def deblur_images(predictor: Predictor, images: list[str | Path], background: st
         detail = ", ".join(f"{n}: {a.shape[2]}x{a.shape[1]}" for n, a in zip(names, arrays))
         raise DeblurError(f"input images differ in size ({detail}); give frames of one video")
     (h, w), = sizes
+    if min(h, w) < MIN_SIDE:
+        raise DeblurError(f"{names[0]}: {w}x{h} is below the smallest input a model takes ({MIN_SIDE}x{MIN_SIDE}: its "
+                          f"latent is at 1/16 of the image); give a crop around the object of at least that size")
     size = predictor.input_size(h, w)
     stacked = np.concatenate([resize(a, size) for a in arrays], axis=0)[None].astype(np.float32)
     renders = resize(predictor(stacked, num_frames)[0], (h, w))  # [T,4,H,W]
@@ -49,8 +55,7 @@ def write_outputs(renders: torch.Tensor, out_dir: str | Path, background: torch.
             Image.fromarray(frame, "RGBA").save(tmp / f"subframe_{i:03d}.png")
             Image.fromarray(frame[..., 3], "L").save(tmp / f"alpha_{i:03d}.png")
         save_animation(tmp / "subframes.webp", flatten_rgba(renders))
-        files = ["subframes.webp"]
         if background is not None:
             save_animation(tmp / "super_resolved.webp", composite(renders, background))
-            files.append("super_resolved.webp")
+        files = sorted(p.name for p in tmp.iterdir())  # every file written, the summary's list
     return {"out_dir": str(out), "num_frames": int(renders.shape[0]), "files": files}

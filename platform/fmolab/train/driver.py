@@ -43,12 +43,15 @@ def train(cfg: Config, register: bool = True) -> dict:
 
     cfg.runtime.work_dir = str(cfg.work_dir)  # pinned before the config travels to workers
     storage.check_readable(cfg.train_dir, "training data (data.train)")
-    preflight(cfg)  # the losses, format, model, optimizer and data, before anything starts
+    data = preflight(cfg)  # the losses, format, model, optimizer and data, before anything starts
+    for shard, why in data["bad_shards"].items():  # skipped, never silently
+        print(f"[train] warning: skipping unreadable shard {shard}: {why.splitlines()[0][:200]}", flush=True)
     uri = setup_tracking(cfg)  # fail fast on a dead server, before starting Ray
     storage.check_writable(cfg.storage_root)
     init_ray(cfg.runtime.address, cfg.runtime.num_cpus, cfg.work_dir)
     cfg.train.run_name = run_name = resolve_run_name(cfg)
     run_id = open_run(cfg)
+    record_data(run_id, data)
     print(f"[train] run {run_name} (MLflow run {run_id}) on {cfg.train.workers} worker(s)", flush=True)
     result = launch(cfg, run_id, uri, cfg.output("ray_results"))
     metrics = dict(result.metrics or {})
@@ -61,6 +64,17 @@ def train(cfg: Config, register: bool = True) -> dict:
         raise
     end_run(run_id, reason_of_metrics(metrics, cfg.train.steps), metrics, cfg.train.steps, cfg.train.monitor.metric)
     return out
+
+
+def record_data(run_id: str, data: dict) -> None:
+    """The data a run sees on its record: rows, and the shards it had to skip (counted and named)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    client.log_metric(run_id, "data/rows", data["rows"])
+    client.log_metric(run_id, "data/bad_shards", len(data["bad_shards"]))
+    if data["bad_shards"]:
+        client.set_tag(run_id, "fmolab.bad_shards", ", ".join(sorted(data["bad_shards"]))[:5000])
 
 
 def publish(cfg: Config, run_id: str, checkpoint, metrics: dict, register: bool) -> dict:

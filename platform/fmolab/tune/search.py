@@ -178,6 +178,7 @@ def run_search(cfg: Config, space: SearchSpace | str | Path | None, trials: int 
     import mlflow
 
     from fmolab.runtime import init_ray
+    from fmolab.tracking.ending import end_run, reason_of_error
     from fmolab.tracking.store import git_commit, setup_tracking
     from fmolab.tune.report import report
 
@@ -202,13 +203,13 @@ def run_search(cfg: Config, space: SearchSpace | str | Path | None, trials: int 
           f"reduction {options['reduction_factor']})", flush=True)
     setup = {"space": space, "base": to_dict(cfg), "name": name, "parent_run_id": parent_id, "tracking_uri": uri,
              "train_storage": cfg.output("ray_results", name, "train"), "git_commit": git_commit()}
-    grid = build_tuner(cfg, space, name, options, setup, concurrency, resume, verbose).fit()
     client = mlflow.MlflowClient()
     try:
+        grid = build_tuner(cfg, space, name, options, setup, concurrency, resume, verbose).fit()
         summary = report(cfg, space, grid, name, parent_id, folder, setup["train_storage"])
         storage.upload_tree(folder, search_dir(cfg, name), last=("best.json",))
-    except Exception:
-        client.set_terminated(parent_id, "FAILED")
+    except (Exception, KeyboardInterrupt) as exc:  # the parent says why (FAILED, or KILLED when interrupted)
+        end_run(parent_id, reason_of_error(exc), detail=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         shutil.rmtree(folder, ignore_errors=True)
