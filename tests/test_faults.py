@@ -91,3 +91,40 @@ def test_a_truncated_shard_is_skipped_named_and_counted(work, ray_local, make_co
     run = mlflow.MlflowClient().get_run(out["run_id"])
     assert run.data.metrics["data/bad_shards"] == 1 and run.data.metrics["data/rows"] == 8
     assert run.data.tags["fmolab.bad_shards"] == str(broken)
+
+
+def _corrupt_frames(shard: Path) -> None:
+    """Every row of ``shard`` with an undecodable frames WebP (the rows stay, their images do not)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(shard)
+    i = table.schema.get_field_index("frames")
+    table = table.set_column(i, "frames", pa.array([b"RIFF-not-a-webp"] * len(table), type=table.schema.field(i).type))
+    pq.write_table(table, shard)
+
+
+def test_mostly_broken_data_stops_the_run_naming_rows_and_some_broken_rows_are_counted(
+        work, ray_local, make_config, monkeypatch):
+    import mlflow
+
+    from fmolab.train import train
+
+    data = write_synthetic_dataset(work / "data", num_sequences=16, width=64, height=48, num_frames=8, seed=7)
+    _corrupt_frames(data / "shard-00001.parquet")  # half of the rows
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    base = [o for o in TINY if not o.startswith("tracking.register_as")]
+    layer = {"runtime.work_dir": work, "data.train": data, "train.steps": 8, "train.log_every": 1,
+             "train.max_failures": 0, "tracking.register_as": ""}
+    with pytest.raises(Exception, match=r"training row"):
+        train(make_config(base, layer, {"train.run_name": "strict"}), register=False)
+    client = mlflow.MlflowClient()
+    exp = mlflow.get_experiment_by_name("faults")
+    strict = mlflow.search_runs([exp.experiment_id], "attributes.run_name = 'strict'", output_format="list")[0]
+    note = strict.data.tags["mlflow.note.content"]  # the worker's own error, not Ray's snippet
+    assert strict.info.status == "FAILED" and "ShardError: " in note and "more than train.max_skip_fraction=0.05" in note
+    assert "shard-00001.parquet#" in note
+
+    out = train(make_config(base, layer, {"train.run_name": "lenient", "train.max_skip_fraction": 0.9}), register=False)
+    skipped = [m.value for m in client.get_metric_history(out["run_id"], "data/skipped_rows")]
+    assert out["metrics"]["step"] == 8 and skipped and 0 < skipped[-1] <= 8 and skipped == sorted(skipped)

@@ -40,5 +40,9 @@ def _run(args) -> int:
         print(f"fmolab {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:  # ShardError, TrackingError, training failures
-        print(f"fmolab {args.command}: error: {exc}", file=sys.stderr)
+        from fmolab.tracking.ending import error_text
+
+        # a Train worker's error itself (its logs above have the traceback), not Ray's snippet of it
+        text = error_text(exc) if getattr(exc, "worker_failures", None) else str(exc)
+        print(f"fmolab {args.command}: error: {text}", file=sys.stderr)
         return 1

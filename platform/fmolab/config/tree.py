@@ -234,6 +234,9 @@ class TrainConfig:
     val_samples: int = 16
     preview_samples: int = 2
     nan_policy: Literal["stop", "skip"] = "stop"
+    # Unreadable training rows are skipped and counted (data/skipped_rows); past this share of the
+    # training rows the run stops naming them: its data is broken, not noisy (torch pipeline).
+    max_skip_fraction: float = 0.05
     max_failures: int = 1
     time_limit: float = 0.0  # seconds; 0 = run all steps (the demo bounds its wall time with it)
     seed: int = 0
@@ -248,6 +251,7 @@ class TrainConfig:
         require(self.lr > 0, "train.lr", self.lr, "must be > 0")
         for key in ("val_every", "ckpt_every", "log_every"):
             require(getattr(self, key) >= 1, f"train.{key}", getattr(self, key), "must be >= 1")
+        require(0 <= self.max_skip_fraction <= 1, "train.max_skip_fraction", self.max_skip_fraction, "must be in [0, 1]")
 
 
 @dataclass

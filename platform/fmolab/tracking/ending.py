@@ -25,10 +25,21 @@ WORDS = {"steps_done": "all steps done", "time_limit": "stopped at its time limi
          "failure": "failed"}
 
 
+def error_text(error: BaseException) -> str:
+    """``Type: message`` of what went wrong, unwrapped from Ray Train's worker-group error (whose own
+    message is a truncated traceback snippet) to the worker's exception."""
+    failures = getattr(error, "worker_failures", None) or {}
+    if failures:
+        error = failures[min(failures)]
+        error = getattr(error, "cause", None) or error  # a RayTaskError carries the original as its cause
+    return f"{type(error).__name__}: {error}"
+
+
 def reason_of_error(error: BaseException | str) -> str:
     if isinstance(error, KeyboardInterrupt):
         return "interrupted"
-    return "nan_stop" if "non-finite loss" in str(error) else "failure"
+    text = error if isinstance(error, str) else error_text(error)
+    return "nan_stop" if "non-finite loss" in text else "failure"
 
 
 def reason_of_metrics(metrics: dict, steps: int) -> str:

@@ -162,6 +162,26 @@ class NanPolicy(Callback):
         trainer.state.nan_skipped += 1
 
 
+class DataHealth(Callback):
+    """``train.max_skip_fraction``: stop when more of the training rows are unreadable than that (the
+    count is the ranks' agreed one, so every rank stops together), naming a few and the fix."""
+
+    def __init__(self, max_fraction: float):
+        self.max_fraction = max_fraction
+
+    def on_log(self, trainer, means):
+        ds = trainer.train_ds
+        skipped = means.get("data/skipped_rows", 0.0)
+        if ds is None or not skipped or skipped <= self.max_fraction * len(ds):
+            return
+        from fmolab.shards import ShardError
+
+        examples = "; ".join(f"{k}: {v[:120]}" for k, v in list(ds.skipped.items())[:3])
+        raise ShardError(f"{skipped:.0f} of {len(ds)} training rows are unreadable, more than "
+                         f"train.max_skip_fraction={self.max_fraction} allows (e.g. {examples}); re-render or "
+                         f"fix those shards (`fmolab dataset inspect`), or raise train.max_skip_fraction")
+
+
 class TimeLimit(Callback):
     """``train.time_limit``: stop (with a checkpoint and a validation) once this many seconds passed."""
 
@@ -188,5 +208,5 @@ class BenchmarkScores(Callback):
 
 def default_callbacks(cfg, run_id: str, tracking_uri: str) -> list[Callback]:
     logger = MLflowLogger(run_id, tracking_uri)
-    return [logger, Progress(), Previews(logger), NanPolicy(cfg.train.nan_policy), TimeLimit(cfg.train.time_limit),
-            BenchmarkScores()]
+    return [logger, Progress(), Previews(logger), NanPolicy(cfg.train.nan_policy), DataHealth(cfg.train.max_skip_fraction),
+            TimeLimit(cfg.train.time_limit), BenchmarkScores()]

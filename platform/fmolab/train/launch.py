@@ -73,7 +73,7 @@ def launch(cfg: Config, run_id: str, tracking_uri: str, storage_path: str, *, ca
     (:mod:`fmolab.tracking.ending`) unless ``end_on_error`` is off (a search's driver decides)."""
     import ray.train
 
-    from fmolab.tracking.ending import end_run, reason_of_error
+    from fmolab.tracking.ending import end_run, error_text, reason_of_error
 
     trainer = torch_trainer(cfg, {"config": to_dict(cfg), "run_id": run_id, "tracking_uri": tracking_uri},
                             ray.train.RunConfig(
@@ -89,6 +89,6 @@ def launch(cfg: Config, run_id: str, tracking_uri: str, storage_path: str, *, ca
             raise result.error
     except (Exception, KeyboardInterrupt) as exc:
         if end_on_error and run_id:
-            end_run(run_id, reason_of_error(exc), steps=cfg.train.steps, detail=f"{type(exc).__name__}: {exc}")
+            end_run(run_id, reason_of_error(exc), steps=cfg.train.steps, detail=error_text(exc))
         raise
     return result

@@ -31,7 +31,7 @@ def animation(renders: torch.Tensor) -> torch.Tensor:
 
 class Trainer:
     def __init__(self, cfg: Config, model, optimizer, scheduler, losses, val_ds, device, rank: int, world: int,
-                 callbacks: list[Callback]):
+                 callbacks: list[Callback], train_ds=None):
         from fmolab.data import collate
 
         self.cfg, self.model, self.optimizer, self.scheduler, self.losses = cfg, model, optimizer, scheduler, losses
@@ -41,6 +41,7 @@ class Trainer:
         self.state = TrainState(best_metric=self.monitor.worst)
         self.best_weights: dict | None = None
         self.started, self.start_step = time.time(), 0
+        self.train_ds = train_ds  # its ``skipped`` rows are counted (None: rows come from Ray Data)
 
     def emit(self, hook: str, *args) -> None:
         for cb in self.callbacks:
@@ -161,8 +162,10 @@ class Trainer:
             if step % train_cfg.log_every == 0 or last:
                 window = max(time.perf_counter() - window_start, 1e-9)
                 # data wait: the share of the window spent waiting for batches (> ~0.1: data-bound)
+                skipped = len(self.train_ds.skipped) if self.train_ds is not None else 0
                 means = self.ranks.mean({**{f"train/{k}": v / max(1, count) for k, v in sums.items()},
-                                         "data_wait_frac": waited / window})
+                                         "data_wait_frac": waited / window, "data/skipped_rows": skipped})
+                means["data/skipped_rows"] *= self.ranks.world  # each rank reads its own rows
                 rate = (step - self.start_step) * train_cfg.batch_size * train_cfg.grad_accum * self.ranks.world
                 means.update(lr=self.scheduler.get_last_lr()[0], nan_skipped=self.state.nan_skipped,
                              samples_per_s=rate / max(time.time() - self.started, 1e-9))
@@ -212,9 +215,11 @@ def train_loop(loop_config: dict) -> None:
         model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
     optimizer = build_optimizer(train_cfg.optimizer, model.parameters(), train_cfg.lr)
+    train_ds = build_dataset(cfg, "train") if cfg.data.pipeline != "ray_data" else None  # Ray Data: in its actors
     trainer = Trainer(cfg, model, optimizer, build_scheduler(train_cfg.scheduler, optimizer, train_cfg.steps),
                       LossSet(cfg.loss.train, cfg.loss.compare), build_dataset(cfg, "val"), device, rank, world,
-                      default_callbacks(cfg, loop_config.get("run_id", ""), loop_config.get("tracking_uri", "")))
+                      default_callbacks(cfg, loop_config.get("run_id", ""), loop_config.get("tracking_uri", "")),
+                      train_ds)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
@@ -223,5 +228,5 @@ def train_loop(loop_config: dict) -> None:
     if cfg.data.pipeline == "ray_data":
         stream = ray_batch_stream(ray.train.get_dataset_shard("train"), train_cfg.batch_size, seed)
     else:
-        stream = batch_stream(build_dataset(cfg, "train"), train_cfg.batch_size, rank, world, seed, collate)
+        stream = batch_stream(train_ds, train_cfg.batch_size, rank, world, seed, collate)
     trainer.fit(stream, resumed=bool(checkpoint))
