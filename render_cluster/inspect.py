@@ -40,19 +40,57 @@ def summary(manifest: dict, rows: int) -> dict:
     }
 
 
-def inspect_dataset(path: str | Path, out_dir: str | Path | None = None, n: int = 8, columns: int = 8) -> dict:
-    """Return the manifest summary; write ``contact_sheet.png`` and ``preview.webp`` into
-    ``out_dir`` (default ``<path>/inspect``; either may be a URI)."""
+def verify(reader: ShardReader) -> dict[str, str]:
+    """``{"<shard>#<row>": reason}`` of every row whose images do not decode (every row is read)."""
+    bad = {}
+    for i in range(len(reader)):
+        try:
+            decode_sequence(reader.row(i))
+        except Exception as exc:  # a corrupt cell, a truncated image: named, never fatal
+            ref = reader.refs[i]
+            bad[f"{storage.basename(ref.file)}#{ref.row}"] = f"{type(exc).__name__}: {exc}"[:300]
+    return bad
+
+
+def health(info: dict, manifest: dict, reader: ShardReader, bad_rows: dict[str, str] | None) -> dict:
+    """Whether the dataset is whole: the manifest says complete, every shard opens, the rows the
+    manifest counts are there, and (``--verify``) every row decodes."""
+    expected = manifest.get("num_rows")
+    missing = int(expected) - len(reader) if expected is not None else 0
+    out = {"bad_shards": dict(reader.bad_shards), "missing_rows": max(0, missing)}
+    if bad_rows is not None:
+        out.update(verified_rows=len(reader), bad_rows=bad_rows)
+    out["complete"] = bool(manifest.get("complete", True)) and not reader.bad_shards and missing <= 0 and not bad_rows
+    return out
+
+
+def default_out(path: str) -> str:
+    """Pictures go to the work folder (``<work>/inspect/<dataset name>``), never into the dataset."""
+    from fmolab.config import resolve_work_dir
+
+    return str(resolve_work_dir("") / "inspect" / (storage.basename(path.rstrip("/")) or "dataset"))
+
+
+def inspect_dataset(path: str | Path, out_dir: str | Path | None = None, n: int = 8, columns: int = 8,
+                    check_rows: bool = False) -> dict:
+    """Return the manifest summary and the dataset's health (``check_rows``: decode every row); write
+    ``contact_sheet.png`` and ``preview.webp`` into ``out_dir`` (default :func:`default_out`; either
+    may be a URI)."""
     path = storage.normalize(path)
-    out_dir = storage.normalize(out_dir) if out_dir else storage.join(path, "inspect")
+    out_dir = storage.normalize(out_dir) if out_dir else default_out(path)
     reader = ShardReader(path, columns=["seq_id", "object_id", "texture_id", "width", "height", "frames", "blurs",
                                         "blur_names", "box"])  # box: absent in older datasets, then left out
-    info = summary(read_manifest(path), len(reader))
+    manifest = read_manifest(path)
+    info = summary(manifest, len(reader))
+    info.update(health(info, manifest, reader, verify(reader) if check_rows else None))
     picks = np.unique(np.linspace(0, len(reader) - 1, min(n, len(reader))).round().astype(int))
     sheet_rows, anim = [], []
     for i in picks:
         row = reader.row(int(i))
-        frames, blurs = decode_sequence(row)  # full size (stored cropped to the object's box)
+        try:
+            frames, blurs = decode_sequence(row)  # full size (stored cropped to the object's box)
+        except Exception:  # a broken row is reported above (--verify names them all), not drawn
+            continue
         sel = np.unique(np.linspace(0, len(frames) - 1, min(columns, len(frames))).round().astype(int))
         tiles = [_label(over_checker(frames[k]), f"t{k}") for k in sel]
         tiles += [_label(over_checker(b), name) for b, name in zip(blurs, row["blur_names"])]

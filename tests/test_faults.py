@@ -128,3 +128,31 @@ def test_mostly_broken_data_stops_the_run_naming_rows_and_some_broken_rows_are_c
     out = train(make_config(base, layer, {"train.run_name": "lenient", "train.max_skip_fraction": 0.9}), register=False)
     skipped = [m.value for m in client.get_metric_history(out["run_id"], "data/skipped_rows")]
     assert out["metrics"]["step"] == 8 and skipped and 0 < skipped[-1] <= 8 and skipped == sorted(skipped)
+
+
+def test_dataset_inspect_verify_names_broken_rows_and_shards(work, capsys, monkeypatch):
+    import json
+
+    from fmolab.cli import main
+    from fmolab.shards import write_json_atomic
+
+    data = write_synthetic_dataset(work / "data", num_sequences=24, width=64, height=48, num_frames=8, seed=8)
+    manifest = json.loads((data / "manifest.json").read_text())
+    write_json_atomic({**manifest, "num_rows": 24, "complete": True}, data / "manifest.json")  # as a render writes it
+    monkeypatch.setenv("FMOLAB_HOME", str(work / "home"))
+    assert main(["dataset", "inspect", str(data), "-n", "2", "--verify"]) == 0
+    healthy = json.loads(capsys.readouterr().out)
+    assert healthy["complete"] is True and healthy["bad_rows"] == {} and healthy["verified_rows"] == 24
+    # pictures go to the work folder, the dataset folder is left as it was
+    assert healthy["contact_sheet"] == str(work / "home" / "inspect" / "data" / "contact_sheet.png")
+    assert not (data / "inspect").exists()
+
+    _corrupt_frames(data / "shard-00001.parquet")
+    truncated = data / "shard-00002.parquet"
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    assert main(["dataset", "inspect", str(data), "-n", "2"]) == 0  # without --verify: cheap checks only
+    quick = json.loads(capsys.readouterr().out)
+    assert quick["complete"] is False and quick["missing_rows"] == 8 and list(quick["bad_shards"]) == [str(truncated)]
+    assert main(["dataset", "inspect", str(data), "-n", "2", "--verify"]) == 1
+    full = json.loads(capsys.readouterr().out)
+    assert sorted(full["bad_rows"]) == [f"shard-00001.parquet#{i}" for i in range(8)] and full["verified_rows"] == 16

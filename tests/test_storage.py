@@ -92,8 +92,8 @@ def test_a_dataset_in_the_bucket_reads_like_the_local_one(s3, work, make_config)
         a, b = here[i], there[i]
         assert a["seq_id"] == b["seq_id"] and np.array_equal(a["inputs"].numpy(), b["inputs"].numpy())
     assert there.adder.root == "s3://fmo/ds/backgrounds"
-    info = inspect_dataset("s3://fmo/ds", n=2)
-    assert info["contact_sheet"] == "s3://fmo/ds/inspect/contact_sheet.png" and storage.exists(info["contact_sheet"])
+    info = inspect_dataset("s3://fmo/ds", "s3://fmo/looks/ds", n=2)
+    assert info["contact_sheet"] == "s3://fmo/looks/ds/contact_sheet.png" and storage.exists(info["contact_sheet"])
 
 
 def _cli(args, env, timeout=60):

@@ -47,8 +47,9 @@ def cmd_render(args) -> int:
 def cmd_dataset_inspect(args) -> int:
     from render_cluster.inspect import inspect_dataset
 
-    show(inspect_dataset(args.path, args.out, n=args.n))
-    return 0
+    info = inspect_dataset(args.path, args.out, n=args.n, check_rows=args.verify)
+    show(info)
+    return 0 if info["complete"] or not args.verify else 1  # --verify: a broken dataset fails the command
 
 
 def cmd_train(args) -> int:

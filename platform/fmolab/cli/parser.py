@@ -52,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = dsub.add_parser("inspect", help="print the manifest, write a contact sheet and an animated preview")
     q.add_argument("path")
     q.add_argument("-n", type=int, default=8, help="samples in the preview")
-    q.add_argument("--out", help="output folder (default PATH/inspect)")
+    q.add_argument("--out", help="output folder for the pictures (default <work folder>/inspect/<dataset name>)")
+    q.add_argument("--verify", action="store_true",
+                   help="decode every row and name the broken ones; exit 1 unless the dataset is complete")
     q.set_defaults(func=c.cmd_dataset_inspect)
 
     p = sub.add_parser("train", help="train a DeFMO model with Ray Train; tracked in MLflow")
