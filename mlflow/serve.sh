@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run an MLflow tracking server for fmolab.
 #   mlflow/serve.sh                      # SQLite + artifacts folder under $FMOLAB_HOME (default ./fmolab-work)
-#   HOST=0.0.0.0 PORT=5000 mlflow/serve.sh   # reachable by Ray workers on other nodes (only on a trusted network)
+#   HOST=10.0.0.5 PORT=5000 mlflow/serve.sh  # the private IP: reachable by Ray workers on other nodes, not the world
 #   BACKEND=postgresql://user:pw@db/mlflow ARTIFACTS=s3://bucket/mlflow mlflow/serve.sh   # for teams
 # Then point every part of the platform at it: export MLFLOW_TRACKING_URI=http://HOST:PORT
 set -euo pipefail

@@ -20,6 +20,10 @@ def test_ray_up_cluster_has_head_cpu_render_and_gpu_workers():
         assert types[role]["node_config"]["IamInstanceProfile"]["Name"] == "fmolab-node"
     assert "FMOLAB_STORAGE=s3://" in " ".join(spec["worker_start_ray_commands"] + spec["head_start_ray_commands"])
     assert ".venv" in spec["rsync_exclude"]
+    head = " ".join(spec["head_start_ray_commands"])
+    assert "0.0.0.0" not in (CLUSTERS / "ray-up.yaml").read_text()  # nothing listens on every interface by choice
+    assert "HOST=$PRIVATE_IP" in head and "MLFLOW_TRACKING_URI=http://$PRIVATE_IP:5000" in head
+    assert "--node-ip-address=$PRIVATE_IP" in head
 
 
 def test_kuberay_manifests():
