@@ -16,6 +16,7 @@ gets ``eevee.motion_blur_steps = motion_blur_steps`` and at least that many samp
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import sys
@@ -110,6 +111,8 @@ class Scene:
         self.width, self.height = rcfg.width, rcfg.height
         self.K = KEYS_PER_FRAME * rcfg.num_frames
         self.tmp = Path(tempfile.mkdtemp(prefix="render-", dir=tmp_dir))
+        # Ray Data ends render actors without a call into them: remove the folder when the process exits.
+        atexit.register(self.close)
         bpy.ops.wm.read_factory_settings(use_empty=True)
         prefs = bpy.context.preferences
         prefs.filepaths.temporary_directory = str(self.tmp)  # Blender's own temp files

@@ -29,6 +29,18 @@ def session_home():
     shutil.rmtree(home, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def _tracking_env_restored():
+    """``mlflow.set_tracking_uri`` exports MLFLOW_TRACKING_URI: a test that calls it must not hand its
+    store to the tests (and the Ray jobs they submit) after it."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @pytest.fixture
 def work(session_home, request):
     """A fresh work folder per test, below the session's (so Ray keeps its temp dir)."""
@@ -85,6 +97,18 @@ def mlflow_server(work, free_port):
     yield uri
     proc.terminate()
     proc.wait(timeout=20)
+
+
+def checkpoint_registered(run_folder) -> int:
+    """How many checkpoints Ray Train's controller has registered for a run (its snapshot file): a
+    checkpoint folder on disk is not yet one a restart resumes from."""
+    import json
+
+    try:
+        snapshot = json.loads((Path(run_folder) / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):  # not written yet, or being replaced
+        return 0
+    return len(snapshot.get("checkpoint_results") or [])
 
 
 def wait_for_http(url: str, seconds: float) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -324,6 +325,11 @@ def dataset(tmp_path_factory, make_config):
 @needs_bpy
 def test_render_dataset_rows_and_manifest(dataset):
     cfg, m = dataset
+    # the render actors' Blender temp folders go with them (waited for: actors exit after the run)
+    deadline = time.time() + 60
+    while list((Path(cfg.work_dir) / "tmp").glob("render-*")) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not list((Path(cfg.work_dir) / "tmp").glob("render-*"))
     out = Path(cfg.dataset_dir)
     assert sorted(p.name for p in out.glob("*.parquet")) == ["part-00000.parquet", "part-00001.parquet"]
     t = pq.read_table(out / "part-00000.parquet")

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import checkpoint_registered
 from fmo_fakes import TINY_MODEL
 from fmolab.data.synthetic import write_synthetic_dataset
 
@@ -87,24 +88,32 @@ def test_nan_loss_stops_with_step_and_losses_named(work, base, ray_local, make_c
     assert "non-finite loss at step" in str(err.value) and "RGBL1" in str(err.value)
 
 
-def own_train_workers(session_home) -> list[int]:
-    """Live Train worker processes of this session's Ray (another Ray on the machine, e.g. a CI run
-    beside this one, has its own): Ray titles them "ray::RayTrainWorker..." and gives them the
-    session's FMOLAB_HOME (the state API would need the dashboard)."""
+def own_train_workers() -> list[int]:
+    """Live Train worker processes of this process's Ray (another Ray on the machine, e.g. a CI run
+    beside this one, has its own): Ray titles them "ray::RayTrainWorker..."; ours are children of our
+    raylet, whose pid a zero-CPU task reads as its parent (the state API would need the dashboard)."""
     import subprocess
 
+    import ray
+
+    def parent_pid() -> int:  # nested: shipped by value (a worker cannot import this test module)
+        import os
+
+        return os.getppid()
+
+    raylet = ray.get(ray.remote(num_cpus=0)(parent_pid).remote())
     mine = []
     for pid in subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True).stdout.split():
         try:
-            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-        except OSError:  # gone meanwhile
+            parent = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):  # gone meanwhile
             continue
-        if f"FMOLAB_HOME={session_home}".encode() in env:
+        if parent == raylet:
             mine.append(int(pid))
     return mine
 
 
-def test_killed_worker_is_recovered_from_last_checkpoint(work, base, ray_local, make_config, session_home):
+def test_killed_worker_is_recovered_from_last_checkpoint(work, base, ray_local, make_config):
     """FailureConfig: a Train worker killed mid-run is replaced and training continues from the last
     checkpoint to the end, in the same MLflow run."""
     import os
@@ -124,12 +133,11 @@ def test_killed_worker_is_recovered_from_last_checkpoint(work, base, ray_local, 
     ckpts = work / "ray_results" / "killed"
     deadline = time.time() + 300
     # Ray Train's controller registers reported checkpoints some reports after the worker wrote them;
-    # a kill before that restarts from scratch (correctly). Let a few land, then kill.
-    while len(list(ckpts.glob("checkpoint_*"))) < 2 and time.time() < deadline:
+    # a kill before that restarts from scratch (correctly): wait until one is registered.
+    while not checkpoint_registered(ckpts) and time.time() < deadline:
         time.sleep(0.5)
-    assert len(list(ckpts.glob("checkpoint_*"))) >= 2, "no checkpoint was written"
-    time.sleep(8)
-    pids = own_train_workers(session_home)
+    assert checkpoint_registered(ckpts), "no checkpoint was registered"
+    pids = own_train_workers()
     assert pids, "no live train worker to kill"
     os.kill(pids[-1], signal.SIGKILL)
     runner.join(timeout=600)
