@@ -25,7 +25,7 @@ from fmolab import storage
 from fmolab.atomic import atomic_dir
 from fmolab.evaluation.benchmark_data import benchmark_samples, detect_kind
 from fmolab.evaluation.samples import Sample, shard_samples
-from fmolab.evaluation.scoring import METHODS, METRICS, score
+from fmolab.evaluation.scoring import METHODS, METRICS, by_sequence, score
 
 DATA_KINDS = ("auto", "shards", "falling", "tbd", "tbd3d")
 
@@ -61,10 +61,7 @@ def _nanmean(values: Iterable[float]) -> float:
 
 def aggregate(rows: list[dict]) -> dict:
     """Means per sequence, then over sequences (the benchmark's averaging)."""
-    by_seq: dict[str, list[dict]] = {}
-    for r in rows:
-        by_seq.setdefault(r["sequence"], []).append(r)
-    out: dict = {"num_samples": len(rows), "num_sequences": len(by_seq)}
+    by_seq, out = by_sequence(rows)
     for method in METHODS:
         out[method] = {m: _nanmean(_nanmean(r[f"{method}_{m}"] for r in seq) for seq in by_seq.values())
                        for m in METRICS}

@@ -195,12 +195,9 @@ def score_benchmark(predictor, root: str | Path, kind: str = "auto", max_samples
 
 def aggregate_strict(rows: list[dict]) -> dict:
     """Means per sequence (a NaN frame makes the sequence NaN), then over sequences ignoring NaN."""
-    from fmolab.evaluation.scoring import METHODS, METRICS
+    from fmolab.evaluation.scoring import METHODS, METRICS, by_sequence
 
-    by_seq: dict[str, list[dict]] = {}
-    for r in rows:
-        by_seq.setdefault(r["sequence"], []).append(r)
-    out: dict = {"num_samples": len(rows), "num_sequences": len(by_seq)}
+    by_seq, out = by_sequence(rows)
     for method in METHODS:
         per_seq = {m: [np.mean([r[f"{method}_{m}"] for r in seq]) for seq in by_seq.values()] for m in METRICS}
         out[method] = {m: float(np.nanmean(v)) if not np.isnan(v).all() else float("nan") for m, v in per_seq.items()}

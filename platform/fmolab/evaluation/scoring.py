@@ -47,3 +47,12 @@ def score(predictor, sample: Sample, sync: str = "first") -> dict[str, float]:
         if name == "model":
             row["model_reversed"] = float(s.get("reversed", float("nan")))
     return row
+
+
+def by_sequence(rows: list[dict]) -> tuple[dict[str, list[dict]], dict]:
+    """Rows grouped by their ``sequence`` and the counts every summary starts with (both averaging
+    rules, fmolab's and the benchmark's strict one, group the same way)."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["sequence"], []).append(r)
+    return groups, {"num_samples": len(rows), "num_sequences": len(groups)}

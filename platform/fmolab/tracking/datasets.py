@@ -31,12 +31,12 @@ def _colspec(name: str | None, arrow_type) -> dict:
 def describe(uri: str) -> dict:
     """``name, digest, source, source_type, schema (JSON), profile (JSON)`` of the dataset at ``uri``
     (Parquet shards; another folder, e.g. a benchmark's sequences, by its file listing)."""
-    from fmolab.shards import MANIFEST, open_parquet, shard_files
+    from fmolab.shards import MANIFEST, open_parquet
 
     root = storage.normalize(uri)
-    if not storage.list_files(root, ".parquet") and not storage.is_file(root):
+    files = [root] if storage.is_file(root) else storage.list_files(root, ".parquet")
+    if not files:
         return _folder(root)
-    files = shard_files(root)
     rows, schema = 0, None
     for f in files:
         meta = open_parquet(f).metadata

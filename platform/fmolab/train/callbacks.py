@@ -176,7 +176,7 @@ class DataHealth(Callback):
             return
         from fmolab.shards import ShardError
 
-        examples = "; ".join(f"{k}: {v[:120]}" for k, v in list((k, v) for k, v in ds.skipped.items() if "#" in k)[:3])
+        examples = "; ".join(f"{k}: {v[:120]}" for k, v in list(trainer.unreadable_rows().items())[:3])
         raise ShardError(f"{skipped:.0f} of {len(ds)} training rows are unreadable, more than "
                          f"train.max_skip_fraction={self.max_fraction} allows (e.g. {examples}); re-render or "
                          f"fix those shards (`fmolab dataset inspect`), or raise train.max_skip_fraction")

@@ -38,7 +38,7 @@ def load_run_config(where: Config, run_name: str, overrides: list[str] = ()) -> 
 def train(cfg: Config, register: bool = True) -> dict:
     """Train (or resume) ``cfg``; returns run id, model URI, registered version and final metrics."""
     from fmolab.runtime import init_ray
-    from fmolab.tracking.ending import end_run, reason_of_error, reason_of_metrics
+    from fmolab.tracking.ending import end_run, error_text, reason_of_error, reason_of_metrics
     from fmolab.tracking.store import setup_tracking
 
     cfg.runtime.work_dir = str(cfg.work_dir)  # pinned before the config travels to workers
@@ -60,7 +60,7 @@ def train(cfg: Config, register: bool = True) -> dict:
         if result.checkpoint is not None:
             out.update(publish(cfg, run_id, result.checkpoint, metrics, register))
     except (Exception, KeyboardInterrupt) as exc:
-        end_run(run_id, reason_of_error(exc), metrics, cfg.train.steps, detail=f"{type(exc).__name__}: {exc}")
+        end_run(run_id, reason_of_error(exc), metrics, cfg.train.steps, detail=error_text(exc))
         raise
     end_run(run_id, reason_of_metrics(metrics, cfg.train.steps), metrics, cfg.train.steps, cfg.train.monitor.metric)
     return out

@@ -43,11 +43,12 @@ class Trainer:
         self.started, self.start_step = time.time(), 0
         self.train_ds = train_ds  # its ``skipped`` rows are counted (None: rows come from Ray Data)
 
-    def skipped_rows(self) -> int:
-        """Rows this rank skipped as unreadable (whole unreadable shards are the driver's to report)."""
+    def unreadable_rows(self) -> dict[str, str]:
+        """``{"<shard>#<row>": reason}`` of the rows this rank skipped as unreadable (whole unreadable
+        shards, keyed by their path, are the driver's to report)."""
         if self.train_ds is None:
-            return 0
-        return sum(1 for k in self.train_ds.skipped if "#" in k)
+            return {}
+        return {k: v for k, v in self.train_ds.skipped.items() if "#" in k}
 
     def emit(self, hook: str, *args) -> None:
         for cb in self.callbacks:
@@ -168,7 +169,7 @@ class Trainer:
             if step % train_cfg.log_every == 0 or last:
                 window = max(time.perf_counter() - window_start, 1e-9)
                 # data wait: the share of the window spent waiting for batches (> ~0.1: data-bound)
-                skipped = self.skipped_rows()
+                skipped = len(self.unreadable_rows())
                 means = self.ranks.mean({**{f"train/{k}": v / max(1, count) for k, v in sums.items()},
                                          "data_wait_frac": waited / window, "data/skipped_rows": skipped})
                 means["data/skipped_rows"] *= self.ranks.world  # each rank reads its own rows

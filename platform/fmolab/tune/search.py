@@ -178,7 +178,7 @@ def run_search(cfg: Config, space: SearchSpace | str | Path | None, trials: int 
     import mlflow
 
     from fmolab.runtime import init_ray
-    from fmolab.tracking.ending import end_run, reason_of_error
+    from fmolab.tracking.ending import end_run, error_text, reason_of_error
     from fmolab.tracking.store import git_commit, setup_tracking
     from fmolab.tune.report import report
 
@@ -209,7 +209,7 @@ def run_search(cfg: Config, space: SearchSpace | str | Path | None, trials: int 
         summary = report(cfg, space, grid, name, parent_id, folder, setup["train_storage"])
         storage.upload_tree(folder, search_dir(cfg, name), last=("best.json",))
     except (Exception, KeyboardInterrupt) as exc:  # the parent says why (FAILED, or KILLED when interrupted)
-        end_run(parent_id, reason_of_error(exc), detail=f"{type(exc).__name__}: {exc}")
+        end_run(parent_id, reason_of_error(exc), detail=error_text(exc))
         raise
     finally:
         shutil.rmtree(folder, ignore_errors=True)
