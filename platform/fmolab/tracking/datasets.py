@@ -80,5 +80,14 @@ def log_dataset(run_id: str, uri: str, context: str) -> dict | None:
         return None
     entity = Dataset(name=d["name"], digest=d["digest"], source_type=d["source_type"],
                      source=json.dumps({"uri": d["source"]}), schema=d["schema"], profile=d["profile"])
-    mlflow.MlflowClient().log_inputs(run_id, [DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])])
-    return d
+    inputs = [DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])]
+    # Runs started at once (a search's trials) may both create the experiment's dataset entry: the
+    # store's unique key refuses the second, whose retry then finds the entry. A record, never fatal.
+    for attempt in (1, 2):
+        try:
+            mlflow.MlflowClient().log_inputs(run_id, inputs)
+            return d
+        except Exception as exc:
+            if attempt == 2:
+                print(f"[tracking] dataset {uri} not logged as a run input: {str(exc).splitlines()[0][:200]}", flush=True)
+    return None
