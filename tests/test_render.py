@@ -370,30 +370,28 @@ def test_resume_renders_nothing_new(dataset):
     after = {p.name: p.stat().st_mtime_ns for p in Path(cfg.dataset_dir).glob("*.parquet")}
     assert before == after and m2["timing"]["blocks_rendered_this_run"] == 0
     assert m2["num_rows"] == m["num_rows"]
-    # A lost shard is re-rendered, with the same content for the same indices (determinism).
+    # A lost shard is re-rendered byte for byte (docs/render.md, "Determinism"); the manifest is not
+    # (its creation time and timings are this run's).
     lost = Path(cfg.dataset_dir) / "part-00001.parquet"
-    old = pq.read_table(lost).to_pylist()
+    old = lost.read_bytes()
     lost.unlink()
-    render_dataset(cfg, progress=False)
-    new = pq.read_table(lost).to_pylist()
-    assert [(r["index"], r["params"], r["object_id"]) for r in old] == \
-        [(r["index"], r["params"], r["object_id"]) for r in new]
+    m3 = render_dataset(cfg, progress=False)
+    assert lost.read_bytes() == old and m3["timing"]["blocks_rendered_this_run"] == 1
 
 
 @pytest.mark.bpy
 @needs_bpy
-def test_same_seed_and_index_give_same_params_in_process(dataset, tmp_path):
-    """Determinism whatever the worker: re-render a row here, outside Ray, and compare."""
+def test_same_seed_and_index_give_same_row_in_process(dataset, tmp_path):
+    """Determinism whatever the worker: re-render a row here, outside Ray, with another thread count,
+    and get the stored row back bit for bit (pixels, params, box)."""
     from render_cluster.scene import Scene
     from render_cluster.sequence import Assets, render_index
 
     cfg, _ = dataset
     row = ShardReader(cfg.dataset_dir).row(0)
-    scene = Scene(cfg.render, tmp_dir=str(tmp_path))
+    scene = Scene(cfg.render, threads=2, tmp_dir=str(tmp_path))  # the actors render with 1 thread
     again = render_index(scene, cfg.render, Assets("procedural", "procedural"), row["index"], Counter(), Counter())
-    assert again["params"] == row["params"] and again["object_id"] == row["object_id"]
-    a, b = decode_sequence(again)[0], decode_sequence(row)[0]
-    assert np.abs(a[..., 3].astype(int) - b[..., 3]).mean() < 1.0  # same seed -> same pixels
+    assert again == {k: row[k] for k in again}
     scene.close()
 
 
