@@ -52,6 +52,10 @@ def preflight(cfg: Config):
     return assets
 
 
+class ShardWriteError(RuntimeError):
+    """A shard could not be stored; the shards finished before it are kept."""
+
+
 class RenderActor:
     """One bpy per actor process; renders whole blocks (Ray Data calls it with batches of 1)."""
 
@@ -89,7 +93,12 @@ class RenderActor:
             rows, summary = render_block(self.scene, render_cfg, self.assets, block, render_cfg.num_sequences)
             name = storage.basename(path)
             summary.update(node=self.node, host=socket.gethostname(), blender=self.blender, file=name)
-            write_shard(rows, path, SEQUENCE_SCHEMA)
+            try:
+                write_shard(rows, path, SEQUENCE_SCHEMA)  # all or nothing: a failed write leaves no file
+            except OSError as exc:  # a full disk, a quota, a revoked bucket: the user's to fix, not a retry's.
+                # Returned, not raised: Ray Data's wrapping of an actor's exception keeps only its text.
+                summaries.append({"block": block, "error": f"cannot write {path}: {exc.strerror or exc}"})
+                break
             write_json_atomic(summary, storage.join(self.out, SUMMARY_DIR, name.replace(".parquet", ".json")))
             summaries.append(summary)
         return {"summary": [json.dumps(s) for s in summaries]}
@@ -148,15 +157,22 @@ def render_dataset(cfg: Config, progress: bool = True) -> dict:
             batch_size=1, num_cpus=1, num_gpus=gpus,
         )
         total = sum(min(render_cfg.num_sequences, (b + 1) * render_cfg.shard_rows) - b * render_cfg.shard_rows for b in todo)
-        rejected = Counter()
+        rejected, failed_write = Counter(), ""
         with _progress(total, progress) as bar:
             for row in ds.iter_rows():
                 s = json.loads(row["summary"])
+                if s.get("error"):
+                    failed_write = s["error"]
+                    break  # ends the dataset: the other actors' writes would fail the same way
                 if s.get("skipped"):
                     continue
                 rejected.update(s["rejections"])
                 bar.update(s["end_index"] - s["first_index"])
                 bar.set_postfix(rows=s["rows"], rejected=sum(rejected.values()), refresh=False)
+        if failed_write:
+            kept = len(finished_blocks(out) - done)
+            raise ShardWriteError(f"{failed_write}; the {kept + len(done)} finished shard(s) are kept: free space "
+                                  "(or fix the store) and rerun the same command to resume")
     seconds = time.time() - t0
     render_backgrounds(cfg, storage.join(out, "backgrounds"))
     manifest = build_manifest(cfg, out, n_blocks, seconds, rendered=len(todo))

@@ -1,6 +1,7 @@
 """Faults on a real run, bounded in time and waiting on conditions, not on the clock."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -162,3 +163,59 @@ def test_dataset_inspect_verify_names_broken_rows_and_shards(work, capsys, monke
     assert main(["dataset", "inspect", str(data), "-n", "2", "--verify"]) == 1
     full = json.loads(capsys.readouterr().out)
     assert sorted(full["bad_rows"]) == [f"shard-00001.parquet#{i}" for i in range(8)] and full["verified_rows"] == 16
+
+
+# ---------------------------------------------------------------- disk full during a render
+
+RENDER = ["render.width=64", "render.height=48", "render.num_frames=4", "render.samples=4",
+          "render.motion_blur_steps=8", "render.shard_rows=2", "render.num_sequences=4",
+          "render.backgrounds.num_clips=2", "render.backgrounds.frames_per_clip=2"]
+
+
+@pytest.fixture
+def small_disk(work):
+    """A 1 MiB tmpfs (a real filesystem with a real ENOSPC), mounted for this test only (needs root)."""
+    disk = work / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)]).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def _fill(disk: Path) -> Path:
+    """Fill ``disk`` to the last byte with one ballast file."""
+    ballast = disk / "ballast"
+    with open(ballast, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return ballast
+
+
+@pytest.mark.bpy
+def test_a_full_disk_during_a_render_is_one_clear_error_no_partial_shard_and_the_rerun_completes(
+        work, small_disk, ray_local, capsys, monkeypatch):
+    pytest.importorskip("bpy")
+    from fmolab.cli import main
+    from fmolab.shards import ShardReader
+
+    out = small_disk / "fmo"
+    out.mkdir()
+    ballast = _fill(small_disk)
+    monkeypatch.setenv("FMOLAB_HOME", str(work))
+    args = ["render", *RENDER, f"render.out={out}", "runtime.num_cpus=2"]
+    assert main(args) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("render:")]
+    assert len(err) == 1 and "No space left on device" in err[0] and str(out) in err[0], err
+    assert "free space" in err[0] and "rerun" in err[0]
+    assert sorted(p.name for p in out.iterdir()) in ([], [".render"])  # no shard, no temporary file
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob("*.parquet"))
+
+    ballast.unlink()
+    assert main(args) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["num_shards"] == 2 and len(ShardReader(out)) == manifest["num_rows"] >= 3
+    assert not list(out.rglob("*.tmp"))
