@@ -79,10 +79,9 @@ def free_port():
     return pick
 
 
-@pytest.fixture
-def mlflow_server(work, free_port):
-    """A real ``mlflow server`` on 127.0.0.1 (SQLite store, local artifacts) in the test's folder; its URL."""
-    port = free_port()
+def start_mlflow_server(work: Path, port: int) -> subprocess.Popen:
+    """A real ``mlflow server`` on 127.0.0.1:``port`` (SQLite store, local artifacts) in ``work``; the
+    same folder and port give the same server back after a restart."""
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     proc = subprocess.Popen(
         [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
@@ -90,11 +89,18 @@ def mlflow_server(work, free_port):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no job-runner processes
     )
-    uri = f"http://127.0.0.1:{port}"
-    if not wait_for_http(uri + "/health", 90):
+    if not wait_for_http(f"http://127.0.0.1:{port}/health", 90):
         proc.kill()
         pytest.fail("mlflow server did not start in 90 s")
-    yield uri
+    return proc
+
+
+@pytest.fixture
+def mlflow_server(work, free_port):
+    """A real MLflow server for one test (:func:`start_mlflow_server`); its URL."""
+    port = free_port()
+    proc = start_mlflow_server(work, port)
+    yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=20)
 

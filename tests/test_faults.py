@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import checkpoint_registered
+from conftest import checkpoint_registered, start_mlflow_server
 from fmolab.data.synthetic import write_synthetic_dataset
 
 TINY = ["model.encoder=tiny", "model.norm=group", "data.format=double_blur", "data.frames_per_sample=4",
@@ -219,3 +219,53 @@ def test_a_full_disk_during_a_render_is_one_clear_error_no_partial_shard_and_the
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["complete"] and manifest["num_shards"] == 2 and len(ShardReader(out)) == manifest["num_rows"] >= 3
     assert not list(out.rglob("*.tmp"))
+
+
+# ---------------------------------------------------------------- the tracking server goes away
+
+
+def test_the_mlflow_server_killed_and_restarted_during_training_loses_nothing(
+        work, toy, ray_local, free_port, make_config, monkeypatch):
+    """SIGKILL the server after the first registered checkpoint, bring it back on the same port a few
+    seconds later: the run goes on (the client retries), ends FINISHED, and every validation step
+    logged before, during and after the outage is on the record."""
+    import threading
+
+    import mlflow
+
+    from fmolab.train import train
+
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    servers = [start_mlflow_server(work, port)]
+    outage = {}
+
+    def kill_and_restart():
+        wait_for(lambda: checkpoint_registered(work / "ray_results" / "outage"), 240, "a registered checkpoint")
+        servers[0].kill()
+        servers[0].wait()
+        outage["killed_at_step"] = checkpoint_registered(work / "ray_results" / "outage") * 2
+        time.sleep(3)  # training goes on meanwhile; its log calls wait for the server
+        servers.append(start_mlflow_server(work, port))
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    steps = 24
+    cfg = make_config([o for o in TINY if not o.startswith("tracking.register_as")],
+                      {"runtime.work_dir": work, "data.train": toy, "tracking.uri": uri, "train.steps": steps,
+                       "train.run_name": "outage", "tracking.register_as": ""})
+    chaos = threading.Thread(target=kill_and_restart, daemon=True)
+    chaos.start()
+    try:
+        out = train(cfg, register=False)
+        chaos.join(timeout=120)
+        assert len(servers) == 2, "the server was not restarted during training"
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        run = client.get_run(out["run_id"])
+        assert run.info.status == "FINISHED" and run.data.tags["fmolab.end_reason"] == "steps_done"
+        # (the best step's validation is logged once more, linked to the logged model)
+        val_steps = sorted({m.step for m in client.get_metric_history(out["run_id"], "val/loss")})
+        assert val_steps == list(range(2, steps + 1, 2)), val_steps  # nothing lost
+        assert outage["killed_at_step"] < steps  # the outage fell inside the run
+    finally:
+        for proc in servers:
+            proc.kill()
