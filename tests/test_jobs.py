@@ -106,3 +106,40 @@ def test_submit_render_then_training_job_and_failing_job(ray_head, tmp_path, cap
     assert main(["jobs", "--address", ray_head, "list"]) == 0
     listing = capsys.readouterr().out
     assert listing.count("SUCCEEDED") >= 1 and "FAILED" in listing
+
+
+def test_two_jobs_submitted_at_once_to_one_head_both_finish(ray_head, tmp_path, monkeypatch):
+    """Two training jobs at the same moment, one head, one work folder and MLflow store, one experiment
+    (both create it): both succeed, each with its own run."""
+    import mlflow
+
+    from fmolab.data.synthetic import write_synthetic_dataset
+
+    monkeypatch.chdir(REPO)
+    work = tmp_path / "w"
+    data = write_synthetic_dataset(work / "datasets" / "toy", num_sequences=8, width=64, height=48, seed=3)
+    procs = {}
+    for name in ("left", "right"):
+        spec = tmp_path / f"{name}.yaml"
+        config = {"runtime": {"work_dir": str(work)}, "tracking": {"experiment": "two-at-once", "register_as": ""},
+                  "data": {"train": str(data), "format": "double_blur", "frames_per_sample": 2, "val_fraction": 0.25},
+                  "model": {"encoder": "tiny", "norm": "group"},
+                  "train": {"workers": 1, "cpus_per_worker": 0.5, "steps": 4, "val_every": 2, "ckpt_every": 2,
+                            "log_every": 2, "val_samples": 2, "batch_size": 1, "preview_samples": 1,
+                            "run_name": name}}
+        spec.write_text(yaml.safe_dump({"entrypoint": f"python -m fmolab.cli train -c {spec}",
+                                        "runtime_env": {"working_dir": "."}, "entrypoint_num_cpus": 0.1,
+                                        "config": config}))
+        procs[name] = subprocess.Popen([sys.executable, "-m", "fmolab.cli", "submit", str(spec), "--address", ray_head],
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    outs = {}
+    for name, proc in procs.items():
+        try:
+            outs[name] = proc.communicate(timeout=420)[0]
+        finally:
+            proc.kill()
+        assert proc.returncode == 0 and "SUCCEEDED" in outs[name], outs[name][-4000:]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("two-at-once").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["left", "right"]
+    assert all(r.info.status == "FINISHED" and r.data.tags["fmolab.steps_done"] == "4/4" for r in runs)

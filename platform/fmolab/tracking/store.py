@@ -28,7 +28,7 @@ def setup_tracking(cfg: Config) -> str:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(cfg.tracking.timeout, 5))))
     elif uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        create_sqlite_store(Path(uri[len("sqlite:///"):]))
     # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, which would outlive this config (later
     # configs in the process read it first, jobs submitted from it inherit it): put the variable back.
     # MLflow keeps the URI itself; Ray workers get it explicitly with their config.
@@ -40,6 +40,24 @@ def setup_tracking(cfg: Config) -> str:
         os.environ["MLFLOW_TRACKING_URI"] = previous
     mlflow.set_registry_uri(uri)
     return uri
+
+
+def create_sqlite_store(db: Path) -> None:
+    """Create (or open) the SQLite store's tables under a lock beside the file. Two jobs started at once
+    on one work folder both ran MLflow's schema migration without it, and one failed with "table
+    registered_model_tags already exists" (tests/test_jobs.py); MLflow's own lock, a file in the
+    temporary folder, did not keep them apart."""
+    import fcntl
+
+    import mlflow
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{db}"
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.search_experiments(max_results=1)  # the tracking tables
+        client.search_registered_models(max_results=1)  # the registry's
 
 
 def check_server(uri: str, timeout: float) -> None:
