@@ -15,6 +15,12 @@ from fmolab.config import Config, load_config, to_dict
 TINY_MODEL = {"model.encoder": "tiny", "model.norm": "group", "data.frames_per_sample": 4, "render.width": 64,
               "render.height": 48, "tracking.experiment": "tests"}
 
+# A few-second Ray Train run of that model (1 worker, half a CPU: it fits beside a test's other work).
+TRAIN_TINY = ["model.encoder=tiny", "model.norm=group", "data.format=double_blur", "data.frames_per_sample=4",
+              "data.val_fraction=0.25", "train.workers=1", "train.cpus_per_worker=0.5", "train.batch_size=2",
+              "train.val_samples=2", "train.preview_samples=1", "train.log_every=2", "train.val_every=2",
+              "train.ckpt_every=2"]
+
 
 def make_config(*layers, files=()) -> Config:
     """A test's config: the defaults <- ``files`` <- each layer in turn: a ``{dotted.key: value}`` dict, a

@@ -24,6 +24,13 @@ def test_ray_up_cluster_has_head_cpu_render_and_gpu_workers():
     assert "0.0.0.0" not in (CLUSTERS / "ray-up.yaml").read_text()  # nothing listens on every interface by choice
     assert "HOST=$PRIVATE_IP" in head and "MLFLOW_TRACKING_URI=http://$PRIVATE_IP:5000" in head
     assert "--node-ip-address=$PRIVATE_IP" in head
+    # MLflow with its basic-auth app; the password from SSM into the environment of every node, and a
+    # failed read stops the start (an `export X=$(...)` would hide the failure)
+    assert "AUTH=basic" in head and "MLFLOW_AUTH_ADMIN_PASSWORD=$MLFLOW_TRACKING_PASSWORD" in head
+    for commands in (head, " ".join(spec["worker_start_ray_commands"])):
+        assert "MLFLOW_TRACKING_PASSWORD=$(python scripts/ssm_secret.py /fmolab/mlflow-password) &&" in commands
+        assert "export MLFLOW_TRACKING_PASSWORD=$(" not in commands
+    assert (REPO / "scripts" / "ssm_secret.py").exists()
 
 
 def test_kuberay_manifests():
@@ -46,6 +53,9 @@ def test_kuberay_manifests():
     for group in [cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]]:
         names = {e["name"] for e in group["template"]["spec"]["containers"][0]["env"]}
         assert {"FMOLAB_STORAGE", "MLFLOW_TRACKING_URI", "AWS_SECRET_ACCESS_KEY"} <= names
+        env = {e["name"]: e for e in group["template"]["spec"]["containers"][0]["env"]}
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # MLflow's basic auth, from a Secret
+            assert env[key]["valueFrom"]["secretKeyRef"]["name"] == "fmolab-mlflow" and "value" not in env[key]
 
 
 def test_no_secret_in_any_cluster_file_or_job_spec():

@@ -12,12 +12,10 @@ from pathlib import Path
 import pytest
 
 from conftest import checkpoint_registered, start_mlflow_server
+from fmo_fakes import TRAIN_TINY
 from fmolab.data.synthetic import write_synthetic_dataset
 
-TINY = ["model.encoder=tiny", "model.norm=group", "data.format=double_blur", "data.frames_per_sample=4",
-        "data.val_fraction=0.25", "train.workers=1", "train.cpus_per_worker=0.5", "train.batch_size=2",
-        "train.val_samples=2", "train.preview_samples=1", "train.log_every=2", "train.val_every=2",
-        "train.ckpt_every=2", "tracking.experiment=faults", "tracking.register_as="]
+TINY = [*TRAIN_TINY, "tracking.experiment=faults", "tracking.register_as="]
 
 
 @pytest.fixture(scope="module")

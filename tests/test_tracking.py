@@ -112,3 +112,59 @@ def test_missing_models_and_stores_are_one_line_errors(work, capsys, monkeypatch
                      "--out", str(work / "o"), "--work-dir", str(work)])
         err = capsys.readouterr().err.strip()
         assert code == 2 and len(err.splitlines()) == 1 and why in err and "not found in the MLflow store" in err, err
+
+
+def test_basic_auth_server_refuses_strangers_and_a_training_logs_with_credentials_from_the_environment(
+        work, free_port, capsys, monkeypatch):
+    """mlflow/serve.sh AUTH=basic: MLflow's basic-auth app, the admin password from the environment
+    only. No credentials or wrong ones: one clear line before any run or Ray; the right ones (from the
+    environment, as from a secret) reach the Ray workers, and the password is in no file written."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import mlflow
+
+    from conftest import wait_for_http
+    from fmo_fakes import TRAIN_TINY
+    from fmolab.cli import main
+    from fmolab.data.synthetic import write_synthetic_dataset
+
+    serve = Path(__file__).resolve().parents[1] / "mlflow" / "serve.sh"
+    port, secret = free_port(), "pw-" + os.urandom(8).hex()
+    env = {**os.environ, "FMOLAB_HOME": str(work / "server"), "PORT": str(port), "AUTH": "basic",
+           "MLFLOW": str(Path(sys.executable).with_name("mlflow"))}
+    refused = subprocess.run(["bash", str(serve)], env=env, capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 2 and "needs MLFLOW_AUTH_ADMIN_PASSWORD" in refused.stderr
+    server = subprocess.Popen(["bash", str(serve)], env={**env, "MLFLOW_AUTH_ADMIN_PASSWORD": secret},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_for_http(uri + "/health", 90), "the basic-auth server did not start"
+        data = write_synthetic_dataset(work / "toy", num_sequences=8, width=64, height=48, seed=2)
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        args = ["train", "--work-dir", str(work), *TRAIN_TINY, f"data.train={data}", f"tracking.uri={uri}",
+                "tracking.experiment=guarded", "train.run_name=guarded", "train.steps=2", "tracking.register_as=",
+                "runtime.num_cpus=2"]
+        for user, password, words in (("", "", "asks for a user"), ("admin", "wrong", "refused the credentials")):
+            monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+            monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+            assert main(args) == 1
+            (line,) = capsys.readouterr().err.strip().splitlines()
+            assert words in line and uri in line and "MLFLOW_TRACKING_USERNAME" in line
+        assert not (work / "ray_results").exists()  # refused before Ray started
+
+        creds = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": secret}
+        done = subprocess.run([sys.executable, "-m", "fmolab.cli", *args], env={**os.environ, **creds},
+                              capture_output=True, text=True, timeout=400)
+        assert done.returncode == 0, done.stderr[-3000:]
+        for key, value in creds.items():
+            monkeypatch.setenv(key, value)
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        (run,) = client.search_runs([client.get_experiment_by_name("guarded").experiment_id])
+        assert run.info.status == "FINISHED" and run.data.metrics["val/loss"] > 0  # logged by the worker
+        written = [p for p in work.rglob("*") if p.is_file() and not p.is_socket() and p.stat().st_size < 50_000_000]
+        assert written and not [p for p in written if secret.encode() in p.read_bytes()]
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)

@@ -37,7 +37,7 @@ def load_spec(path: str | os.PathLike, overrides: list[str] = ()) -> dict:
         runtime_env.setdefault("excludes", EXCLUDES)
     env_vars = dict(runtime_env.get("env_vars") or {})
     env_vars.setdefault("PYTHONPATH", "platform:.")  # the job's own checkout, installed or not
-    for k, v in worker_env().items():  # MLflow's URI, the object store's endpoint and credentials
+    for k, v in worker_env().items():  # MLflow's URI, the object store's endpoint (no secret)
         env_vars.setdefault(k, v)
     runtime_env["env_vars"] = {k: str(v) for k, v in env_vars.items()}
     entrypoint = spec["entrypoint"].strip()
@@ -108,9 +108,15 @@ def submit_and_follow(spec_path: str, overrides: list[str] = (), address: str = 
     with the log's last lines and Ray's reason on stderr)."""
     import sys
 
+    from fmolab.runtime import secrets_not_sent
+
     spec = load_spec(spec_path, overrides)
     submission_id = submit(spec, address)
     print(f"submitted {spec_path} as {submission_id}", flush=True)
+    kept = secrets_not_sent()
+    if kept:  # say so: a job that needs them fails on the cluster otherwise, minutes later
+        print(f"note: {', '.join(kept)} stay here (Ray logs a job's environment in plain text); the cluster's "
+              "nodes use their own (render_cluster/clusters/README.md)", flush=True)
     if not wait:
         return 0
     status = follow(submission_id, address, echo=lambda text: print(text, flush=True))

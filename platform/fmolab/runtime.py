@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from fmolab.config import Config, load_config, resolve_work_dir
-from fmolab.storage import CREDENTIAL_VARS
+from fmolab.storage import CREDENTIAL_VARS, SETTING_VARS
 
 log = logging.getLogger("fmolab")
 
@@ -53,11 +53,23 @@ def work_config(work_dir: str | os.PathLike | None = None) -> Config:
     return cfg
 
 
+# What a client of a server with MLflow's basic-auth app (mlflow/serve.sh AUTH=basic) sends; set from a
+# secret, never written to a file or a log by fmolab.
+MLFLOW_AUTH_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
 def worker_env() -> dict[str, str]:
-    """The variables of this process a Ray worker or job on another node needs: MLflow's URI, the
-    storage of outputs, the object store's endpoint and credentials (:data:`fmolab.storage.CREDENTIAL_VARS`)."""
-    names = ("MLFLOW_TRACKING_URI", "FMOLAB_STORAGE", *CREDENTIAL_VARS)
+    """The settings of this process a Ray worker or job on another node needs: MLflow's URI, the
+    storage of outputs, the object store's endpoint and region (:data:`fmolab.storage.SETTING_VARS`).
+    No secret: Ray writes a runtime env in plain text to its logs on every node. Workers of a local
+    Ray inherit this process's credentials; a cluster's nodes have their own (its Secret)."""
+    names = ("MLFLOW_TRACKING_URI", "FMOLAB_STORAGE", *SETTING_VARS)
     return {k: os.environ[k] for k in names if os.environ.get(k)}
+
+
+def secrets_not_sent() -> list[str]:
+    """The credential variables set here that :func:`worker_env` leaves out (for a submit's notice)."""
+    return [k for k in (*MLFLOW_AUTH_VARS, *CREDENTIAL_VARS) if os.environ.get(k) and k not in SETTING_VARS]
 
 
 def ray_temp_dir(work: Path) -> Path:
@@ -98,8 +110,8 @@ def init_ray(address: str = "", num_cpus: int = 0, work_dir: str | os.PathLike |
         return ray
     work = use_work_dir(resolve_work_dir(work_dir))
     address = address or os.environ.get("RAY_ADDRESS", "")
-    # Workers inherit the work folder, the tracking URI and the storage credentials, wherever they run
-    # (not through a shared home folder: on a cluster there is none).
+    # Workers get the work folder, the tracking URI and the storage's endpoint wherever they run (not
+    # through a shared home folder: on a cluster there is none); credentials, see worker_env.
     env_vars = {"FMOLAB_HOME": str(work), **worker_env()}
     kwargs: dict = dict(log_to_driver=True, logging_level=logging.WARNING)
     # Inside a Ray job the job's runtime env applies already; Ray refuses to merge a second one.

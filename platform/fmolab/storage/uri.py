@@ -15,6 +15,10 @@ CREDENTIAL_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID
                    "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
                    "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY",
                    "MLFLOW_S3_ENDPOINT_URL")
+# The non-secret part of the above: where the store is. Secrets never travel through Ray (a runtime
+# env is written in plain text to every node's runtime_env_agent.log): workers of a local Ray inherit
+# them from the process that started it, a cluster's nodes take them from their own environment.
+SETTING_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "MLFLOW_S3_ENDPOINT_URL")
 TIMEOUT_S = 5.0  # connect timeout per request: a wrong endpoint fails in seconds, not minutes
 
 

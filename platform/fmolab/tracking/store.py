@@ -1,6 +1,7 @@
 """MLflow set-up: the store (SQLite by default, an HTTP server on a cluster), experiments and runs."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 from fmolab.config import Config, flatten, to_dict
+from fmolab.runtime import MLFLOW_AUTH_VARS
 
 RUN_NAME_TAG = "fmolab.run_name"
 
@@ -27,8 +29,8 @@ def setup_tracking(cfg: Config) -> str:
         # Without these MLflow retries for minutes before giving up.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(cfg.tracking.timeout, 5))))
-    elif uri.startswith("sqlite:///"):
-        create_sqlite_store(Path(uri[len("sqlite:///"):]))
+    elif uri.startswith("sqlite:///"):  # created by the first run (ensure_experiment), not by a reader
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, which would outlive this config (later
     # configs in the process read it first, jobs submitted from it inherit it): put the variable back.
     # MLflow keeps the URI itself; Ray workers get it explicitly with their config.
@@ -61,8 +63,11 @@ def create_sqlite_store(db: Path) -> None:
 
 
 def check_server(uri: str, timeout: float) -> None:
+    """The server answers, and takes this process's credentials (if it asks for any): one request each,
+    in seconds, before any run or Ray work starts."""
+    base = uri.rstrip("/")
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+        with urllib.request.urlopen(base + "/health", timeout=timeout) as resp:
             if resp.status != 200:
                 raise TrackingError(f"MLflow server {uri} answered /health with HTTP {resp.status}")
     except (urllib.error.URLError, OSError) as exc:
@@ -70,6 +75,28 @@ def check_server(uri: str, timeout: float) -> None:
             f"MLflow tracking server {uri} is unreachable ({exc}). Start it (see mlflow/README.md), "
             f"fix MLFLOW_TRACKING_URI / tracking.uri, or unset them to use the local SQLite store."
         ) from exc
+    request = urllib.request.Request(base + "/api/2.0/mlflow/experiments/search?max_results=1")
+    user, password, token = (os.environ.get(k, "") for k in MLFLOW_AUTH_VARS)
+    if user or password:
+        basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {basic}")
+    elif token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        urllib.request.urlopen(request, timeout=timeout).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            raise TrackingError(
+                f"MLflow server {uri} refused the credentials of user '{user}' (HTTP 401); check "
+                "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD" if user else
+                f"MLflow server {uri} asks for a user (HTTP 401); set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD (from your secret store, not a file)") from None
+        if exc.code == 403:
+            raise TrackingError(f"MLflow server {uri}: user '{user}' may not read experiments (HTTP 403); "
+                                "ask the server's admin for a permission") from None
+        raise TrackingError(f"MLflow server {uri} answered a search with HTTP {exc.code}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise TrackingError(f"MLflow tracking server {uri} stopped answering ({exc})") from exc
 
 
 # The MLflow UI opens an experiment by its kind: without this tag MLflow 3 infers a GenAI experiment
@@ -91,6 +118,8 @@ def ensure_experiment(cfg: Config) -> str:
     work folder, not the current directory."""
     import mlflow
 
+    if cfg.tracking_uri.startswith("sqlite:///"):
+        create_sqlite_store(Path(cfg.tracking_uri[len("sqlite:///"):]))
     name = cfg.tracking.experiment
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
