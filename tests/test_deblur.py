@@ -207,3 +207,63 @@ def test_image_below_the_model_minimum_is_refused_and_every_written_file_is_list
                  str(tmp_path / "ok_bg.png"), "--out", str(out), "--num-frames", "3", "--work-dir", str(tmp_path)]) == 0
     listed = json.loads(capsys.readouterr().out)["files"]
     assert listed == sorted(p.name for p in out.iterdir()) and len(listed) == 2 * 3 + 2  # PNGs + 2 animations
+
+
+def _scene(h=1080, w=1920, seed=0):
+    """A smooth textured background (low-frequency noise) as float [H,W,3]."""
+    rng = np.random.default_rng(seed)
+    small = rng.random((h // 60 + 2, w // 60 + 2, 3))
+    return np.asarray(Image.fromarray((small * 255).astype(np.uint8)).resize((w, h), Image.BILINEAR)) / 255.0
+
+
+def _streak(bg, x0, x1, y, r=9):
+    """``bg`` with a bright disc of radius ``r`` blurred along y=const from x0 to x1 (its time average)."""
+    h, w, _ = bg.shape
+    yy, xx = np.mgrid[:h, :w]
+    alpha = np.zeros((h, w))
+    for x in np.linspace(x0, x1, 24):
+        alpha += ((yy - y) ** 2 + (xx - x) ** 2 <= r * r) / 24
+    return bg * (1 - alpha[..., None]) + np.array([1.0, 0.9, 0.2]) * alpha[..., None]
+
+
+def _save(path, image):
+    Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(path)
+    return str(path)
+
+
+def test_a_full_hd_frame_is_deblurred_in_a_crop_around_the_object_and_pasted_back(models, tmp_path, capsys):
+    """1920x1080 inputs: the network sees a crop of the model's aspect ratio around the detected
+    streak, at its training size (not the whole frame), for image + background and for two frames."""
+    from fmolab.cli import main
+
+    bg = _scene()
+    image = _save(tmp_path / "im.png", _streak(bg, 900, 980, 500))
+    background = _save(tmp_path / "bg.png", bg)
+    out = tmp_path / "hd"
+    assert main(["deblur", "--model", models["bb"], "--image", image, "--background", background, "--out", str(out),
+                 "--num-frames", "3", "--work-dir", str(tmp_path)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    y0, x0, y1, x1 = res["box"]
+    assert res["detected"] and y0 <= 491 and y1 >= 510 and x0 <= 891 and x1 >= 990  # the streak is inside
+    assert (y1 - y0) * (x1 - x0) < 0.02 * 1920 * 1080  # a crop, not the frame
+    assert abs((x1 - x0) / (y1 - y0) - 64 / 48) < 0.05  # the model's aspect ratio
+    assert Image.open(out / "subframe_000.png").size == (x1 - x0, y1 - y0)
+    with Image.open(out / "super_resolved.webp") as im:
+        assert im.size == (1920, 1080)  # (frame count: libwebp merges near-identical frames of a random model)
+        far = np.asarray(im.convert("RGB"))[:200, :200] / 255.0  # pasted back: the rest is the background
+    assert np.abs(far - bg[:200, :200]).max() < 0.05
+
+    first = _save(tmp_path / "a.png", _streak(bg, 600, 680, 300))
+    second = _save(tmp_path / "b.png", _streak(bg, 720, 800, 320))
+    assert main(["deblur", "--model", models["double"], "--frames", first, second, "--out", str(tmp_path / "pair"),
+                 "--num-frames", "3", "--work-dir", str(tmp_path)]) == 0
+    y0, x0, y1, x1 = json.loads(capsys.readouterr().out)["box"]
+    assert y0 <= 291 and y1 >= 330 and x0 <= 591 and x1 >= 810  # both streaks
+
+    still = tmp_path / "still"
+    code = main(["deblur", "--model", models["bb"], "--image", background, "--background", background, "--out",
+                 str(still), "--work-dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "no moving object found" in err and "1920x1080 frame is too large to run whole" in err
+    assert not still.exists()

@@ -42,4 +42,5 @@ def deblur(model: str, out: str, *, frames: list[str] | None = None, image: str 
         return deblur_folder(predictor, videos, out, workers, num_frames=num_frames, ensemble=ensemble, **video_options)
     if video:
         return deblur_video(predictor, video, out, num_frames=num_frames, **video_options)
-    return deblur_images(predictor, list(frames or [image]), background or None, out, num_frames=num_frames)
+    found = {k: video_options[k] for k in ("threshold", "min_area") if k in video_options}  # detection, as for videos
+    return deblur_images(predictor, list(frames or [image]), background or None, out, num_frames=num_frames, **found)

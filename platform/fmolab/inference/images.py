@@ -13,17 +13,28 @@ from PIL import Image
 
 from fmolab.atomic import atomic_dir
 from fmolab.compose import composite
-from fmolab.geometry import resize
+from fmolab.geometry import grow, model_box, resize
 from fmolab.inference.predictor import DeblurError, Predictor
 from fmolab.media import flatten_rgba, read_rgb, save_animation, to_uint8
 
 
 MIN_SIDE = 16  # the encoder's output stride: a smaller image has no latent pixel to render from
+# Without a detected object the whole frame goes through the network; its activations grow with the
+# pixels (about 3 GB at 1280x720 for the DeFMO encoder on CPU), so larger frames are refused instead.
+MAX_WHOLE_PIXELS = 1280 * 720
 
 
 def deblur_images(predictor: Predictor, images: list[str | Path], background: str | Path | None,
-                  out_dir: str | Path, num_frames: int = 8) -> dict:
-    """Deblur one input (2 frames for double blur, or image + background) and write the outputs."""
+                  out_dir: str | Path, num_frames: int = 8, threshold: float = 0.1, min_area: int = 12,
+                  ext_factor: float = 2.0) -> dict:
+    """Deblur one input (2 frames for double blur, or image + background) and write the outputs.
+
+    The object is found first (the difference to the background, or between the two frames), and a
+    crop around it of the model's aspect ratio (grown by ``ext_factor`` object radii on every side)
+    goes through the network at the model's training size, as in training: memory does not grow with
+    the frame. With a background the sub-frames are also pasted back into the full frame."""
+    from fmolab.inference.video_io import detect_mover, detect_pair
+
     fmt = predictor.input_format
     if len(images) != fmt.n_images or fmt.background_input != bool(background):
         wanted = ("two consecutive frames (double blur): pass --frames A B" if fmt.n_images == 2 else
@@ -40,14 +51,29 @@ def deblur_images(predictor: Predictor, images: list[str | Path], background: st
     if min(h, w) < MIN_SIDE:
         raise DeblurError(f"{names[0]}: {w}x{h} is below the smallest input a model takes ({MIN_SIDE}x{MIN_SIDE}: its "
                           f"latent is at 1/16 of the image); give a crop around the object of at least that size")
-    size = predictor.input_size(h, w)
-    stacked = np.concatenate([resize(a, size) for a in arrays], axis=0)[None].astype(np.float32)
-    renders = resize(predictor(stacked, num_frames)[0], (h, w))  # [T,4,H,W]
-    return write_outputs(torch.from_numpy(renders), out_dir, torch.from_numpy(arrays[-1]) if background else None)
+    found = (detect_mover(arrays[0], arrays[-1], threshold, min_area) if background else
+             detect_pair(arrays[0], arrays[1], threshold, min_area) if len(arrays) == 2 else None)
+    if found is not None:
+        box = model_box(grow(found.box, ext_factor * found.radius, (h, w)), 0, predictor.size, (h, w))
+        size = predictor.input_size(*predictor.size)
+    elif h * w <= MAX_WHOLE_PIXELS:
+        box, size = (0, 0, h, w), predictor.input_size(h, w)
+    else:
+        raise DeblurError(f"{names[0]}: no moving object found (nothing differs by more than {threshold} over "
+                          f"{min_area} pixels) and the {w}x{h} frame is too large to run whole (over "
+                          f"{MAX_WHOLE_PIXELS} pixels); lower --threshold / --min-area or give a crop around the object")
+    y0, x0, y1, x1 = box
+    stacked = np.concatenate([resize(a[:, y0:y1, x0:x1], size) for a in arrays], axis=0)[None].astype(np.float32)
+    renders = resize(predictor(stacked, num_frames)[0], (y1 - y0, x1 - x0))  # [T,4,h,w] over the crop
+    bg = torch.from_numpy(arrays[-1]) if background else None
+    out = write_outputs(torch.from_numpy(renders), out_dir, bg, box)
+    return {**out, "box": [int(v) for v in box], "detected": found is not None, "size": [w, h]}
 
 
-def write_outputs(renders: torch.Tensor, out_dir: str | Path, background: torch.Tensor | None = None) -> dict:
-    """Sub-frames (RGBA PNG), alpha mattes, animated previews; all or nothing (written to a temp folder)."""
+def write_outputs(renders: torch.Tensor, out_dir: str | Path, background: torch.Tensor | None = None,
+                  box=None) -> dict:
+    """Sub-frames of the crop ``box`` (RGBA PNG), alpha mattes, animated previews and, with the full
+    frame's background, the sub-frames pasted into it; all or nothing (written to a temp folder)."""
     out = Path(out_dir)
     with atomic_dir(out) as tmp:
         rgba = to_uint8(renders)
@@ -56,6 +82,9 @@ def write_outputs(renders: torch.Tensor, out_dir: str | Path, background: torch.
             Image.fromarray(frame[..., 3], "L").save(tmp / f"alpha_{i:03d}.png")
         save_animation(tmp / "subframes.webp", flatten_rgba(renders))
         if background is not None:
-            save_animation(tmp / "super_resolved.webp", composite(renders, background))
+            y0, x0, y1, x1 = box if box is not None else (0, 0, *background.shape[-2:])
+            full = background[None].repeat(renders.shape[0], 1, 1, 1)
+            full[:, :, y0:y1, x0:x1] = composite(renders, background[:, y0:y1, x0:x1])
+            save_animation(tmp / "super_resolved.webp", full)
         files = sorted(p.name for p in tmp.iterdir())  # every file written, the summary's list
     return {"out_dir": str(out), "num_frames": int(renders.shape[0]), "files": files}

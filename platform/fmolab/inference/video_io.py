@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageSequence
 
-from fmolab.geometry import largest_component
+from fmolab.geometry import largest_component, union
 from fmolab.media import read_rgb
 
 FRAME_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
@@ -141,14 +141,49 @@ class Detection:
     radius: float  # of the disc with the detected area
 
 
-def detect_mover(frame: np.ndarray, background: np.ndarray, threshold: float = 0.1,
-                 min_area: int = 12) -> Detection | None:
-    """The largest region where ``frame`` differs from ``background`` (max channel difference above
-    ``threshold``, opened with a 3x3 square to drop noise); None when it is smaller than ``min_area``."""
+def moving_mask(difference: np.ndarray, threshold: float) -> np.ndarray:
+    """Pixels of a mover in a ``[H,W]`` difference image, by hysteresis: regions above ``threshold / 3``
+    that hold a pixel above ``threshold`` (opened with a 3x3 square against noise). A blur streak is
+    faint at its ends (the object covers them for a short part of the exposure): a single threshold
+    keeps its middle only, and the crop would cut the object off."""
     from scipy import ndimage
 
-    mask = np.abs(frame - background).max(0) > threshold
-    found = largest_component(ndimage.binary_opening(mask, structure=np.ones((3, 3))))
+    square = np.ones((3, 3))
+    strong = ndimage.binary_opening(difference > threshold, structure=square)
+    weak = ndimage.binary_opening(difference > threshold / 3, structure=square)
+    labels, n = ndimage.label(weak, structure=square)
+    if n == 0:
+        return strong
+    seeded = np.zeros(n + 1, bool)
+    seeded[np.unique(labels[strong & weak])] = True
+    seeded[0] = False
+    return seeded[labels]
+
+
+def detect_pair(first: np.ndarray, second: np.ndarray, threshold: float = 0.1, min_area: int = 12) -> Detection | None:
+    """The mover of two consecutive frames without a background: where they differ is the object's
+    streak in each (each frame shows the background where the other shows the object), so the box
+    is the union of the two largest regions of the difference (one when they touch)."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(moving_mask(np.abs(first - second).max(0), threshold), structure=np.ones((3, 3)))
+    if n == 0:
+        return None
+    sizes = np.bincount(labels.ravel())[1:]
+    keep = [k for k in np.argsort(sizes)[::-1][:2] if sizes[k] >= min_area]
+    if not keep:
+        return None
+    slices = ndimage.find_objects(labels)
+    boxes = [(slices[k][0].start, slices[k][1].start, slices[k][0].stop, slices[k][1].stop) for k in keep]
+    box = boxes[0] if len(boxes) == 1 else union(*boxes)
+    return Detection(box, int(sizes[keep[0]]), math.sqrt(sizes[keep[0]] / math.pi))
+
+
+def detect_mover(frame: np.ndarray, background: np.ndarray, threshold: float = 0.1,
+                 min_area: int = 12) -> Detection | None:
+    """The largest region where ``frame`` differs from ``background`` (:func:`moving_mask`); None when
+    it is smaller than ``min_area``."""
+    found = largest_component(moving_mask(np.abs(frame - background).max(0), threshold))
     if found is None or found[1] < min_area:
         return None
     box, area = found
