@@ -19,8 +19,10 @@ from fmolab.media import flatten_rgba, read_rgb, save_animation, to_uint8
 
 
 MIN_SIDE = 16  # the encoder's output stride: a smaller image has no latent pixel to render from
-# Without a detected object the whole frame goes through the network; its activations grow with the
-# pixels (about 3 GB at 1280x720 for the DeFMO encoder on CPU), so larger frames are refused instead.
+# Without a detected object the whole frame goes through the network; time and memory grow with the
+# pixels (benchmarks/deblur_crop.py, resnet50 DeFMO on 2 CPU threads: 8.3 s / 1.35 GB at 1280x720,
+# 21 s / 2.4 GB at 1920x1080, against 1.2 s / 0.76 GB and 1.9 s / 1.0 GB for the crop), so frames
+# larger than this are refused instead.
 MAX_WHOLE_PIXELS = 1280 * 720
 
 
