@@ -31,14 +31,16 @@ def session_home():
 
 @pytest.fixture(autouse=True)
 def _tracking_env_restored():
-    """``mlflow.set_tracking_uri`` exports MLFLOW_TRACKING_URI: a test that calls it must not hand its
-    store to the tests (and the Ray jobs they submit) after it."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
+    """``mlflow.set_tracking_uri`` / ``set_registry_uri`` export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI:
+    a test that calls them must not hand its store to the tests (and the Ray jobs they submit) after it."""
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    before = {k: os.environ.get(k) for k in keys}
     yield
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture

@@ -56,10 +56,11 @@ def test_model_logged_registered_and_loaded_over_http(work, mlflow_server, monke
 
 def test_setup_tracking_does_not_leak_into_later_configs(work, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
 
     first = load_config([], [f"runtime.work_dir={work / 'a'}"])
     setup_tracking(first)
-    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
     second = load_config([], [f"runtime.work_dir={work / 'b'}"])
     assert second.tracking_uri == f"sqlite:///{work / 'b' / 'mlflow.db'}"
 

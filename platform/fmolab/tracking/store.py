@@ -31,16 +31,18 @@ def setup_tracking(cfg: Config) -> str:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(cfg.tracking.timeout, 5))))
     elif uri.startswith("sqlite:///"):  # created by the first run (ensure_experiment), not by a reader
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, which would outlive this config (later
-    # configs in the process read it first, jobs submitted from it inherit it): put the variable back.
-    # MLflow keeps the URI itself; Ray workers get it explicitly with their config.
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    # mlflow.set_tracking_uri and set_registry_uri also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI,
+    # which would outlive this config (later configs in the process read them first, processes and jobs
+    # started from it inherit them: a leaked registry URI sent a later model load to another store).
+    # MLflow keeps the URIs itself; Ray workers get the tracking URI explicitly with their config.
+    previous = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
-    if previous is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = previous
     mlflow.set_registry_uri(uri)
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     return uri
 
 
