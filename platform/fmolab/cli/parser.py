@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", nargs=2, metavar=("FRAME1", "FRAME2"), help="two consecutive frames (double-blur models)")
     p.add_argument("--image", help="one blurred image (background+blur models)")
     p.add_argument("--background", help="the background of --image")
-    p.add_argument("--video", help="a video: animated GIF/WebP/APNG, a folder of frames, or (with imageio) any video")
+    p.add_argument("--video", help="a video: mp4, mov, avi, mkv, webm (any container FFmpeg reads), an animated GIF/WebP/APNG, or a folder of frames")
     p.add_argument("--videos", help="a folder (or URI) of videos: each deblurred into OUT/<name>/ by Ray Data model "
                    "actors; unreadable ones are skipped and counted in OUT/summary.json")
     p.add_argument("--workers", type=int, default=1, help="--videos: model actors on the Ray cluster (default 1)")

@@ -7,9 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from fmolab import storage
+from fmolab.inference.containers import SUFFIXES as CONTAINER_SUFFIXES
 from fmolab.inference.video_io import FRAME_SUFFIXES
 
-VIDEO_SUFFIXES = (".gif", ".webp", ".png", ".apng", ".tif", ".tiff", ".mp4", ".avi", ".mov", ".mkv", ".webm")
+VIDEO_SUFFIXES = (".gif", ".webp", ".png", ".apng", ".tif", ".tiff", *sorted(CONTAINER_SUFFIXES))
 
 
 def list_videos(folder: str) -> list[str]:

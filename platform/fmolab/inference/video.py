@@ -12,6 +12,7 @@ from PIL import Image
 from fmolab.atomic import atomic_dir
 from fmolab.compose import composite
 from fmolab.geometry import grow, model_box, resize, union
+from fmolab.inference.containers import Mp4Writer
 from fmolab.inference.predictor import DeblurError, Predictor
 from fmolab.inference.video_io import VideoError, detect_mover, open_video, with_background
 from fmolab.media import flatten_rgba, save_animation, to_uint8
@@ -31,6 +32,9 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
     frame k's; the first frame takes the first half of its pair); background+blur models see frame k and
     its background. Outputs in ``out_dir`` (written to a temporary folder, renamed at the end):
 
+    * ``super_resolved.mp4``: the same frames as H.264 (:func:`fmolab.inference.containers.encoder`),
+      every input frame's span split into ``num_frames`` equal parts at its own timestamp (variable
+      frame rate kept), nominally ``num_frames`` times the input rate; one streamed file;
     * ``super_resolved.webp``: ``num_frames`` frames per input frame (the renders composited back into
       the full frame; frames without a mover are repeated), at ``num_frames`` times the frame rate;
       longer videos are split into ``super_resolved_000.webp``, ``_001`` ... of ``chunk_frames`` frames;
@@ -46,7 +50,7 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
     size = predictor.size
     n = int(num_frames)
     out = Path(out_dir)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp, Mp4Writer(tmp / "super_resolved.mp4", 1000.0 / source.frame_ms * n) as mp4:
         (tmp / "crops").mkdir()
         chunk: list[np.ndarray] = []
         parts: list[str] = []
@@ -81,8 +85,10 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
                     Image.fromarray(fr[..., 3], "L").save(tmp / "crops" / f"{k:06d}_alpha_{i:03d}.png")
                 save_animation(tmp / "crops" / f"{k:06d}.webp", flatten_rgba(torch.from_numpy(rr)))
                 detections[k] = [int(v) for v in box]
-            for f in frames:
+            start, span = source.time(k), source.duration(k)
+            for j, f in enumerate(frames):
                 chunk.append(to_uint8(torch.from_numpy(f)))
+                mp4.write(chunk[-1], start + j * span / n)
             if len(chunk) >= chunk_frames:
                 flush(False)
 
@@ -131,7 +137,11 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
                                   f"the running-median background by more than {threshold} over {min_area} pixels): "
                                   f"lower --threshold / --min-area, or give --frames A B")
             flush(True)
+            mp4.close()
+            parts.insert(0, mp4.path.name)
             summary = {"video": str(video), "frames": state["frames"], "num_frames": n, "frame_ms": source.frame_ms,
+                       "input_fps": round(1000.0 / source.frame_ms, 6), "output_fps": round(1000.0 / source.frame_ms * n, 6),
+                       "mp4": {"file": mp4.path.name, "codec": mp4.codec, "frames": mp4.frames},
                        "model": predictor.source, "detections": {str(k): v for k, v in detections.items()},
                        "files": parts}
             (tmp / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -4,14 +4,14 @@ Everything is a generator over frames, so a long video is never held in memory: 
 ``window`` frames, detection one.
 
 Readable inputs: a folder of frames (sorted by name: png, jpg, jpeg, webp, bmp, tif, tiff), a multi-frame
-image Pillow reads (GIF, APNG, animated WebP, multi-page TIFF), or any video ``imageio`` reads when
-``imageio`` (with its ffmpeg plugin) happens to be installed.
+image Pillow reads (GIF, APNG, animated WebP, multi-page TIFF), or a video container FFmpeg reads
+(mp4, mov, avi, mkv, webm, ...: :mod:`fmolab.inference.containers`, with each frame's timestamp).
 """
 from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageSequence
 
 from fmolab.geometry import largest_component, union
+from fmolab.inference.containers import decode, is_container, probe
 from fmolab.media import read_rgb
 
 FRAME_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
@@ -32,7 +33,18 @@ class VideoError(ValueError):
 @dataclass
 class VideoSource:
     path: Path
-    frame_ms: float  # duration of one input frame
+    frame_ms: float  # duration of one input frame (the container's average rate)
+    times: list[float] = field(default_factory=list)  # seconds of each frame read so far (containers)
+
+    def time(self, k: int) -> float:
+        """Start of frame ``k`` in seconds: its timestamp when the container has one, else k frame durations."""
+        return self.times[k] if k < len(self.times) else k * self.frame_ms / 1000
+
+    def duration(self, k: int) -> float:
+        """Seconds frame ``k`` is shown: up to the next frame's timestamp (variable frame rate too)."""
+        if k + 1 < len(self.times):
+            return self.times[k + 1] - self.times[k]
+        return self.frame_ms / 1000
 
     def frames(self) -> Iterator[np.ndarray]:
         """Frames as float32 ``[3,H,W]`` in [0,1], one at a time; every frame must have the first's size."""
@@ -52,11 +64,19 @@ class VideoSource:
             for f in files:
                 yield read_rgb(f, VideoError)
             return
+        if is_container(p):
+            try:
+                for rgb, t in decode(p):
+                    self.times.append(t)
+                    yield _to_float(rgb)
+            except ValueError as exc:
+                raise VideoError(str(exc)) from None
+            return
         try:
             img = Image.open(p)
         except Exception as exc:
-            yield from _imageio_frames(p, exc)
-            return
+            raise VideoError(f"cannot read video {p}: {exc}; give an mp4/mov/avi/mkv/webm, an animated "
+                             f"GIF/WebP/APNG or a folder of frames") from None
         with img:
             try:
                 for frame in ImageSequence.Iterator(img):
@@ -71,22 +91,6 @@ def _to_float(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(arr.astype(np.float32) / 255.0, -1, 0))
 
 
-def _imageio_frames(path: Path, pil_error: Exception) -> Iterator[np.ndarray]:
-    try:
-        import imageio.v3 as iio  # optional: only when already installed
-    except ImportError:
-        raise VideoError(f"cannot read video {path}: Pillow cannot open it ({pil_error}) and imageio is not "
-                         f"installed; convert it to frames (a folder of PNGs) or an animated GIF/WebP") from None
-    try:
-        for frame in iio.imiter(path):
-            arr = np.asarray(frame)
-            if arr.ndim == 2:
-                arr = np.repeat(arr[..., None], 3, -1)
-            yield _to_float(arr[..., :3])
-    except Exception as exc:
-        raise VideoError(f"cannot read video {path}: {exc}") from exc
-
-
 def open_video(path: str | Path) -> VideoSource:
     """A :class:`VideoSource` (checks that the input exists and holds at least one frame)."""
     p = Path(path)
@@ -96,12 +100,17 @@ def open_video(path: str | Path) -> VideoSource:
     if p.is_dir():
         if not any(f.suffix.lower() in FRAME_SUFFIXES for f in p.iterdir()):
             raise VideoError(f"{p}: no frames ({', '.join(sorted(FRAME_SUFFIXES))}) in this folder")
+    elif is_container(p):
+        try:
+            frame_ms = 1000.0 / probe(p)["fps"]
+        except ValueError as exc:
+            raise VideoError(str(exc)) from None
     else:
         try:
             with Image.open(p) as im:
                 frame_ms = float(im.info.get("duration") or DEFAULT_FRAME_MS)
         except Exception:
-            pass  # imageio may still read it; errors surface when frames are read
+            pass  # errors surface, naming the file, when frames are read
     return VideoSource(p, frame_ms)
 
 

@@ -1,0 +1,109 @@
+"""Real video files (written here with PyAV: H.264 mp4, MPEG-4 avi, VP9 webm, FFV1 mkv, MJPEG mov) in,
+H.264 mp4 out: the container's frame rate and each frame's timestamp survive (variable rate too), and
+the result has every sub-frame at its exact time."""
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from fmo_fakes import checkpoint_model
+from fmolab.inference.containers import decode, probe
+
+CODECS = {".mp4": "libx264", ".avi": "mpeg4", ".webm": "libvpx-vp9", ".mkv": "ffv1", ".mov": "mjpeg"}
+
+
+def disc_clip(n: int = 12, h: int = 48, w: int = 64):
+    """Frames of a bright disc crossing a textured background; the disc's centre in each."""
+    yy, xx = np.mgrid[:h, :w]
+    bg = np.stack([0.3 + 0.2 * np.sin(xx / 5), 0.4 + 0.2 * np.cos(yy / 4), 0.5 + 0.1 * np.sin((xx + yy) / 7)], -1)
+    frames, centres = [], []
+    for i in range(n):
+        cx, cy = 8 + i * (w - 16) / (n - 1), h / 2
+        alpha = ((yy - cy) ** 2 + (xx - cx) ** 2 <= 36)[..., None]
+        frames.append((np.where(alpha, [1.0, 0.9, 0.1], bg) * 255).astype(np.uint8))
+        centres.append((cy, cx))
+    return frames, centres
+
+
+def write_clip(path, frames, times=None, fps=6):
+    """Encode ``frames`` with the suffix's codec; ``times`` (seconds) for a variable frame rate."""
+    codec = CODECS[path.suffix]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
+        stream.pix_fmt = {"ffv1": "yuv444p", "mjpeg": "yuvj420p"}.get(codec, "yuv420p")
+        if times is not None:
+            stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
+        for i, f in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+            if times is not None:
+                frame.pts, frame.time_base = int(round(times[i] * 1000)), Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bb_model(session_home):
+    return str(checkpoint_model(session_home / "video-models" / "bb", "background_blur"))
+
+
+@pytest.mark.parametrize("suffix", sorted(CODECS))
+def test_every_common_container_is_read_with_its_rate_and_written_as_mp4_at_k_times_it(suffix, bb_model, tmp_path,
+                                                                                       capsys):
+    from fmolab.cli import main
+
+    frames, _ = disc_clip()
+    clip = write_clip(tmp_path / f"clip{suffix}", frames, fps=6)
+    info = probe(clip)
+    assert info["fps"] == 6 and (info["width"], info["height"]) == (64, 48)
+    times = [t for _, t in decode(clip)]
+    assert len(times) == 12 and np.allclose(times, np.arange(12) / 6, atol=1e-3)
+
+    out = tmp_path / "out"
+    assert main(["deblur", "--model", bb_model, "--video", str(clip), "--out", str(out), "--num-frames", "4",
+                 "--work-dir", str(tmp_path)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["input_fps"] == 6 and summary["output_fps"] == 24 and summary["frames"] == 12
+    assert summary["mp4"] == {"file": "super_resolved.mp4", "codec": "libx264", "frames": 48}
+    result = probe(out / "super_resolved.mp4")
+    assert result["codec"] == "h264" and abs(result["fps"] - 24) < 0.01 and (result["width"], result["height"]) == (64, 48)
+    got = [t for _, t in decode(out / "super_resolved.mp4")]
+    # no merged or dropped sub-frame; each within the input clock's tick (mkv and webm count whole ms),
+    # none drifting
+    assert len(got) == 48 and np.allclose(got, np.arange(48) / 24, atol=1.1e-3)
+
+
+def test_a_variable_frame_rate_keeps_each_frames_time(bb_model, tmp_path):
+    from fmolab.cli import main
+
+    frames, _ = disc_clip(8)
+    times = [0.0, 0.1, 0.3, 0.35, 0.5, 0.9, 1.0, 1.2]
+    clip = write_clip(tmp_path / "vfr.mkv", frames, times=times)
+    assert np.allclose([t for _, t in decode(clip)], times, atol=1e-3)
+    out = tmp_path / "out"
+    assert main(["deblur", "--model", bb_model, "--video", str(clip), "--out", str(out), "--num-frames", "2",
+                 "--work-dir", str(tmp_path)]) == 0
+    got = [t for _, t in decode(out / "super_resolved.mp4")]
+    # each frame's span (to the next frame; the last frame's: one frame at the average rate) in 2 halves
+    spans = np.diff(times + [times[-1] + 1 / probe(clip)["fps"]])
+    want = [t + j * d / 2 for t, d in zip(times, spans) for j in range(2)]
+    assert len(got) == 16 and np.allclose(got, want, atol=1e-4), (got, want)
+
+
+def test_an_unreadable_video_is_one_line(bb_model, tmp_path, capsys):
+    from fmolab.cli import main
+
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64)
+    code = main(["deblur", "--model", bb_model, "--video", str(broken), "--out", str(tmp_path / "o"),
+                 "--work-dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and str(broken) in err
+    assert not (tmp_path / "o").exists()
