@@ -107,3 +107,20 @@ def test_an_unreadable_video_is_one_line(bb_model, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and str(broken) in err
     assert not (tmp_path / "o").exists()
+
+
+def test_an_existing_out_is_kept_unless_overwrite(bb_model, tmp_path, capsys):
+    from fmolab.cli import main
+
+    frames, _ = disc_clip(6)
+    clip = str(write_clip(tmp_path / "c.mp4", frames))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("an earlier result")
+    args = ["deblur", "--model", bb_model, "--video", clip, "--out", str(out), "--work-dir", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "exists" in err and "--overwrite" in err
+    assert (out / "mine.txt").exists()
+    assert main([*args, "--overwrite"]) == 0
+    assert not (out / "mine.txt").exists() and (out / "super_resolved.mp4").exists()

@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-frames", type=int, default=240, help="video: output frames per super-resolved WebP file")
     p.add_argument("--num-frames", type=int, default=8, help="sub-frames to render per input (temporal super-resolution factor)")
     _ensemble_arg(p)
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (or URI); must not exist unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     _work_dir_arg(p)
     p.set_defaults(func=c.cmd_deblur)
 

@@ -6,10 +6,11 @@ from fmolab.config import ConfigError
 
 def deblur(model: str, out: str, *, frames: list[str] | None = None, image: str = "", background: str = "",
            video: str = "", videos: str = "", workers: int = 1, address: str = "", num_frames: int = 8,
-           work_dir: str = "", ensemble: int = 1, **video_options) -> dict:
+           work_dir: str = "", ensemble: int = 1, overwrite: bool = False, **video_options) -> dict:
     """Check the inputs (before any model is loaded), load ``model`` and deblur; ``video_options`` are
     those of :func:`fmolab.inference.video.deblur_video` (window, threshold, min_area, chunk_frames).
-    ``videos``: every video of a folder or URI prefix, by ``workers`` model actors on the Ray cluster."""
+    ``videos``: every video of a folder or URI prefix, by ``workers`` model actors on the Ray cluster.
+    An existing ``out`` is replaced only with ``overwrite`` (it is someone's earlier result)."""
     from fmolab.inference.images import deblur_images
     from fmolab.inference.predictor import ENSEMBLES, load_predictor
     from fmolab.inference.video import deblur_video
@@ -25,10 +26,12 @@ def deblur(model: str, out: str, *, frames: list[str] | None = None, image: str 
         raise ConfigError(f"--num-frames {num_frames} / --workers {workers}: must be >= 1")
     if ensemble not in ENSEMBLES:
         raise ConfigError(f"--ensemble {ensemble}: one of {', '.join(map(str, ENSEMBLES))} (flips, then transposes)")
+    from fmolab import storage
+
+    if storage.exists(out) and not overwrite:
+        raise ConfigError(f"--out {out} exists (an earlier result?); give --overwrite to replace it, or another --out")
     cfg = work_config(work_dir)
     if videos:
-        from fmolab import storage
-
         storage.check_readable(videos, "--videos folder")
         storage.check_writable(out)
     setup_tracking(cfg)
