@@ -267,3 +267,20 @@ def test_a_full_hd_frame_is_deblurred_in_a_crop_around_the_object_and_pasted_bac
     assert code == 2 and len(err.splitlines()) == 1
     assert "no moving object found" in err and "1920x1080 frame is too large to run whole" in err
     assert not still.exists()
+
+
+def test_a_model_of_another_kind_is_refused_with_the_kind_to_use_and_how_to_get_it(models, tmp_path, capsys):
+    from fmolab.cli import main
+
+    bg = _scene(48, 64)
+    image, background = _save(tmp_path / "i.png", _streak(bg, 20, 40, 24, r=5)), _save(tmp_path / "b.png", bg)
+    code = main(["deblur", "--model", models["double"], "--image", image, "--background", background,
+                 "--out", str(tmp_path / "o1"), "--work-dir", str(tmp_path)])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "takes two consecutive frames (--frames A B)" in line
+    assert "background+blur model" in line and "fmolab import defmo" in line and "--preset background_blur" in line
+    code = main(["deblur", "--model", models["bb"], "--frames", image, background, "--out", str(tmp_path / "o2"),
+                 "--work-dir", str(tmp_path)])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "double-blur model" in line and "fmolab demo" in line
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()

@@ -39,10 +39,7 @@ def deblur_images(predictor: Predictor, images: list[str | Path], background: st
 
     fmt = predictor.input_format
     if len(images) != fmt.n_images or fmt.background_input != bool(background):
-        wanted = ("two consecutive frames (double blur): pass --frames A B" if fmt.n_images == 2 else
-                  "an image and its background: pass --image X --background B" if fmt.background_input else
-                  "one image and no background: pass --image X")
-        raise DeblurError(f"model {predictor.source} takes {wanted}")
+        raise DeblurError(wrong_kind(predictor.source, fmt, len(images), bool(background)))
     arrays = [read_rgb(p, DeblurError) for p in images] + ([read_rgb(background, DeblurError)] if background else [])
     names = [str(p) for p in images] + ([str(background)] if background else [])
     sizes = {a.shape[-2:] for a in arrays}
@@ -70,6 +67,26 @@ def deblur_images(predictor: Predictor, images: list[str | Path], background: st
     bg = torch.from_numpy(arrays[-1]) if background else None
     out = write_outputs(torch.from_numpy(renders), out_dir, bg, box)
     return {**out, "box": [int(v) for v in box], "detected": found is not None, "size": [w, h]}
+
+
+# What each input kind needs, and how to get such a model (the presets of platform/fmolab/presets).
+GET_A_MODEL = {
+    "frames": "a double-blur model (two consecutive frames): `fmolab demo` registers one "
+              "(models:/fmolab-demo@demo), or `fmolab train --preset double_blur`",
+    "background": "a background+blur model (image + background): `fmolab import defmo encoder_best.pt "
+                  "rendering_best.pt --register defmo` (the published DeFMO weights), or `fmolab train "
+                  "--preset background_blur` / `--preset defmo`",
+    "single": "a single-image model (no background): `fmolab train data.format=single_blur`",
+}
+
+
+def wrong_kind(source: str, fmt, n_images: int, background: bool) -> str:
+    """One line: what the model takes, and which kind of model the given inputs need, and where to get it."""
+    takes = ("two consecutive frames (--frames A B)" if fmt.n_images == 2 else
+             "an image and its background (--image X --background B)" if fmt.background_input else
+             "one image and no background (--image X)")
+    given = "frames" if n_images == 2 else "background" if background else "single"
+    return f"model {source} takes {takes}; the inputs given need {GET_A_MODEL[given]}"
 
 
 def write_outputs(renders: torch.Tensor, out_dir: str | Path, background: torch.Tensor | None = None,
