@@ -124,3 +124,19 @@ def test_an_existing_out_is_kept_unless_overwrite(bb_model, tmp_path, capsys):
     assert (out / "mine.txt").exists()
     assert main([*args, "--overwrite"]) == 0
     assert not (out / "mine.txt").exists() and (out / "super_resolved.mp4").exists()
+
+
+def test_a_video_shows_progress_with_a_total_and_an_eta(bb_model, tmp_path, capsys, monkeypatch):
+    from fmolab.cli import main
+
+    frames, _ = disc_clip(10)
+    clip = str(write_clip(tmp_path / "c.mp4", frames))
+    monkeypatch.setenv("FMOLAB_PROGRESS", "1")  # as on a terminal (a test's stderr is not one)
+    assert main(["deblur", "--model", bb_model, "--video", clip, "--out", str(tmp_path / "o"),
+                 "--work-dir", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "deblur c.mp4" in err and "10/10" in err and "frame/s" in err and "<" in err  # elapsed<remaining
+    monkeypatch.setenv("FMOLAB_PROGRESS", "0")
+    assert main(["deblur", "--model", bb_model, "--video", clip, "--out", str(tmp_path / "o2"),
+                 "--work-dir", str(tmp_path)]) == 0
+    assert "deblur c.mp4" not in capsys.readouterr().err

@@ -140,3 +140,14 @@ def init_ray(address: str = "", num_cpus: int = 0, work_dir: str | os.PathLike |
     except Exception:  # older/newer Ray without these knobs
         pass
     return ray
+
+
+def progress(total: int | None, unit: str, desc: str):
+    """A tqdm bar with rate and ETA on stderr: on a terminal, or always with FMOLAB_PROGRESS=1 (a log
+    file), never with FMOLAB_PROGRESS=0; ``total`` None or 0 when unknown (rate only)."""
+    from tqdm.auto import tqdm
+
+    forced = os.environ.get("FMOLAB_PROGRESS", "")
+    disable = None if forced == "" else forced == "0"  # None: tqdm's own check for a terminal
+    return tqdm(total=total or None, unit=unit, desc=desc, disable=disable, dynamic_ncols=True)
+

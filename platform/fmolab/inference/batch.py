@@ -64,7 +64,7 @@ def deblur_folder(predictor, folder: str, out: str, workers: int, **options) -> 
     import mlflow
     import ray
 
-    from fmolab.runtime import worker_env
+    from fmolab.runtime import progress, worker_env
 
     videos = list_videos(folder)
     if not videos:
@@ -78,7 +78,12 @@ def deblur_folder(predictor, folder: str, out: str, workers: int, **options) -> 
                                                    options=options),
         concurrency=max(1, min(workers, len(videos))), batch_size=1, num_gpus=gpus,
         num_cpus=0 if gpus else max(0.25, min(1.0, cpus / (workers + 1))))
-    rows = sorted(ds.take_all(), key=lambda r: r["video"])
+    rows = []
+    with progress(len(videos), "video", "deblur") as bar:
+        for row in ds.iter_rows():
+            rows.append(row)
+            bar.update(1)
+    rows.sort(key=lambda r: r["video"])
     failed = [r for r in rows if r["error"]]
     summary = {"model": predictor.source, "folder": storage.normalize(folder), "videos": len(rows),
                "deblurred": len(rows) - len(failed), "skipped": len(failed), "workers": workers, "results": rows}

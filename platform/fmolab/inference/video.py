@@ -16,6 +16,7 @@ from fmolab.inference.containers import Mp4Writer
 from fmolab.inference.predictor import DeblurError, Predictor
 from fmolab.inference.video_io import VideoError, detect_mover, open_video, with_background
 from fmolab.media import flatten_rgba, save_animation, to_uint8
+from fmolab.runtime import progress
 from fmolab.shards import encode_webp
 
 
@@ -98,8 +99,10 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
 
         try:
             prev = None  # (k, image, bg, detection, assigned renders or None, box)
+            bar = progress(source.count(), "frame", f"deblur {Path(video).name}")
             for k, image, bg in with_background(source.frames(), window):
                 state["frames"] += 1
+                bar.update(1)
                 det = detect_mover(image, bg, threshold, min_area)
                 shape = image.shape[-2:]
                 if fmt.n_images == 2:
@@ -126,6 +129,7 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
                         parts_in = [image, bg] if fmt.background_input else [image]
                         renders = predictor.render(crop_inputs(parts_in, box), predictor.times(n).numpy())[0]
                     emit(image, bg, box, renders, k)
+            bar.close()
             if prev is not None:
                 emit(prev[1], prev[2], prev[5], prev[4], prev[0])
             if state["frames"] == 0:

@@ -36,6 +36,19 @@ class VideoSource:
     frame_ms: float  # duration of one input frame (the container's average rate)
     times: list[float] = field(default_factory=list)  # seconds of each frame read so far (containers)
 
+    def count(self) -> int:
+        """Frames in the video as its container or file says (0 when it does not say)."""
+        p = self.path
+        if p.is_dir():
+            return sum(f.suffix.lower() in FRAME_SUFFIXES for f in p.iterdir())
+        if is_container(p):
+            return probe(p)["frames"]
+        try:
+            with Image.open(p) as im:
+                return int(getattr(im, "n_frames", 1))
+        except Exception:
+            return 0
+
     def time(self, k: int) -> float:
         """Start of frame ``k`` in seconds: its timestamp when the container has one, else k frame durations."""
         return self.times[k] if k < len(self.times) else k * self.frame_ms / 1000
