@@ -59,8 +59,9 @@ def test_deblur_video_gif(models, tmp_path, capsys):
     assert main(["deblur", "--model", models["bb"], "--video", str(gif), "--out", str(out), "--num-frames", "4",
                  "--chunk-frames", "12", "--work-dir", str(tmp_path)]) == 0
     names = json.loads((out / "summary.json").read_text())["files"]
-    assert names == ["super_resolved.mp4", "super_resolved_000.webp", "super_resolved_001.webp", "super_resolved_002.webp"]
-    assert sum(_webp_duration(out / n)[0] for n in names[1:]) == 480
+    assert names == ["super_resolved.mp4", "side_by_side.mp4", "trajectory.png", "super_resolved_000.webp",
+                     "super_resolved_001.webp", "super_resolved_002.webp"]
+    assert sum(_webp_duration(out / n)[0] for n in names[3:]) == 480
 
 
 def _webp_duration(path):

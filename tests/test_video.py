@@ -74,10 +74,24 @@ def test_every_common_container_is_read_with_its_rate_and_written_as_mp4_at_k_ti
     assert summary["mp4"] == {"file": "super_resolved.mp4", "codec": "libx264", "frames": 48}
     result = probe(out / "super_resolved.mp4")
     assert result["codec"] == "h264" and abs(result["fps"] - 24) < 0.01 and (result["width"], result["height"]) == (64, 48)
+    side = probe(out / "side_by_side.mp4")
+    assert (side["width"], side["height"]) == (128, 48) and len(list(decode(out / "side_by_side.mp4"))) == 48
+    outputs = summary["outputs"]
+    assert all((out / f).exists() for f in [*outputs["crops"], outputs["trajectory"], *outputs["animations"]])
     got = [t for _, t in decode(out / "super_resolved.mp4")]
     # no merged or dropped sub-frame; each within the input clock's tick (mkv and webm count whole ms),
     # none drifting
     assert len(got) == 48 and np.allclose(got, np.arange(48) / 24, atol=1.1e-3)
+
+
+def test_the_trajectory_is_the_alpha_centroid_of_every_sub_frame():
+    from fmolab.inference.video import centroid, draw_trajectory
+
+    alpha = np.zeros((48, 64))
+    alpha[10:14, 20:30] = 1.0  # centre (12, 25) in pixel-centre coordinates
+    assert centroid(alpha) == (12.0, 25.0) and centroid(np.zeros((4, 4))) is None
+    picture = np.asarray(draw_trajectory(np.zeros((48, 64, 3), np.uint8), [[0.0, 5.0, 5.0], [0.1, 40.0, 30.0]]))
+    assert picture.shape == (48, 64, 3) and picture[5, 5].any() and picture[30, 40].any() and not picture[45, 2].any()
 
 
 def test_a_variable_frame_rate_keeps_each_frames_time(bb_model, tmp_path):

@@ -51,8 +51,12 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
     size = predictor.size
     n = int(num_frames)
     out = Path(out_dir)
-    with atomic_dir(out) as tmp, Mp4Writer(tmp / "super_resolved.mp4", 1000.0 / source.frame_ms * n) as mp4:
+    rate = 1000.0 / source.frame_ms * n
+    with atomic_dir(out) as tmp, Mp4Writer(tmp / "super_resolved.mp4", rate) as mp4, \
+            Mp4Writer(tmp / "side_by_side.mp4", rate) as side:
         (tmp / "crops").mkdir()
+        path: list[list[float]] = []  # [seconds, x, y] of the object's alpha centroid in every sub-frame
+        still: list[np.ndarray] = []  # the first frame, for the trajectory picture
         chunk: list[np.ndarray] = []
         parts: list[str] = []
         detections: dict[int, list[int]] = {}
@@ -87,9 +91,18 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
                 save_animation(tmp / "crops" / f"{k:06d}.webp", flatten_rgba(torch.from_numpy(rr)))
                 detections[k] = [int(v) for v in box]
             start, span = source.time(k), source.duration(k)
+            shown = to_uint8(torch.from_numpy(image))
+            if not still:
+                still.append(shown)
             for j, f in enumerate(frames):
                 chunk.append(to_uint8(torch.from_numpy(f)))
                 mp4.write(chunk[-1], start + j * span / n)
+                side.write(np.concatenate([shown, chunk[-1]], axis=1), start + j * span / n)  # input | result
+                if renders is not None:
+                    centre = centroid(rr[j, 3])
+                    if centre is not None:
+                        path.append([round(start + (j + 0.5) * span / n, 6), round(centre[1] + box[1], 2),
+                                     round(centre[0] + box[0], 2)])
             if len(chunk) >= chunk_frames:
                 flush(False)
 
@@ -142,14 +155,45 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
                                   f"lower --threshold / --min-area, or give --frames A B")
             flush(True)
             mp4.close()
-            parts.insert(0, mp4.path.name)
+            side.close()
+            draw_trajectory(still[0], path).save(tmp / "trajectory.png")
+            parts[:0] = [mp4.path.name, side.path.name, "trajectory.png"]
             summary = {"video": str(video), "frames": state["frames"], "num_frames": n, "frame_ms": source.frame_ms,
                        "input_fps": round(1000.0 / source.frame_ms, 6), "output_fps": round(1000.0 / source.frame_ms * n, 6),
                        "mp4": {"file": mp4.path.name, "codec": mp4.codec, "frames": mp4.frames},
                        "model": predictor.source, "detections": {str(k): v for k, v in detections.items()},
-                       "files": parts}
+                       "outputs": {"super_resolved": mp4.path.name, "side_by_side": side.path.name,
+                                   "trajectory": "trajectory.png", "animations": parts[3:],
+                                   "crops": sorted(f"crops/{p.name}" for p in (tmp / "crops").iterdir())},
+                       "trajectory": path, "files": parts}
             (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
         except VideoError as exc:
             raise DeblurError(str(exc)) from exc
     return {"out_dir": str(out), "frames": state["frames"], "frames_with_object": len(detections),
             "num_frames": n, "files": parts}
+
+
+def centroid(alpha: np.ndarray) -> tuple[float, float] | None:
+    """``(y, x)`` of an ``[H,W]`` alpha matte's centre of mass (pixel centres), None when it is empty."""
+    total = float(alpha.sum())
+    if total <= 1e-6:
+        return None
+    yy, xx = np.mgrid[: alpha.shape[0], : alpha.shape[1]]
+    return float((alpha * yy).sum() / total) + 0.5, float((alpha * xx).sum() / total) + 0.5
+
+
+def draw_trajectory(frame: np.ndarray, path: list[list[float]]) -> Image.Image:
+    """``frame`` (uint8 ``[H,W,3]``) with the object's sub-frame positions joined in time order, from
+    blue (first) to red (last)."""
+    from PIL import ImageDraw
+
+    picture = Image.fromarray(frame).convert("RGB")
+    draw = ImageDraw.Draw(picture)
+    n = len(path)
+    for i, (_, x, y) in enumerate(path):
+        c = (int(255 * i / max(1, n - 1)), 64, int(255 * (1 - i / max(1, n - 1))))
+        if i:
+            draw.line([tuple(path[i - 1][1:]), (x, y)], fill=c, width=1)
+        draw.ellipse([x - 1.5, y - 1.5, x + 1.5, y + 1.5], outline=c)
+    return picture
+
