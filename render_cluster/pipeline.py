@@ -104,12 +104,6 @@ class RenderActor:
         return {"summary": [json.dumps(s) for s in summaries]}
 
 
-def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="seq", desc="render", disable=not enabled, dynamic_ncols=True)
-
-
 def _versions(blender: str) -> dict:
     import platform
 
@@ -130,6 +124,7 @@ def render_dataset(cfg: Config, progress: bool = True) -> dict:
     import ray
 
     from fmolab.runtime import init_ray
+    from fmolab.runtime import progress as progress_bar
 
     render_cfg = cfg.render
     out = cfg.dataset_dir
@@ -158,7 +153,7 @@ def render_dataset(cfg: Config, progress: bool = True) -> dict:
         )
         total = sum(min(render_cfg.num_sequences, (b + 1) * render_cfg.shard_rows) - b * render_cfg.shard_rows for b in todo)
         rejected, failed_write = Counter(), ""
-        with _progress(total, progress) as bar:
+        with progress_bar(total, "seq", "render", show=progress) as bar:
             for row in ds.iter_rows():
                 s = json.loads(row["summary"])
                 if s.get("error"):
@@ -170,9 +165,8 @@ def render_dataset(cfg: Config, progress: bool = True) -> dict:
                 bar.update(s["end_index"] - s["first_index"])
                 bar.set_postfix(rows=s["rows"], rejected=sum(rejected.values()), refresh=False)
         if failed_write:
-            kept = len(finished_blocks(out) - done)
-            raise ShardWriteError(f"{failed_write}; the {kept + len(done)} finished shard(s) are kept: free space "
-                                  "(or fix the store) and rerun the same command to resume")
+            raise ShardWriteError(f"{failed_write}; the {len(finished_blocks(out))} finished shard(s) are kept: "
+                                  "free space (or fix the store) and rerun the same command to resume")
     seconds = time.time() - t0
     render_backgrounds(cfg, storage.join(out, "backgrounds"))
     manifest = build_manifest(cfg, out, n_blocks, seconds, rendered=len(todo))

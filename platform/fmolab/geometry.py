@@ -76,14 +76,22 @@ def scoring_crop(mask: np.ndarray, margin: int = 10, threshold: float = 0.0) -> 
             min(h, int(rows[-1]) + 1 + margin), min(w, int(cols[-1]) + 1 + margin))
 
 
-def largest_component(mask: np.ndarray) -> tuple[Box, int] | None:
-    """Box and pixel count of the largest 8-connected component of a bool ``[H,W]`` mask (None if empty)."""
+def largest_components(mask: np.ndarray, count: int) -> list[tuple[Box, int]]:
+    """Box and pixel count of the ``count`` largest 8-connected components of a bool ``[H,W]`` mask,
+    largest first (fewer when the mask has fewer)."""
     from scipy import ndimage
 
     labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
     if n == 0:
-        return None
+        return []
     sizes = np.bincount(labels.ravel())[1:]
-    k = int(np.argmax(sizes))
-    sl = ndimage.find_objects(labels)[k]
-    return (sl[0].start, sl[1].start, sl[0].stop, sl[1].stop), int(sizes[k])
+    slices = ndimage.find_objects(labels)
+    order = np.argsort(-sizes, kind="stable")[:count]  # ties: the first label, as np.argmax
+    return [((slices[k][0].start, slices[k][1].start, slices[k][0].stop, slices[k][1].stop), int(sizes[k]))
+            for k in order]
+
+
+def largest_component(mask: np.ndarray) -> tuple[Box, int] | None:
+    """Box and pixel count of the largest 8-connected component of a bool ``[H,W]`` mask (None if empty)."""
+    found = largest_components(mask, 1)
+    return found[0] if found else None

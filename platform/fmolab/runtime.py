@@ -142,12 +142,12 @@ def init_ray(address: str = "", num_cpus: int = 0, work_dir: str | os.PathLike |
     return ray
 
 
-def progress(total: int | None, unit: str, desc: str):
+def progress(total: int | None, unit: str, desc: str, show: bool | None = None):
     """A tqdm bar with rate and ETA on stderr: on a terminal, or always with FMOLAB_PROGRESS=1 (a log
-    file), never with FMOLAB_PROGRESS=0; ``total`` None or 0 when unknown (rate only)."""
+    file), never with FMOLAB_PROGRESS=0; ``show`` True/False decides instead (the render's
+    ``progress`` argument); ``total`` None or 0 when unknown (rate only)."""
     from tqdm.auto import tqdm
 
     forced = os.environ.get("FMOLAB_PROGRESS", "")
-    disable = None if forced == "" else forced == "0"  # None: tqdm's own check for a terminal
+    disable = (not show) if show is not None else None if forced == "" else forced == "0"  # None: a terminal?
     return tqdm(total=total or None, unit=unit, desc=desc, disable=disable, dynamic_ncols=True)
-

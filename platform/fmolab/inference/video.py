@@ -95,9 +95,10 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
             if not still:
                 still.append(shown)
             for j, f in enumerate(frames):
-                chunk.append(to_uint8(torch.from_numpy(f)))
-                mp4.write(chunk[-1], start + j * span / n)
-                side.write(np.concatenate([shown, chunk[-1]], axis=1), start + j * span / n)  # input | result
+                chunk.append(shown if renders is None else to_uint8(torch.from_numpy(f)))
+                at = start + j * span / n
+                mp4.write(chunk[-1], at)
+                side.write(np.concatenate([shown, chunk[-1]], axis=1), at)  # input | result
                 if renders is not None:
                     centre = centroid(rr[j, 3])
                     if centre is not None:
@@ -159,7 +160,7 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
             draw_trajectory(still[0], path).save(tmp / "trajectory.png")
             parts[:0] = [mp4.path.name, side.path.name, "trajectory.png"]
             summary = {"video": str(video), "frames": state["frames"], "num_frames": n, "frame_ms": source.frame_ms,
-                       "input_fps": round(1000.0 / source.frame_ms, 6), "output_fps": round(1000.0 / source.frame_ms * n, 6),
+                       "input_fps": round(rate / n, 6), "output_fps": round(rate, 6),
                        "mp4": {"file": mp4.path.name, "codec": mp4.codec, "frames": mp4.frames},
                        "model": predictor.source, "detections": {str(k): v for k, v in detections.items()},
                        "outputs": {"super_resolved": mp4.path.name, "side_by_side": side.path.name,
@@ -196,4 +197,3 @@ def draw_trajectory(frame: np.ndarray, path: list[list[float]]) -> Image.Image:
             draw.line([tuple(path[i - 1][1:]), (x, y)], fill=c, width=1)
         draw.ellipse([x - 1.5, y - 1.5, x + 1.5, y + 1.5], outline=c)
     return picture
-

@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageSequence
 
-from fmolab.geometry import largest_component, union
+from fmolab.geometry import largest_component, largest_components, union
 from fmolab.inference.containers import decode, is_container, probe
 from fmolab.media import read_rgb
 
@@ -186,19 +186,12 @@ def detect_pair(first: np.ndarray, second: np.ndarray, threshold: float = 0.1, m
     """The mover of two consecutive frames without a background: where they differ is the object's
     streak in each (each frame shows the background where the other shows the object), so the box
     is the union of the two largest regions of the difference (one when they touch)."""
-    from scipy import ndimage
-
-    labels, n = ndimage.label(moving_mask(np.abs(first - second).max(0), threshold), structure=np.ones((3, 3)))
-    if n == 0:
+    found = [(box, area) for box, area in largest_components(moving_mask(np.abs(first - second).max(0), threshold), 2)
+             if area >= min_area]
+    if not found:
         return None
-    sizes = np.bincount(labels.ravel())[1:]
-    keep = [k for k in np.argsort(sizes)[::-1][:2] if sizes[k] >= min_area]
-    if not keep:
-        return None
-    slices = ndimage.find_objects(labels)
-    boxes = [(slices[k][0].start, slices[k][1].start, slices[k][0].stop, slices[k][1].stop) for k in keep]
-    box = boxes[0] if len(boxes) == 1 else union(*boxes)
-    return Detection(box, int(sizes[keep[0]]), math.sqrt(sizes[keep[0]] / math.pi))
+    box = found[0][0] if len(found) == 1 else union(found[0][0], found[1][0])
+    return Detection(box, found[0][1], math.sqrt(found[0][1] / math.pi))
 
 
 def detect_mover(frame: np.ndarray, background: np.ndarray, threshold: float = 0.1,
