@@ -44,20 +44,20 @@ def test_deblur_video_gif(models, tmp_path, capsys):
     for kind in ("double", "bb"):
         out = tmp_path / f"video-{kind}"
         assert main(["deblur", "--model", models[kind], "--video", str(gif), "--out", str(out), "--num-frames", "4",
-                     "--work-dir", str(tmp_path)]) == 0
+                     "--animations", "webp", "--work-dir", str(tmp_path)]) == 0
         summary = json.loads((out / "summary.json").read_text())
         assert summary["frames"] == 8 and len(summary["detections"]) >= 6
         # 4x the frame rate, full frames (libwebp merges identical consecutive frames into longer ones,
         # so count time, not frames: 8 input frames of 60 ms = 32 sub-frames of 15 ms)
         assert _webp_duration(out / "super_resolved.webp") == (480, (64, 48))
         k = sorted(summary["detections"])[2]
-        assert (out / "crops" / f"{int(k):06d}.webp").exists()
-        alpha = np.asarray(Image.open(out / "crops" / f"{int(k):06d}_alpha_000.png"))
+        assert (out / "crops" / f"{int(k):06d}_t0.webp").exists()
+        alpha = np.asarray(Image.open(out / "crops" / f"{int(k):06d}_t0_alpha_000.png"))
         assert alpha.ndim == 2
     # long videos are split into chunks (bounded memory)
     out = tmp_path / "chunked"
     assert main(["deblur", "--model", models["bb"], "--video", str(gif), "--out", str(out), "--num-frames", "4",
-                 "--chunk-frames", "12", "--work-dir", str(tmp_path)]) == 0
+                 "--chunk-frames", "12", "--animations", "webp", "--work-dir", str(tmp_path)]) == 0
     names = json.loads((out / "summary.json").read_text())["files"]
     assert names == ["super_resolved.mp4", "side_by_side.mp4", "trajectory.png", "super_resolved_000.webp",
                      "super_resolved_001.webp", "super_resolved_002.webp"]
@@ -153,7 +153,7 @@ def test_deblur_a_folder_of_videos_with_model_actors(models, tmp_path, ray_local
     assert "no moving object" in errors["still.gif"] and "broken.gif" in errors["broken.gif"]
     for name, n in (("disc_a", 6), ("disc_b", 5)):
         assert json.loads((out / name / "summary.json").read_text())["frames"] == n
-        assert (out / name / "super_resolved.webp").exists()
+        assert (out / name / "super_resolved.mp4").exists()
     assert '"deblurred": 2' in capsys.readouterr().out
 
 
@@ -285,3 +285,54 @@ def test_a_model_of_another_kind_is_refused_with_the_kind_to_use_and_how_to_get_
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "double-blur model" in line and "fmolab demo" in line
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+@pytest.mark.parametrize("w,h", [(300, 650), (1920, 1072)])
+def test_odd_sizes_through_every_input_kind_with_two_movers(models, tmp_path, capsys, w, h):
+    """Portrait 300x650 and 1920x1072 (not a multiple of the model's 16) frames, two streaks each:
+    image + background, two frames and a video all find two objects, crop each and paste both back."""
+    import av
+
+    from fmolab.cli import main
+
+    bg = _scene(h, w, seed=1)
+    ys, r = (int(h * 0.25), int(h * 0.75)), max(5, w // 60)
+
+    def frame(shift):
+        out = bg
+        for y in ys:
+            out = _streak(out, w * 0.3 + shift, w * 0.3 + shift + 6 * r, y, r)
+        return out
+
+    def inside(box, y):
+        return box[0] <= y - r and box[2] >= y + r
+
+    base = ["--num-frames", "3", "--work-dir", str(tmp_path)]
+    assert main(["deblur", "--model", models["bb"], "--image", _save(tmp_path / "i.png", frame(0)), "--background",
+                 _save(tmp_path / "b.png", bg), "--out", str(tmp_path / "image"), *base]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["objects"] == 2 and all(any(inside(b, y) for b in res["boxes"]) for y in ys), res["boxes"]
+    assert (tmp_path / "image" / "object_1" / "subframe_002.png").exists() and "object_1/alpha_000.png" in res["files"]
+    with Image.open(tmp_path / "image" / "super_resolved.webp") as im:
+        assert im.size == (w, h)
+
+    pair = [_save(tmp_path / "a.png", frame(0)), _save(tmp_path / "c.png", frame(7 * r))]
+    assert main(["deblur", "--model", models["double"], "--frames", *pair, "--out", str(tmp_path / "pair"), *base]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["objects"] == 2 and all(any(inside(b, y) for b in res["boxes"]) for y in ys), res["boxes"]
+
+    clip = tmp_path / "clip.mp4"
+    with av.open(str(clip), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for k in range(5):
+            image = (np.clip(frame(k * 7 * r - 14 * r), 0, 1) * 255).astype(np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    assert main(["deblur", "--model", models["bb"], "--video", str(clip), "--out", str(tmp_path / "video"), *base]) == 0
+    summary = json.loads((tmp_path / "video" / "summary.json").read_text())
+    assert summary["frames"] == 5 and max(len(b) for b in summary["detections"].values()) == 2
+    assert len(summary["tracks"]) >= 2
+    from fmolab.inference.containers import probe
+
+    assert (probe(tmp_path / "video" / "super_resolved.mp4")["width"], probe(tmp_path / "video" / "super_resolved.mp4")["height"]) == (w, h)

@@ -85,12 +85,12 @@ def test_every_common_container_is_read_with_its_rate_and_written_as_mp4_at_k_ti
 
 
 def test_the_trajectory_is_the_alpha_centroid_of_every_sub_frame():
-    from fmolab.inference.video import centroid, draw_trajectory
+    from fmolab.inference.tracks import centroid, draw_trajectory
 
     alpha = np.zeros((48, 64))
     alpha[10:14, 20:30] = 1.0  # centre (12, 25) in pixel-centre coordinates
     assert centroid(alpha) == (12.0, 25.0) and centroid(np.zeros((4, 4))) is None
-    picture = np.asarray(draw_trajectory(np.zeros((48, 64, 3), np.uint8), [[0.0, 5.0, 5.0], [0.1, 40.0, 30.0]]))
+    picture = np.asarray(draw_trajectory(np.zeros((48, 64, 3), np.uint8), [[[0.0, 5.0, 5.0], [0.1, 40.0, 30.0]]]))
     assert picture.shape == (48, 64, 3) and picture[5, 5].any() and picture[30, 40].any() and not picture[45, 2].any()
 
 
@@ -154,3 +154,67 @@ def test_a_video_shows_progress_with_a_total_and_an_eta(bb_model, tmp_path, caps
     assert main(["deblur", "--model", bb_model, "--video", clip, "--out", str(tmp_path / "o2"),
                  "--work-dir", str(tmp_path)]) == 0
     assert "deblur c.mp4" not in capsys.readouterr().err
+
+
+def test_two_movers_give_two_tracks_and_both_are_pasted_back(bb_model, tmp_path):
+    """A 25 fps avi with two discs crossing in opposite directions, one in the upper rows, one in the
+    lower: each frame has two detections, the tracker links them into two tracks that follow their own
+    disc, and the crops are named by track."""
+    from fmolab.cli import main
+
+    h, w, n = 160, 160, 14  # far enough apart for two crops (closer movers share one)
+    yy, xx = np.mgrid[:h, :w]
+    bg = np.stack([0.3 + 0.2 * np.sin(xx / 5), 0.4 + 0.2 * np.cos(yy / 4), 0.5 + 0.1 * np.sin((xx + yy) / 7)], -1)
+    frames = []
+    for i in range(n):
+        a = ((yy - 25) ** 2 + (xx - (12 + 10 * i)) ** 2 <= 36)[..., None]
+        b = ((yy - 135) ** 2 + (xx - (148 - 10 * i)) ** 2 <= 36)[..., None]
+        frames.append((np.where(a, [1.0, 0.9, 0.1], np.where(b, [0.1, 0.9, 1.0], bg)) * 255).astype(np.uint8))
+    clip = write_clip(tmp_path / "two.avi", frames, fps=25)
+    out = tmp_path / "out"
+    assert main(["deblur", "--model", bb_model, "--video", str(clip), "--out", str(out), "--num-frames", "2",
+                 "--work-dir", str(tmp_path)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["input_fps"] == 25 and summary["output_fps"] == 50
+    doubles = [boxes for boxes in summary["detections"].values() if len(boxes) == 2]
+    assert len(doubles) >= n - 2, summary["detections"]
+    tracks = summary["tracks"]
+    assert len(tracks) == 2 and all(len(t["frames"]) >= n - 2 for t in tracks), tracks
+    rows = sorted(np.mean([y for _, _, y in t["trajectory"]]) for t in tracks)
+    assert rows[0] < 50 and rows[1] > 110  # each track stays with its own disc
+    xs = {round(np.mean([y for _, _, y in t["trajectory"]])) < 80: [x for _, x, _ in t["trajectory"]] for t in tracks}
+    assert xs[True][-1] > xs[True][0] and xs[False][-1] < xs[False][0]  # upper disc goes right, lower goes left
+    assert {p.split("_")[1].split(".")[0] for p in summary["outputs"]["crops"]} == {"t0", "t1"}
+    assert set(summary["seconds"]) >= {"decode", "background", "detect", "model", "composite", "encode"}
+
+
+@pytest.mark.parametrize("case", ["text_file", "truncated_mp4", "no_motion_mp4", "zero_frames", "empty_file"])
+def test_bad_video_is_one_line_and_leaves_no_output(case, bb_model, tmp_path, capsys):
+    from fmolab.cli import main
+
+    frames, _ = disc_clip(12)
+    if case == "text_file":
+        video = tmp_path / "notes.txt"
+        video.write_text("not a video\n" * 50)
+    elif case == "truncated_mp4":
+        whole = write_clip(tmp_path / "whole.mp4", frames).read_bytes()
+        video = tmp_path / "cut.mp4"
+        video.write_bytes(whole[: len(whole) // 2])  # the moov atom (the index) is at the end: gone
+    elif case == "no_motion_mp4":
+        video = write_clip(tmp_path / "still.mp4", [frames[0]] * 8)
+    elif case == "zero_frames":  # a header and no frame
+        video = tmp_path / "zero.avi"
+        with av.open(str(video), "w") as container:
+            stream = container.add_stream("mpeg4", rate=6)
+            stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+            container.start_encoding()
+    else:
+        video = tmp_path / "empty.mp4"
+        video.write_bytes(b"")
+    out = tmp_path / "o"
+    code = main(["deblur", "--model", bb_model, "--video", str(video), "--out", str(out), "--work-dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and video.name in err and "Traceback" not in err, err
+    if case == "no_motion_mp4":
+        assert "no moving object" in err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

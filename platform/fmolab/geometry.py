@@ -39,6 +39,11 @@ def union(a: Box, b: Box) -> Box:
     return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
 
 
+def box_gap(a: Box, b: Box) -> int:
+    """Pixels between two boxes (the larger of the row and column gaps); negative when they overlap."""
+    return max(max(a[0], b[0]) - min(a[2], b[2]), max(a[1], b[1]) - min(a[3], b[3]))
+
+
 def grow(box: Box, ext: float, shape: tuple[int, int]) -> Box:
     """``box`` grown by ``ext`` pixels on every side, clipped to ``shape = (H, W)``."""
     e = int(round(ext))

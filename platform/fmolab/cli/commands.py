@@ -72,6 +72,7 @@ def cmd_deblur(args) -> int:
                     video=args.video, videos=args.videos, workers=args.workers, address=args.address,
                     num_frames=args.num_frames, work_dir=args.work_dir, window=args.window,
                     threshold=args.threshold, min_area=args.min_area, chunk_frames=args.chunk_frames,
+                    max_objects=args.max_objects, animations=args.animations,
                     ensemble=args.ensemble, overwrite=args.overwrite)
     show({k: v for k, v in result.items() if k != "results"})
     return 0

@@ -124,7 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=9, help="video: frames in the running-median background")
     p.add_argument("--threshold", type=float, default=0.1, help="difference to the background (or, for --frames, between the frames) that marks a mover")
     p.add_argument("--min-area", type=int, default=12, help="smallest mover in pixels")
-    p.add_argument("--chunk-frames", type=int, default=240, help="video: output frames per super-resolved WebP file")
+    p.add_argument("--max-objects", type=int, default=4, help="movers deblurred per frame, largest first (default 4)")
+    p.add_argument("--animations", nargs="+", default=[], choices=["webp", "gif"], metavar="FORMAT",
+                   help="video: also write the result as animated webp and/or gif (the mp4s are always written)")
+    p.add_argument("--chunk-frames", type=int, default=240, help="video: output frames per --animations file")
     p.add_argument("--num-frames", type=int, default=8, help="sub-frames to render per input (temporal super-resolution factor)")
     _ensemble_arg(p)
     p.add_argument("--out", required=True, help="output folder (or URI); must not exist unless --overwrite")

@@ -31,7 +31,7 @@ def probe(path: Path) -> dict:
             return {"fps": float(rate), "frames": int(stream.frames or 0), "codec": stream.codec_context.name,
                     "width": stream.codec_context.width, "height": stream.codec_context.height}
     except av.FFmpegError as exc:
-        raise ValueError(f"cannot read video {path}: {exc}") from None
+        raise ValueError(f"cannot read video {path}: {ffmpeg_says(exc)}") from None
 
 
 def decode(path: Path) -> Iterator[tuple[np.ndarray, float]]:
@@ -48,7 +48,14 @@ def decode(path: Path) -> Iterator[tuple[np.ndarray, float]]:
                 start = t if start is None else start
                 yield frame.to_ndarray(format="rgb24"), t - start
     except av.FFmpegError as exc:
-        raise ValueError(f"cannot decode {path}: {exc}") from None
+        raise ValueError(f"cannot decode {path}: {ffmpeg_says(exc)}") from None
+
+
+def ffmpeg_says(exc) -> str:
+    """FFmpeg's reason (without the path it repeats) and what to try."""
+    reason = getattr(exc, "strerror", None) or str(exc)
+    return (f"FFmpeg: {reason} (not a video, or cut off: an mp4 written by a program that was stopped has no "
+            f"index); check that it plays, or re-encode it: ffmpeg -i IN -c:v libx264 OUT.mp4")
 
 
 def encoder() -> str:

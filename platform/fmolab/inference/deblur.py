@@ -8,7 +8,8 @@ def deblur(model: str, out: str, *, frames: list[str] | None = None, image: str 
            video: str = "", videos: str = "", workers: int = 1, address: str = "", num_frames: int = 8,
            work_dir: str = "", ensemble: int = 1, overwrite: bool = False, **video_options) -> dict:
     """Check the inputs (before any model is loaded), load ``model`` and deblur; ``video_options`` are
-    those of :func:`fmolab.inference.video.deblur_video` (window, threshold, min_area, chunk_frames).
+    those of :func:`fmolab.inference.video.deblur_video` (window, threshold, min_area, max_objects,
+    chunk_frames, animations).
     ``videos``: every video of a folder or URI prefix, by ``workers`` model actors on the Ray cluster.
     An existing ``out`` is replaced only with ``overwrite`` (it is someone's earlier result)."""
     from fmolab.inference.images import deblur_images
@@ -22,8 +23,9 @@ def deblur(model: str, out: str, *, frames: list[str] | None = None, image: str 
                           "--video PATH, or --videos FOLDER")
     if (video or videos) and background:
         raise ConfigError("--background goes with --image; a video's background is estimated from its frames")
-    if num_frames < 1 or workers < 1:
-        raise ConfigError(f"--num-frames {num_frames} / --workers {workers}: must be >= 1")
+    if num_frames < 1 or workers < 1 or video_options.get("max_objects", 1) < 1:
+        raise ConfigError(f"--num-frames {num_frames} / --workers {workers} / --max-objects "
+                          f"{video_options.get('max_objects', 1)}: must be >= 1")
     if ensemble not in ENSEMBLES:
         raise ConfigError(f"--ensemble {ensemble}: one of {', '.join(map(str, ENSEMBLES))} (flips, then transposes)")
     from fmolab import storage
@@ -45,5 +47,5 @@ def deblur(model: str, out: str, *, frames: list[str] | None = None, image: str 
         return deblur_folder(predictor, videos, out, workers, num_frames=num_frames, ensemble=ensemble, **video_options)
     if video:
         return deblur_video(predictor, video, out, num_frames=num_frames, **video_options)
-    found = {k: video_options[k] for k in ("threshold", "min_area") if k in video_options}  # detection, as for videos
+    found = {k: video_options[k] for k in ("threshold", "min_area", "max_objects") if k in video_options}  # as videos
     return deblur_images(predictor, list(frames or [image]), background or None, out, num_frames=num_frames, **found)

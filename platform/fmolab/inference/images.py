@@ -13,7 +13,7 @@ from PIL import Image
 
 from fmolab.atomic import atomic_dir
 from fmolab.compose import composite
-from fmolab.geometry import grow, model_box, resize
+from fmolab.geometry import resize
 from fmolab.inference.predictor import DeblurError, Predictor
 from fmolab.media import flatten_rgba, read_rgb, save_animation, to_uint8
 
@@ -28,14 +28,15 @@ MAX_WHOLE_PIXELS = 1280 * 720
 
 def deblur_images(predictor: Predictor, images: list[str | Path], background: str | Path | None,
                   out_dir: str | Path, num_frames: int = 8, threshold: float = 0.1, min_area: int = 12,
-                  ext_factor: float = 2.0) -> dict:
+                  ext_factor: float = 2.0, max_objects: int = 4) -> dict:
     """Deblur one input (2 frames for double blur, or image + background) and write the outputs.
 
-    The object is found first (the difference to the background, or between the two frames), and a
-    crop around it of the model's aspect ratio (grown by ``ext_factor`` object radii on every side)
-    goes through the network at the model's training size, as in training: memory does not grow with
-    the frame. With a background the sub-frames are also pasted back into the full frame."""
-    from fmolab.inference.video_io import detect_mover, detect_pair
+    The objects are found first (the difference to the background, or between the two frames), and a
+    crop around each (up to ``max_objects``) of the model's aspect ratio (grown by ``ext_factor`` object
+    radii on every side) goes through the network at the model's training size, as in training: memory
+    does not grow with the frame. With a background the sub-frames are also pasted back into the full
+    frame."""
+    from fmolab.inference.video_io import crops, detect_movers, detect_pair
 
     fmt = predictor.input_format
     if len(images) != fmt.n_images or fmt.background_input != bool(background):
@@ -50,23 +51,25 @@ def deblur_images(predictor: Predictor, images: list[str | Path], background: st
     if min(h, w) < MIN_SIDE:
         raise DeblurError(f"{names[0]}: {w}x{h} is below the smallest input a model takes ({MIN_SIDE}x{MIN_SIDE}: its "
                           f"latent is at 1/16 of the image); give a crop around the object of at least that size")
-    found = (detect_mover(arrays[0], arrays[-1], threshold, min_area) if background else
-             detect_pair(arrays[0], arrays[1], threshold, min_area) if len(arrays) == 2 else None)
-    if found is not None:
-        box = model_box(grow(found.box, ext_factor * found.radius, (h, w)), 0, predictor.size, (h, w))
-        size = predictor.input_size(*predictor.size)
-    elif h * w <= MAX_WHOLE_PIXELS:
-        box, size = (0, 0, h, w), predictor.input_size(h, w)
-    else:
+    found = (detect_movers(arrays[0], arrays[-1], threshold, min_area, max_objects) if background else
+             detect_pair(arrays[0], arrays[1], threshold, min_area, max_objects) if len(arrays) == 2 else [])
+    boxes = [box for box, _ in crops(found, ext_factor, predictor.size, (h, w), max_objects)]
+    size = predictor.input_size(*predictor.size)
+    if not boxes and h * w <= MAX_WHOLE_PIXELS:
+        boxes, size = [(0, 0, h, w)], predictor.input_size(h, w)
+    elif not boxes:
         raise DeblurError(f"{names[0]}: no moving object found (nothing differs by more than {threshold} over "
                           f"{min_area} pixels) and the {w}x{h} frame is too large to run whole (over "
                           f"{MAX_WHOLE_PIXELS} pixels); lower --threshold / --min-area or give a crop around the object")
-    y0, x0, y1, x1 = box
-    stacked = np.concatenate([resize(a[:, y0:y1, x0:x1], size) for a in arrays], axis=0)[None].astype(np.float32)
-    renders = resize(predictor(stacked, num_frames)[0], (y1 - y0, x1 - x0))  # [T,4,h,w] over the crop
+    objects = []
+    for y0, x0, y1, x1 in boxes:
+        stacked = np.concatenate([resize(a[:, y0:y1, x0:x1], size) for a in arrays], axis=0)[None].astype(np.float32)
+        renders = resize(predictor(stacked, num_frames)[0], (y1 - y0, x1 - x0))  # [T,4,h,w] over the crop
+        objects.append(((y0, x0, y1, x1), torch.from_numpy(renders)))
     bg = torch.from_numpy(arrays[-1]) if background else None
-    out = write_outputs(torch.from_numpy(renders), out_dir, bg, box)
-    return {**out, "box": [int(v) for v in box], "detected": found is not None, "size": [w, h]}
+    out = write_outputs(objects, out_dir, bg)
+    return {**out, "box": [int(v) for v in boxes[0]], "boxes": [[int(v) for v in b] for b in boxes],
+            "detected": bool(found), "size": [w, h]}
 
 
 # What each input kind needs, and how to get such a model (the presets of platform/fmolab/presets).
@@ -89,21 +92,30 @@ def wrong_kind(source: str, fmt, n_images: int, background: bool) -> str:
     return f"model {source} takes {takes}; the inputs given need {GET_A_MODEL[given]}"
 
 
-def write_outputs(renders: torch.Tensor, out_dir: str | Path, background: torch.Tensor | None = None,
-                  box=None) -> dict:
-    """Sub-frames of the crop ``box`` (RGBA PNG), alpha mattes, animated previews and, with the full
-    frame's background, the sub-frames pasted into it; all or nothing (written to a temp folder)."""
+def write_outputs(objects: list[tuple[tuple, torch.Tensor]] | torch.Tensor, out_dir: str | Path,
+                  background: torch.Tensor | None = None) -> dict:
+    """For every object ``(box, renders [T,4,h,w] over the box)``: its sub-frames (RGBA PNG), alpha
+    mattes and an animated preview (the first, largest object's in ``out_dir``, the others' in
+    ``object_<j>/``); with the full frame's background, all objects pasted into it
+    (``super_resolved.webp``). Renders alone are one object over the whole frame. All or nothing
+    (written to a temp folder)."""
+    if isinstance(objects, torch.Tensor):
+        objects = [((0, 0, *objects.shape[-2:]), objects)]
     out = Path(out_dir)
     with atomic_dir(out) as tmp:
-        rgba = to_uint8(renders)
-        for i, frame in enumerate(rgba):
-            Image.fromarray(frame, "RGBA").save(tmp / f"subframe_{i:03d}.png")
-            Image.fromarray(frame[..., 3], "L").save(tmp / f"alpha_{i:03d}.png")
-        save_animation(tmp / "subframes.webp", flatten_rgba(renders))
+        for j, (_, renders) in enumerate(objects):
+            folder = tmp / f"object_{j}" if j else tmp
+            folder.mkdir(exist_ok=True)
+            rgba = to_uint8(renders)
+            for i, frame in enumerate(rgba):
+                Image.fromarray(frame, "RGBA").save(folder / f"subframe_{i:03d}.png")
+                Image.fromarray(frame[..., 3], "L").save(folder / f"alpha_{i:03d}.png")
+            save_animation(folder / "subframes.webp", flatten_rgba(renders))
         if background is not None:
-            y0, x0, y1, x1 = box if box is not None else (0, 0, *background.shape[-2:])
-            full = background[None].repeat(renders.shape[0], 1, 1, 1)
-            full[:, :, y0:y1, x0:x1] = composite(renders, background[:, y0:y1, x0:x1])
+            full = background[None].repeat(objects[0][1].shape[0], 1, 1, 1)
+            for box, renders in objects:
+                y0, x0, y1, x1 = box
+                full[:, :, y0:y1, x0:x1] = composite(renders, full[:, :, y0:y1, x0:x1])
             save_animation(tmp / "super_resolved.webp", full)
-        files = sorted(p.name for p in tmp.iterdir())  # every file written, the summary's list
-    return {"out_dir": str(out), "num_frames": int(renders.shape[0]), "files": files}
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())  # the summary's list
+    return {"out_dir": str(out), "num_frames": int(objects[0][1].shape[0]), "objects": len(objects), "files": files}

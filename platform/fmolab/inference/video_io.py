@@ -9,6 +9,7 @@ image Pillow reads (GIF, APNG, animated WebP, multi-page TIFF), or a video conta
 """
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -16,9 +17,9 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from PIL import Image, ImageSequence
+from PIL import Image, ImageSequence, UnidentifiedImageError
 
-from fmolab.geometry import largest_component, largest_components, union
+from fmolab.geometry import Box, box_gap, grow, largest_components, model_box, union
 from fmolab.inference.containers import decode, is_container, probe
 from fmolab.media import read_rgb
 
@@ -88,7 +89,8 @@ class VideoSource:
         try:
             img = Image.open(p)
         except Exception as exc:
-            raise VideoError(f"cannot read video {p}: {exc}; give an mp4/mov/avi/mkv/webm, an animated "
+            reason = "not a video nor an image" if isinstance(exc, UnidentifiedImageError) else str(exc)
+            raise VideoError(f"cannot read video {p}: {reason}; give an mp4/mov/avi/mkv/webm, an animated "
                              f"GIF/WebP/APNG or a folder of frames") from None
         with img:
             try:
@@ -110,6 +112,8 @@ def open_video(path: str | Path) -> VideoSource:
     if not p.exists():
         raise VideoError(f"video {p} does not exist")
     frame_ms = DEFAULT_FRAME_MS
+    if p.is_file() and p.stat().st_size == 0:
+        raise VideoError(f"video {p} is empty (0 bytes): was it copied or written completely?")
     if p.is_dir():
         if not any(f.suffix.lower() in FRAME_SUFFIXES for f in p.iterdir()):
             raise VideoError(f"{p}: no frames ({', '.join(sorted(FRAME_SUFFIXES))}) in this folder")
@@ -182,24 +186,63 @@ def moving_mask(difference: np.ndarray, threshold: float) -> np.ndarray:
     return seeded[labels]
 
 
-def detect_pair(first: np.ndarray, second: np.ndarray, threshold: float = 0.1, min_area: int = 12) -> Detection | None:
-    """The mover of two consecutive frames without a background: where they differ is the object's
-    streak in each (each frame shows the background where the other shows the object), so the box
-    is the union of the two largest regions of the difference (one when they touch)."""
-    found = [(box, area) for box, area in largest_components(moving_mask(np.abs(first - second).max(0), threshold), 2)
-             if area >= min_area]
-    if not found:
-        return None
-    box = found[0][0] if len(found) == 1 else union(found[0][0], found[1][0])
-    return Detection(box, found[0][1], math.sqrt(found[0][1] / math.pi))
+def movers(mask: np.ndarray, min_area: int = 12, max_objects: int = 1) -> list[Detection]:
+    """The ``max_objects`` largest movers of a bool ``[H,W]`` mask, largest first. Regions of at least
+    ``min_area`` pixels closer to each other than the larger one's radius are one object (a streak
+    split where it is faint)."""
+    found = [[box, area] for box, area in largest_components(mask, 4 * max_objects + 4) if area >= min_area]
+    merged = True
+    while merged:
+        merged = False
+        for i, j in itertools.combinations(range(len(found)), 2):
+            reach = math.sqrt(max(found[i][1], found[j][1]) / math.pi)
+            if box_gap(found[i][0], found[j][0]) <= reach:
+                found[i] = [union(found[i][0], found[j][0]), found[i][1] + found[j][1]]
+                del found[j]
+                merged = True
+                break
+    found.sort(key=lambda f: -f[1])
+    return [Detection(tuple(box), area, math.sqrt(area / math.pi)) for box, area in found[:max_objects]]
 
 
-def detect_mover(frame: np.ndarray, background: np.ndarray, threshold: float = 0.1,
-                 min_area: int = 12) -> Detection | None:
-    """The largest region where ``frame`` differs from ``background`` (:func:`moving_mask`); None when
-    it is smaller than ``min_area``."""
-    found = largest_component(moving_mask(np.abs(frame - background).max(0), threshold))
-    if found is None or found[1] < min_area:
-        return None
-    box, area = found
-    return Detection(box, area, math.sqrt(area / math.pi))
+def detect_pair(first: np.ndarray, second: np.ndarray, threshold: float = 0.1, min_area: int = 12,
+                max_objects: int = 1) -> list[Detection]:
+    """Movers of two consecutive frames without a background: where they differ is each object's
+    streak in each frame (each frame shows the background where the other shows the object). With one
+    object the two largest regions are its two streaks (one detection, their union); with more, the
+    regions are returned one by one and :func:`crops` joins each object's two (they are adjacent)."""
+    mask = moving_mask(np.abs(first - second).max(0), threshold)
+    if max_objects > 1:
+        return movers(mask, min_area, 2 * max_objects)
+    found = movers(mask, min_area, 2)
+    if len(found) < 2:
+        return found
+    a, b = found
+    return [Detection(union(a.box, b.box), a.area, a.radius)]
+
+
+def detect_movers(frame: np.ndarray, background: np.ndarray, threshold: float = 0.1, min_area: int = 12,
+                  max_objects: int = 1) -> list[Detection]:
+    """The movers where ``frame`` differs from ``background`` (:func:`moving_mask`, :func:`movers`)."""
+    return movers(moving_mask(np.abs(frame - background).max(0), threshold), min_area, max_objects)
+
+
+def crops(found: list[Detection], ext_factor: float, size: tuple[int, int], shape: tuple[int, int],
+          max_objects: int = 1) -> list[tuple[Box, float]]:
+    """Model crops ``(box, radius)`` around the detections: each box grown by ``ext_factor`` radii on
+    every side; overlapping grown boxes are one crop (one object seen twice, or objects too close to
+    part); at most ``max_objects``, largest first; then each given the model input's aspect ratio
+    ``size`` inside the frame ``shape`` (:func:`fmolab.geometry.model_box`)."""
+    groups = [[grow(d.box, ext_factor * d.radius, shape), d.radius, d.area] for d in found]
+    merged = True
+    while merged:
+        merged = False
+        for i, j in itertools.combinations(range(len(groups)), 2):
+            if box_gap(groups[i][0], groups[j][0]) < 0:
+                a, b = groups[i], groups[j]
+                groups[i] = [union(a[0], b[0]), max(a[1], b[1]), a[2] + b[2]]
+                del groups[j]
+                merged = True
+                break
+    groups.sort(key=lambda g: -g[2])
+    return [(model_box(box, 0, size, shape), radius) for box, radius, _ in groups[:max_objects]]

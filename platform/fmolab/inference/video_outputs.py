@@ -1,0 +1,161 @@
+"""What ``deblur --video`` writes, streamed frame by frame: the super-resolved and side-by-side mp4s,
+animations on request, the crops of every object, the tracks and their picture, and the time spent
+in each stage."""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fmolab.compose import composite
+from fmolab.inference.containers import Mp4Writer
+from fmolab.inference.tracks import Tracker, centroid, draw_trajectory
+from fmolab.media import flatten_rgba, save_animation, save_gif, to_uint8
+from fmolab.shards import encode_webp
+
+ANIMATIONS = ("webp", "gif")  # on request, beside the mp4s
+
+
+class Stages:
+    """Seconds spent per stage (decode, background, detect, model, composite, crops, encode)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+    def timed(self, items, name: str) -> Iterator:
+        """``items``, adding the time each ``next`` takes to ``name``."""
+        it = iter(items)
+        while True:
+            with self(name):
+                try:
+                    item = next(it)
+                except StopIteration:
+                    return
+            yield item
+
+    def report(self) -> dict[str, float]:
+        s = dict(self.seconds)
+        if "read" in s:  # reading = decoding + the running median
+            s["background"] = max(0.0, s.pop("read") - s.get("decode", 0.0))
+        return {k: round(v, 3) for k, v in s.items()}
+
+
+class VideoOutputs:
+    """Writes the outputs into ``folder`` as frames come: ``emit`` one input frame with its objects."""
+
+    def __init__(self, folder: Path, rate: float, num_frames: int, chunk_frames: int, animations=(),
+                 stages: Stages | None = None):
+        self.folder, self.n, self.chunk_frames = folder, num_frames, chunk_frames
+        self.sub_ms = 1000.0 / rate  # one output frame
+        self.animations = tuple(animations)
+        self.stages = stages or Stages()
+        (folder / "crops").mkdir()
+        self.mp4 = Mp4Writer(folder / "super_resolved.mp4", rate)
+        self.side = Mp4Writer(folder / "side_by_side.mp4", rate)
+        self.tracker = Tracker()
+        self.detections: dict[int, list[list[int]]] = {}
+        self.chunk: list[np.ndarray] = []  # only with animations: one file's frames
+        self.parts: list[str] = []
+        self.still: np.ndarray | None = None  # the first frame, for the trajectory picture
+
+    def emit(self, k: int, image: np.ndarray, background: np.ndarray, objects, start: float, span: float) -> None:
+        """Frame ``k`` (``[3,H,W]``) as ``n`` sub-frames from ``start`` over ``span`` seconds: every
+        object ``(box, renders [n,4,h,w] over the box)`` composited over the background of its box."""
+        with self.stages("composite"):
+            shown = to_uint8(image)
+            if self.still is None:
+                self.still = shown
+            base = image.copy()
+            for (y0, x0, y1, x1), _ in objects:  # the blurred objects go: the renders replace them
+                base[:, y0:y1, x0:x1] = background[:, y0:y1, x0:x1]
+            points = [self._points(box, renders, start, span) for box, renders in objects]
+            ids = self.tracker.add(k, [(box, p) for (box, _), p in zip(objects, points)])
+            if objects:
+                self.detections[k] = [[int(v) for v in box] for box, _ in objects]
+        with self.stages("crops"):
+            for (_, renders), track in zip(objects, ids):
+                self._crops(k, track, renders)
+        for j in range(self.n):
+            with self.stages("composite"):
+                if objects:
+                    frame = base.copy()
+                    for (y0, x0, y1, x1), renders in objects:
+                        frame[:, y0:y1, x0:x1] = composite(renders[j], frame[:, y0:y1, x0:x1])
+                    result = to_uint8(frame)
+                else:
+                    result = shown
+            with self.stages("encode"):
+                at = start + j * span / self.n
+                self.mp4.write(result, at)
+                self.side.write(np.concatenate([shown, result], axis=1), at)  # input | result
+                if self.animations:
+                    self.chunk.append(result)
+                    if len(self.chunk) >= self.chunk_frames:
+                        self.flush(False)
+
+    def _points(self, box, renders: np.ndarray, start: float, span: float) -> list[list[float]]:
+        """``[seconds, x, y]`` of the alpha centroid of every sub-frame, in frame coordinates."""
+        out = []
+        for j, alpha in enumerate(renders[:, 3]):
+            centre = centroid(alpha)
+            if centre is not None:
+                out.append([round(start + (j + 0.5) * span / self.n, 6), round(centre[1] + box[1], 2),
+                            round(centre[0] + box[0], 2)])
+        return out
+
+    def _crops(self, k: int, track: int, renders: np.ndarray) -> None:
+        stem = self.folder / "crops" / f"{k:06d}_t{track}"
+        rgba = to_uint8(renders)
+        for i, fr in enumerate(rgba):
+            Image.fromarray(fr, "RGBA").save(f"{stem}_subframe_{i:03d}.png")
+            Image.fromarray(fr[..., 3], "L").save(f"{stem}_alpha_{i:03d}.png")
+        save_animation(f"{stem}.webp", flatten_rgba(torch.from_numpy(renders)))
+
+    def flush(self, final: bool) -> None:
+        """Write the chunk as one file per requested animation format."""
+        if not self.chunk:
+            return
+        with self.stages("encode"):
+            index = len(self.parts) // len(self.animations)
+            stem = "super_resolved" if final and not self.parts else f"super_resolved_{index:03d}"
+            for kind in self.animations:
+                if kind == "webp":
+                    (self.folder / f"{stem}.webp").write_bytes(
+                        encode_webp(np.stack(self.chunk), quality=85, method=0, frame_ms=self.sub_ms))
+                else:  # GIF counts hundredths of a second: a sub-frame lasts at least 10 ms
+                    save_gif(self.folder / f"{stem}.gif", np.stack(self.chunk), frame_ms=max(10, round(self.sub_ms)))
+                self.parts.append(f"{stem}.{kind}")
+            self.chunk.clear()
+
+    def close(self) -> dict:
+        """Finish every file; the outputs part of the summary."""
+        self.flush(True)
+        with self.stages("encode"):
+            self.mp4.close()
+            self.side.close()
+        tracks = [t.as_dict() for t in self.tracker.tracks]
+        draw_trajectory(self.still, [t["trajectory"] for t in tracks]).save(self.folder / "trajectory.png")
+        return {"mp4": {"file": self.mp4.path.name, "codec": self.mp4.codec, "frames": self.mp4.frames},
+                "detections": {str(k): v for k, v in self.detections.items()}, "tracks": tracks,
+                "outputs": {"super_resolved": self.mp4.path.name, "side_by_side": self.side.path.name,
+                            "trajectory": "trajectory.png", "animations": list(self.parts),
+                            "crops": sorted(f"crops/{p.name}" for p in (self.folder / "crops").iterdir())},
+                "files": [self.mp4.path.name, self.side.path.name, "trajectory.png", *self.parts]}
+
+    def abort(self) -> None:
+        self.mp4.close()
+        self.side.close()
