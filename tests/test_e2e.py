@@ -32,6 +32,13 @@ def test_demo_end_to_end(session_home):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
 
+    # a quiet run: fmolab's lines, not third-party chatter (each of these was printed before, some 100s of times)
+    both = proc.stdout + proc.stderr
+    for noise in ("Failed to query Ray Train Controller", "Add type hints", "\x1b[", "Creating initial MLflow database",
+                  "Successfully registered model", "Checkpoint successfully created", "Token authentication is enabled",
+                  "Progress bars disabled", "execution finished in", "Wrapping provided model", "random init"):
+        assert noise not in both, noise
+
     # shards with a manifest
     data = work / "datasets" / "demo"
     assert (data / "manifest.json").exists() and list(data.glob("*.parquet"))

@@ -34,7 +34,6 @@ def use_work_dir(work_dir: str | os.PathLike) -> Path:
     os.environ.setdefault("XDG_CONFIG_HOME", str(work / "config"))  # MLflow's and others' config files
     os.environ.setdefault("BLENDER_USER_RESOURCES", str(work / "config" / "blender"))  # not ~/.config/blender
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per downloaded file
     os.environ.setdefault("MPLCONFIGDIR", str(cache / "matplotlib"))
     os.environ.setdefault("TORCH_HOME", str(cache / "torch"))
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -58,12 +57,51 @@ def work_config(work_dir: str | os.PathLike | None = None) -> Config:
 MLFLOW_AUTH_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
+# Third-party lines of a normal run that say nothing to a user, and fmolab's own lines say better.
+QUIET_ENV = {
+    "MLFLOW_LOGGING_LEVEL": "WARNING",  # "Creating initial MLflow database tables...", per run
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a bar per downloaded file
+    "RAY_COLOR_PREFIX": "0",  # no ANSI colour codes around "(RayTrainWorker pid=...)" prefixes
+    "RAY_DATA_LOG_LEVEL": "WARNING",  # "Dataset ... execution finished" per dataset (Ray Data resets its logger)
+}
+QUIET_LOGGERS = {
+    "ray.train": logging.WARNING,  # INFO per step of starting a worker group, per checkpoint, per DDP wrap
+    "ray.tune": logging.WARNING,  # INFO "trial ... completed" lines besides the report
+    "ray.data._internal.progress": logging.ERROR,  # "Progress bars disabled": fmolab shows its own
+    "ray._private.authentication": logging.ERROR,  # "Token authentication is enabled" on every start
+}
+# A WARNING that repeats for no fault of the user's: Ray Train's placement-group cleaner polls the
+# State API, which needs the dashboard a local Ray does not start (187 lines in one demo run).
+NOISE = ("Failed to query Ray Train Controller actor state",)
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(part in record.getMessage() for part in NOISE)
+
+
+def quiet_third_party() -> None:
+    """Keep third-party INFO chatter and known-benign repeated warnings out of a normal run's output
+    (their warnings and errors stay). Runs in the CLI and, as Ray's ``worker_process_setup_hook``, in
+    every worker process of the job, Ray Train's own controller actors included."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+    noise = _DropNoise()
+    for name in ("ray", "ray.train", *[n for n in logging.root.manager.loggerDict if n.startswith("ray.")]):
+        logger = logging.getLogger(name)
+        for target in (logger, *logger.handlers):
+            if noise not in target.filters:
+                target.addFilter(noise)
+
+
 def worker_env() -> dict[str, str]:
     """The settings of this process a Ray worker or job on another node needs: MLflow's URI, the
     storage of outputs, the object store's endpoint and region (:data:`fmolab.storage.SETTING_VARS`).
     No secret: Ray writes a runtime env in plain text to its logs on every node. Workers of a local
     Ray inherit this process's credentials; a cluster's nodes have their own (its Secret)."""
-    names = ("MLFLOW_TRACKING_URI", "FMOLAB_STORAGE", *SETTING_VARS)
+    names = ("MLFLOW_TRACKING_URI", "FMOLAB_STORAGE", *SETTING_VARS, *QUIET_ENV)
     return {k: os.environ[k] for k in names if os.environ.get(k)}
 
 
@@ -116,7 +154,7 @@ def init_ray(address: str = "", num_cpus: int = 0, work_dir: str | os.PathLike |
     kwargs: dict = dict(log_to_driver=True, logging_level=logging.WARNING)
     # Inside a Ray job the job's runtime env applies already; Ray refuses to merge a second one.
     if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
-        kwargs["runtime_env"] = {"env_vars": env_vars}
+        kwargs["runtime_env"] = {"env_vars": env_vars, "worker_process_setup_hook": "fmolab.runtime.quiet_third_party"}
     if address:
         use_auth_token_if_present()
         ray.init(address=address, **kwargs)
@@ -132,6 +170,7 @@ def init_ray(address: str = "", num_cpus: int = 0, work_dir: str | os.PathLike |
     handler = signal.getsignal(signal.SIGTERM)
     if callable(handler) and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)
+    quiet_third_party()  # again: Ray has set up its loggers now
     # Ray Data's own progress bars would interleave with ours.
     try:
         ctx = ray.data.DataContext.get_current()

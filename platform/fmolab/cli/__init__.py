@@ -19,6 +19,9 @@ def _terminate(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from fmolab.runtime import quiet_third_party
+
+    quiet_third_party()
     # SIGTERM (a scheduler, `kill`, a stopped job) ends a command as Ctrl-C does: runs are closed as
     # KILLED with their reason, checkpoints stay, and the same command resumes.
     main_thread = threading.current_thread() is threading.main_thread()

@@ -23,7 +23,9 @@ class FMOModel(mlflow.pyfunc.PythonModel):
             self.config = config_from_dict(json.load(f))
         self.model = load_network(self.config, context.artifacts["weights"])
 
-    def predict(self, context, model_input, params=None):
+    # np.ndarray: a hint MLflow accepts without inferring a schema (the logged signature declares it);
+    # without a hint MLflow warns on every import of this file
+    def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
         num_frames = int((params or {}).get("num_frames", self.config.data.frames_per_sample))
         if isinstance(model_input, dict):  # a caller passing {"inputs": array}
             model_input = next(iter(model_input.values()))

@@ -59,7 +59,7 @@ def load_pretrained(encoder: nn.Module, path: str | Path) -> dict[str, list[str]
     BatchNorm running statistics where our norm keeps none (GroupNorm takes only the affine weights).
     """
     if not path:
-        log.info("no pretrained weights given: random init")
+        log.debug("no pretrained weights given: random init")
         return {k: [] for k in ("loaded", "adapted", "missing", "unexpected", "skipped", "ignored")}
     path = Path(path)
     if not path.exists():

@@ -116,7 +116,13 @@ def register(model_uri: str, name: str, alias: str, tags: dict[str, str] | None 
     ``alias`` at the new version."""
     import mlflow
 
-    version = mlflow.register_model(model_uri, name, tags=tags or {})
+    from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
+
+    shown, MLFLOW_LOGGING_STREAM.enabled = MLFLOW_LOGGING_STREAM.enabled, False  # its "Created version" prints:
+    try:  # the caller says which version, under which alias
+        version = mlflow.register_model(model_uri, name, tags=tags or {})
+    finally:
+        MLFLOW_LOGGING_STREAM.enabled = shown
     client = mlflow.MlflowClient()
     if description:
         client.update_model_version(name, version.version, description=description)

@@ -79,7 +79,9 @@ def launch(cfg: Config, run_id: str, tracking_uri: str, storage_path: str, *, ca
                             ray.train.RunConfig(
                                 name=cfg.train.run_name, **storage.ray_storage(storage_path), callbacks=list(callbacks),
                                 failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-                                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep)))
+                                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep),
+                                # Ray Train's INFO lines (worker group, DDP, each checkpoint) go to its log files only
+                                logging_config=ray.train.LoggingConfig(log_level="WARNING")))
     try:
         try:
             result = trainer.fit()
