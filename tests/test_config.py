@@ -101,3 +101,16 @@ def test_overrides_of_one_section_accumulate():
                            "render.blurs={b: [0, 0.5]}"])
     assert cfg.loss.train == ["AlphaDice"] and cfg.loss.compare == ["DeFMOSupervised"]
     assert cfg.render.blurs == {"b": [0.0, 0.5]}
+
+
+def test_a_yaml_file_builds_on_the_preset_it_names(tmp_path):
+    from fmolab.config import ConfigError, load_config, preset_path
+
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("preset: demo\ntrain:\n  lr: 0.0005\n")
+    cfg = load_config([mine])
+    assert cfg.train.lr == 0.0005 and cfg.render.name == "demo" and cfg.train.time_limit == 180  # the demo's rest
+    assert load_config([preset_path("demo_background")]).data.format == "background_blur"
+    mine.write_text("preset: nope\n")
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        load_config([mine])

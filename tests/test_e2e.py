@@ -61,3 +61,28 @@ def test_demo_end_to_end(session_home):
     assert (work / "demo" / "deblur_preview.webp").stat().st_size > 0
     assert len(list((work / "demo" / "deblurred").glob("subframe_*.png"))) == 3
     assert "mlflow ui --backend-store-uri" in out and "127.0.0.1" in out
+
+    # the second quick preset: a background+blur model from the same rendered data (no new render), and
+    # the official single-image example runs with it
+    bg_run = ["tracking.register_as=e2e-bg", "train.run_name=e2e-bg"]
+    proc = subprocess.run([str(fmolab), "demo", "--preset", "demo_background", "--work-dir", str(work), *SMALL, *bg_run],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "background_blur model" in proc.stdout
+    import json
+
+    assert json.loads((data / "manifest.json").read_text())["timing"]["blocks_rendered_this_run"] == 0
+    (bg,) = client.search_runs([exp.experiment_id], "params.variant = 'background_blur'")
+    assert bg.info.status == "FINISHED"
+    yy, xx = np.mgrid[:48, :64]
+    background = np.stack([0.4 + 0.2 * np.sin(xx / 6), 0.5 + 0.2 * np.cos(yy / 5), 0.45 + 0.0 * xx], -1)
+    streak = ((yy - 24) ** 2 + (xx - 32) ** 2 <= 25)[..., None] | ((yy - 24) ** 2 + (xx - 40) ** 2 <= 25)[..., None]
+    from PIL import Image
+
+    Image.fromarray((background * 255).astype(np.uint8)).save(work / "bg.png")
+    Image.fromarray((np.where(streak, [1.0, 0.9, 0.2], background) * 255).astype(np.uint8)).save(work / "im.png")
+    proc = subprocess.run([str(fmolab), "deblur", "--model", "models:/e2e-bg@demo", "--image", str(work / "im.png"),
+                           "--background", str(work / "bg.png"), "--out", str(work / "official-example"),
+                           "--work-dir", str(work)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (work / "official-example" / "super_resolved.webp").exists()

@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="render a small dataset, train a double-blur model, register it, deblur a held-out sample")
+    p = sub.add_parser("demo", help="render a small dataset, train a double-blur model (--preset demo_background: a "
+                       "background+blur one), register it, deblur a held-out sample")
     _config_args(p, "demo")
     p.add_argument("--fresh", action="store_true", help="delete the demo's dataset and runs first")
     p.set_defaults(func=c.cmd_demo)

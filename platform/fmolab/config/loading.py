@@ -186,19 +186,31 @@ def read_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
+def _layers(path, seen: tuple = ()) -> list[tuple[str, dict]]:
+    """A YAML file's config, after that of the preset it names with ``preset: NAME`` (it builds on
+    it, e.g. the background+blur demo on the demo)."""
+    data = read_yaml(path)
+    data = (data.get("config") or {}) if "entrypoint" in data else dict(data)  # job specs embed a config
+    base = data.pop("preset", None)
+    if base is None:
+        return [(str(path), data)]
+    if base in seen:
+        raise ConfigError(f"{path}: preset {base!r} builds on itself ({' -> '.join(seen + (base,))})")
+    return [*_layers(preset_path(str(base)), (*seen, str(base))), (str(path), data)]
+
+
 def load_config(files: list[str | os.PathLike] = (), overrides: list[str] = (), base: dict | None = None) -> Config:
     """Defaults <- ``base`` <- each YAML file <- each override, then validate the whole tree."""
     tree = to_dict(Config())
     if base:
         tree = _merge(tree, base)
     for f in files:
-        data = read_yaml(f)
-        data = (data.get("config") or {}) if "entrypoint" in data else data  # job specs embed a config
-        try:
-            _build(Config, data)  # report unknown keys against the file, before merging
-        except ConfigError as exc:
-            raise ConfigError(f"{f}: {exc}") from exc
-        tree = _merge(tree, data)
+        for name, data in _layers(f):
+            try:
+                _build(Config, data)  # report unknown keys against the file, before merging
+            except ConfigError as exc:
+                raise ConfigError(f"{name}: {exc}") from exc
+            tree = _merge(tree, data)
     for o in overrides:
         key, value = parse_override(o)
         patch: dict = {}
