@@ -36,8 +36,10 @@ def deblur(model: str, out: str, *, frames: list[str] | None = None, image: str 
     if videos:
         storage.check_readable(videos, "--videos folder")
         storage.check_writable(out)
-    setup_tracking(cfg)
-    predictor = load_predictor(model)
+    if videos:  # the actors need the tracking URI set
+        setup_tracking(cfg)
+    predictor = load_predictor(model, cache=cfg.work_dir / "cache" / "models", store=cfg.tracking_uri,
+                               setup=lambda: setup_tracking(cfg))
     predictor.ensemble = ensemble
     if videos:
         from fmolab.inference.batch import deblur_folder

@@ -105,10 +105,22 @@ class Predictor:
         return valid_size(self.config.render.height, self.config.render.width)
 
 
-def load_predictor(source: str) -> Predictor:
+def load_predictor(source: str, cache: Path | None = None, store: str = "", setup=None) -> Predictor:
     """``models:/name@alias`` / ``runs:/id/<model name>`` (MLflow), or a checkpoint folder / ``best_model.pt``
-    with ``config.json`` beside it."""
+    with ``config.json`` beside it. With ``cache`` (a folder) and ``store`` (the tracking URI), a model
+    fetched once is read from the cache while the registry still names the same version
+    (:mod:`fmolab.tracking.model_cache`); ``setup`` is called before MLflow is needed (a cache hit never
+    imports it)."""
     if "://" in source or source.startswith("models:/") or source.startswith("runs:/"):
+        from fmolab.tracking import model_cache
+
+        key = model_cache.version_key(source, store) if cache and store else None
+        hit = model_cache.lookup(cache, key)
+        if hit:
+            cfg = config_from_dict(json.loads(hit[0].read_text()))
+            return Predictor(cfg, load_network(cfg, hit[1]), source)
+        if setup is not None:
+            setup()
         from fmolab.tracking.model_registry import ModelNotFound, fetch_model_files
 
         with tempfile.TemporaryDirectory(prefix="model-") as tmp:
@@ -117,7 +129,9 @@ def load_predictor(source: str) -> Predictor:
             except ModelNotFound as exc:
                 raise DeblurError(str(exc)) from None
             cfg = config_from_dict(json.loads(Path(config_file).read_text()))
-            return Predictor(cfg, load_network(cfg, weights), source)
+            predictor = Predictor(cfg, load_network(cfg, weights), source)
+            model_cache.keep(cache, key, config_file, weights)
+            return predictor
     path = Path(source)
     weights = path / "best_model.pt" if path.is_dir() else path
     config_file = weights.parent / "config.json"

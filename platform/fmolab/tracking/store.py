@@ -64,6 +64,17 @@ def create_sqlite_store(db: Path) -> None:
         client.search_registered_models(max_results=1)  # the registry's
 
 
+def authorized(request: urllib.request.Request) -> urllib.request.Request:
+    """``request`` with the credentials MLflow's client would send (basic user/password, or a token)."""
+    user, password, token = (os.environ.get(k, "") for k in MLFLOW_AUTH_VARS)
+    if user or password:
+        basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {basic}")
+    elif token:
+        request.add_header("Authorization", f"Bearer {token}")
+    return request
+
+
 def check_server(uri: str, timeout: float) -> None:
     """The server answers, and takes this process's credentials (if it asks for any): one request each,
     in seconds, before any run or Ray work starts."""
@@ -77,13 +88,8 @@ def check_server(uri: str, timeout: float) -> None:
             f"MLflow tracking server {uri} is unreachable ({exc}). Start it (see mlflow/README.md), "
             f"fix MLFLOW_TRACKING_URI / tracking.uri, or unset them to use the local SQLite store."
         ) from exc
-    request = urllib.request.Request(base + "/api/2.0/mlflow/experiments/search?max_results=1")
-    user, password, token = (os.environ.get(k, "") for k in MLFLOW_AUTH_VARS)
-    if user or password:
-        basic = base64.b64encode(f"{user}:{password}".encode()).decode()
-        request.add_header("Authorization", f"Basic {basic}")
-    elif token:
-        request.add_header("Authorization", f"Bearer {token}")
+    request = authorized(urllib.request.Request(base + "/api/2.0/mlflow/experiments/search?max_results=1"))
+    user = os.environ.get(MLFLOW_AUTH_VARS[0], "")
     try:
         urllib.request.urlopen(request, timeout=timeout).close()
     except urllib.error.HTTPError as exc:
