@@ -112,7 +112,7 @@ def test_pretrained_loading_maps_names_and_copies_first_layer(tmp_path, caplog):
 
 
 def test_pretrained_empty_path_logs_random_init_and_bad_file_fails(tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="fmolab.models"):
+    with caplog.at_level(logging.DEBUG, logger="fmolab.models"):
         model = build_model(ModelConfig(encoder="tiny", pretrained=""), 6)
     assert "no pretrained weights given: random init" in caplog.text
     assert isinstance(model, DeFMO)
