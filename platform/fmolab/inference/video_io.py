@@ -186,21 +186,26 @@ def moving_mask(difference: np.ndarray, threshold: float) -> np.ndarray:
     return seeded[labels]
 
 
+def _merged(items: list, close, join) -> list:
+    """``items`` with any two that ``close(a, b)`` says belong together replaced by ``join(a, b)``
+    (in the first one's place), until no two do."""
+    items = list(items)
+    while True:
+        pair = next(((i, j) for i, j in itertools.combinations(range(len(items)), 2) if close(items[i], items[j])), None)
+        if pair is None:
+            return items
+        i, j = pair
+        items[i] = join(items[i], items[j])
+        del items[j]
+
+
 def movers(mask: np.ndarray, min_area: int = 12, max_objects: int = 1) -> list[Detection]:
     """The ``max_objects`` largest movers of a bool ``[H,W]`` mask, largest first. Regions of at least
     ``min_area`` pixels closer to each other than the larger one's radius are one object (a streak
     split where it is faint)."""
-    found = [[box, area] for box, area in largest_components(mask, 4 * max_objects + 4) if area >= min_area]
-    merged = True
-    while merged:
-        merged = False
-        for i, j in itertools.combinations(range(len(found)), 2):
-            reach = math.sqrt(max(found[i][1], found[j][1]) / math.pi)
-            if box_gap(found[i][0], found[j][0]) <= reach:
-                found[i] = [union(found[i][0], found[j][0]), found[i][1] + found[j][1]]
-                del found[j]
-                merged = True
-                break
+    found = [(box, area) for box, area in largest_components(mask, 4 * max_objects + 4) if area >= min_area]
+    found = _merged(found, lambda a, b: box_gap(a[0], b[0]) <= math.sqrt(max(a[1], b[1]) / math.pi),
+                    lambda a, b: (union(a[0], b[0]), a[1] + b[1]))
     found.sort(key=lambda f: -f[1])
     return [Detection(tuple(box), area, math.sqrt(area / math.pi)) for box, area in found[:max_objects]]
 
@@ -233,16 +238,8 @@ def crops(found: list[Detection], ext_factor: float, size: tuple[int, int], shap
     every side; overlapping grown boxes are one crop (one object seen twice, or objects too close to
     part); at most ``max_objects``, largest first; then each given the model input's aspect ratio
     ``size`` inside the frame ``shape`` (:func:`fmolab.geometry.model_box`)."""
-    groups = [[grow(d.box, ext_factor * d.radius, shape), d.radius, d.area] for d in found]
-    merged = True
-    while merged:
-        merged = False
-        for i, j in itertools.combinations(range(len(groups)), 2):
-            if box_gap(groups[i][0], groups[j][0]) < 0:
-                a, b = groups[i], groups[j]
-                groups[i] = [union(a[0], b[0]), max(a[1], b[1]), a[2] + b[2]]
-                del groups[j]
-                merged = True
-                break
+    groups = [(grow(d.box, ext_factor * d.radius, shape), d.radius, d.area) for d in found]
+    groups = _merged(groups, lambda a, b: box_gap(a[0], b[0]) < 0,
+                     lambda a, b: (union(a[0], b[0]), max(a[1], b[1]), a[2] + b[2]))
     groups.sort(key=lambda g: -g[2])
     return [(model_box(box, 0, size, shape), radius) for box, radius, _ in groups[:max_objects]]

@@ -3,6 +3,7 @@ animations on request, the crops of every object, the tracks and their picture, 
 in each stage."""
 from __future__ import annotations
 
+import functools
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ import torch
 from PIL import Image
 
 from fmolab.compose import composite
+from fmolab.geometry import union
 from fmolab.inference.containers import Mp4Writer
 from fmolab.inference.tracks import Tracker, centroid, draw_trajectory
 from fmolab.media import flatten_rgba, save_animation, save_gif, to_uint8
@@ -92,8 +94,7 @@ class VideoOutputs:
         for j in range(self.n):
             with self.stages("composite"):
                 if objects:  # only the objects' region changes: composite there, in float, paste it in uint8
-                    uy0, ux0 = min(b[0] for b, _ in objects), min(b[1] for b, _ in objects)
-                    uy1, ux1 = max(b[2] for b, _ in objects), max(b[3] for b, _ in objects)
+                    uy0, ux0, uy1, ux1 = functools.reduce(union, [box for box, _ in objects])
                     canvas = base[:, uy0:uy1, ux0:ux1].copy()
                     for (y0, x0, y1, x1), renders in objects:
                         part = canvas[:, y0 - uy0:y1 - uy0, x0 - ux0:x1 - ux0]
