@@ -307,3 +307,37 @@ def test_protocol_benchmark_end_to_end_and_refusals(tmp_path, capsys):
     assert main(["evaluate", "--model", str(double), "--data", str(falling), "--protocol", "benchmark", "--no-log",
                  "--out", str(tmp_path / "o2"), "--work-dir", str(tmp_path)]) == 2
     assert "one-image methods" in capsys.readouterr().err
+
+
+def test_protocol_fills_gaps_of_gt_bbox_as_the_benchmark(tmp_path):
+    """A NaN row of gt_bbox is a gap the benchmark fills from its neighbours; only the padding before
+    the ROI is zero (turning the NaN into (0, 0) made TIoU 0.67 where the benchmark gives 0.72)."""
+    from fmolab.evaluation.benchmark_data import BenchmarkSequence
+    from fmolab.evaluation.protocol import frame_truth
+
+    root = write_fake_benchmark(tmp_path / "falling_objects", "falling", n_frames=3)
+    bbox = root / "gt_bbox" / "disc_GTgamma.txt"
+    lines = bbox.read_text().splitlines()
+    lines[8 + 3] = "NaN NaN NaN NaN"  # file frame 2 (k = 1), sub-frame 3
+    bbox.write_text("\n".join(lines) + "\n")
+    seq = BenchmarkSequence(root / "imgs" / "disc_GTgamma", 0)
+    traj, _, box = frame_truth(seq, 1)
+    x2, y2 = disc_position(2 * 8 + 2)
+    x4, y4 = disc_position(2 * 8 + 4)
+    np.testing.assert_allclose(traj[:, 3], [(x2 + x4) / 2 + 0.5, (y2 + y4) / 2 + 0.5], atol=1e-3)
+    assert box.min() > 5  # no (0, 0) position pulls the box to the corner
+
+
+def test_high_speed_ground_truth_starting_late_is_found(tmp_path):
+    """imgs_gt numbered from 1 with the ROI starting later: the first sub-frame is (start * n + 1), not
+    00000001.png, and the benchmark scores it."""
+    from fmolab.evaluation.benchmark_data import BenchmarkSequence
+
+    root = write_fake_benchmark(tmp_path / "falling_objects", "falling", n_frames=4)
+    (root / "roi_frames.txt").write_text("1 3\n")  # frames from 00000002 (no 00000000.png: start + 1)
+    for i in range(1, 17):  # no sub-frames before the ROI
+        (root / "imgs_gt" / "disc_GTgamma" / f"{i:08d}.png").unlink()
+    seq = BenchmarkSequence(root / "imgs" / "disc_GTgamma", 0)
+    assert seq.start == 2 and seq.use_hs
+    gt = seq.gt_subframes(0, (48, 96))
+    assert gt is not None and gt.shape == (8, 3, 48, 96)

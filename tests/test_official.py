@@ -94,3 +94,30 @@ def test_a_bad_file_is_refused_before_any_work(tmp_path, work, capsys):
                  "--work-dir", str(work)])
     err = capsys.readouterr().err
     assert code == 2 and "enc.pt is not a PyTorch state dict" in err and "Traceback" not in err
+
+
+def test_training_mode_normalizes_each_time_step_as_the_official_code(oracle):
+    """In training mode the official renderer sees one time step per call, so BatchNorm normalizes each
+    time step over the batch alone: fmolab's renders and running statistics must be the same."""
+    from fmolab.models import DeFMO
+    from fmolab.models.official import load_official
+
+    net, folder = oracle
+    ours = DeFMO(6, "resnet50", "defmo_official", "batch", "endpoints")
+    load_official(ours, torch.load(folder / "encoder_best.pt", weights_only=True),
+                  torch.load(folder / "rendering_best.pt", weights_only=True))
+    ref = kornia.feature.DeFMO(pretrained=False)
+    ref.load_state_dict(net.state_dict())
+    for m in (ours, ref):
+        m.train()
+        for bn in m.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                bn.momentum = 0.5
+    x = torch.from_numpy(np.random.default_rng(3).random((2, 6, 64, 96), dtype=np.float32))
+    with torch.no_grad():
+        want = ref(x)  # [B, 24, 4, H, W] at linspace(0, 1, 24)
+        got = ours(x, ours.times(24))["renders"]
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5, rtol=0)
+    stats = lambda m: [b.running_mean for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d)][-3:]
+    for a, b in zip(stats(ours.renderer), stats(ref.rendering)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

@@ -110,7 +110,8 @@ class BenchmarkSequence:
             raise BenchmarkError(f"{seq_path}: no frames (*.png)")
         self.window = min(median_window, nfrms)
         self.hs_base = self.root / "imgs_gt" / self.name
-        self.use_hs = _frame_path(self.hs_base, 1).exists()
+        # Any sub-frame counts: a sequence whose ROI starts late has its first one at (start * n + 1).
+        self.use_hs = self.hs_base.is_dir() and any(self.hs_base.glob("*.png"))
         self.hs_start = 0 if _frame_path(self.hs_base, 0).exists() else 1
         self.pars, self.rads = self._trajectory()
         self._buffer: deque | None = None

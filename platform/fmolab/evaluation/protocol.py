@@ -53,7 +53,10 @@ def frame_truth(seq: BenchmarkSequence, k: int) -> tuple[np.ndarray, int, np.nda
     if seq.pars is None or seq.rads is None:
         return None
     f = k + seq.start
-    pars = np.nan_to_num(seq.pars, nan=0.0) if seq.from_bboxes else seq.pars  # bbox files: zeros before the ROI
+    pars = seq.pars
+    if seq.from_bboxes:  # as the benchmark: zeros before the ROI; NaN rows of gt_bbox stay gaps to be filled
+        pars = pars.copy()
+        pars[:2 * seq.start] = 0.0
     if pars.shape[0] < 2 * (f + 1):
         return None
     par = fill_positions(pars[2 * f:2 * f + 2].T.astype(np.float64))  # the files' own 1-based values

@@ -47,8 +47,13 @@ class OfficialRenderer(nn.Module):
         # conv(t ++ latent) = t * conv(1) + conv(latent): the latent part once per sample, not per time
         base = F.conv2d(latent, w[:, 1:], padding=1)
         tmap = F.conv2d(latent.new_ones(1, 1, *latent.shape[-2:]), w[:, :1], padding=1)
-        x = (base[:, None] + times.to(base.dtype)[:, :, None, None, None] * tmap[:, None]).flatten(0, 1)
-        return torch.sigmoid(self.net[1:](x)).unflatten(0, (b, t))
+        x = base[:, None] + times.to(base.dtype)[:, :, None, None, None] * tmap[:, None]
+        if self.training:
+            # The official code renders one time step per call, so in training BatchNorm normalizes each
+            # time step over the batch alone (and updates its running statistics once per step);
+            # folding time into the batch would mix the time steps' statistics (thesis 4.1, finding F1).
+            return torch.stack([torch.sigmoid(self.net[1:](x[:, i])) for i in range(t)], 1)
+        return torch.sigmoid(self.net[1:](x.flatten(0, 1))).unflatten(0, (b, t))
 
 
 @RENDERERS.register("defmo_official")
