@@ -294,3 +294,54 @@ def test_defmo_reconstruction_and_sharpness_known_values():
     assert loss("Sharpness:frames=24")(b, {"renders": half}).item() == pytest.approx(6 / 24, rel=1e-4)
     with pytest.raises(ValueError, match="region=object takes a pixel penalty"):
         loss("Reconstruction:kind=ssim,region=object")
+
+
+# ---------------------------------------------------------------- what the thesis' study needs (4.5, 4.6)
+
+
+def test_staggered_losses_start_and_ramp_known_values():
+    frames = moving_square()
+    renders = frames.clone()
+    renders[:, :, :3] = 0.5  # an RGB error only
+    batch = batch_for(frames)
+    ls = LossSet(["AlphaDice", "RGBL1:mode=gt,weight=2,start=10,ramp=4"])
+    rgb = LOSSES.build("RGBL1:mode=gt")(batch, {"renders": renders})
+    dice = LOSSES.build("AlphaDice")(batch, {"renders": renders})
+    for step, share in ((None, 1.0), (0, 0.0), (9, 0.0), (10, 0.25), (12, 0.75), (13, 1.0), (500, 1.0)):
+        total, values = ls(batch, {"renders": renders}, step)
+        assert float(total) == pytest.approx(float(dice) + 2 * share * float(rgb)), step
+        assert float(values["RGBL1"]) == pytest.approx(float(rgb))  # logged unweighted, even before it starts
+    with pytest.raises(SpecError, match="start=-3"):
+        LossSet(["RGBL1:start=-3"])
+    with pytest.raises(SpecError, match="takes no argument 'stat'"):
+        LossSet(["RGBL1:stat=3"])
+
+
+def test_mean_alpha_against_the_all_zero_alpha():
+    frames = moving_square()  # 36 of 768 pixels opaque per frame
+    batch = batch_for(frames)
+    empty = frames.clone()
+    empty[:, :, 3] = 0
+    loss = LOSSES.build("MeanAlpha")
+    assert float(loss(batch, {"renders": empty})) == pytest.approx(36 / (H * W), rel=1e-5)
+    assert float(loss(batch, {"renders": frames.roll(5, -1)})) == pytest.approx(0.0, abs=1e-7)  # any place
+    fixed = LOSSES.build("MeanAlpha:target=0.5")
+    assert float(fixed(batch, {"renders": empty})) == pytest.approx(0.5)
+
+
+def test_rgb_ssim_loss_known_values():
+    from fmolab.losses.ssim import ssim
+
+    frames = moving_square()
+    batch = batch_for(frames)
+    loss = LOSSES.build("RGBSSIM")
+    assert float(loss(batch, {"renders": frames})) == pytest.approx(0.0, abs=1e-5)
+    darker = frames.clone()
+    darker[:, :, :3] *= 0.5
+    a = frames[:, :, 3:4]
+    want = (1 - ssim((darker[:, :, :3] * a).flatten(0, 1), (frames[:, :, :3] * a).flatten(0, 1))).view(B, T).mean()
+    assert float(loss(batch, {"renders": darker})) == pytest.approx(float(want), rel=1e-5)
+    assert 0 < float(want) < 1
+    ms = LOSSES.build("RGBSSIM:ms=true")
+    assert float(ms(batch, {"renders": frames})) == pytest.approx(0.0, abs=1e-5)
+    assert float(ms(batch, {"renders": darker})) > 0

@@ -99,12 +99,17 @@ def test_training_record_read_over_rest(work, toy, ray_local, mlflow_server, mak
     linked = {m["key"]: m for m in model["data"]["metrics"]}
     assert {"val/loss", "val/psnr", "val/ssim", "val/tiou"} <= set(linked)
     assert all(int(m["step"]) == best_step for m in linked.values())
-    assert math.isclose(linked["val/loss"]["value"], out["metrics"]["best_metric"], rel_tol=1e-6)
-    assert {p["key"]: p["value"] for p in model["data"]["params"]}["monitor"] == "val/loss"
+    assert math.isclose(linked["val/tiou"]["value"], out["metrics"]["best_metric"], rel_tol=1e-6)
+    assert {p["key"]: p["value"] for p in model["data"]["params"]}["monitor"] == "val/tiou"
 
     version = rest(mlflow_server, "model-versions/get", name="record-model", version=str(out["version"]))
     text = version["model_version"]["description"]
     assert str(toy) in text and f"for {steps} of 100000 steps" in text and f"at step {best_step}" in text
+    step = int(out["metrics"]["animation_step"])  # whether and when it animated, where a user reads
+    assert (f"Animation point at step {step}." if step >= 0 else "**Never animated**") in text
+    note = rest(mlflow_server, "runs/get", run_id=out["run_id"])["run"]["data"]["tags"]
+    assert ("Animation point" if step >= 0 else "Never animated") in {t["key"]: t["value"] for t in note}[
+        "mlflow.note.content"]
 
     plots = {f["path"] for f in rest(mlflow_server, "artifacts/list", run_id=out["run_id"], path="plots")["files"]}
     assert "plots/loss_curves.png" in plots

@@ -160,3 +160,23 @@ def test_paper_renderer_widths_and_group_counts():
     mids = [(m.bn1.num_channels, m.bn1.num_groups) for m in r.modules() if type(m).__name__ == "Bottleneck"]
     assert mids == [(64, 8), (16, 4)]
     assert sum(isinstance(m, torch.nn.PixelShuffle) for m in r.modules()) == 4
+
+
+def test_time_options_of_the_renderer():
+    """``time_init`` scales the time channel's initial stem weights (thesis 4.6); ``time_stages`` adds the
+    time at every upsampling stage: the same parameters otherwise, and the renders depend on t at once."""
+    torch.manual_seed(0)
+    plain = DeFMO(6, "tiny", "defmo")
+    torch.manual_seed(0)
+    scaled = DeFMO(6, "tiny", "defmo:time_init=8")
+    w0, w1 = plain.renderer.stem.weight, scaled.renderer.stem.weight
+    torch.testing.assert_close(w1[:, -1:], 8 * w0[:, -1:])
+    torch.testing.assert_close(w1[:, :-1], w0[:, :-1])
+    staged = DeFMO(6, "tiny", "defmo:time_stages=true")
+    extra = {k for k in staged.state_dict()} - {k for k in plain.state_dict()}
+    assert extra == {"renderer.time_vectors.0", "renderer.time_vectors.1", "renderer.time_vectors.2"}
+    x = torch.rand(2, 6, 48, 64)
+    with torch.no_grad():
+        out = staged(x, staged.times(4))["renders"]
+    assert out.shape == (2, 4, 4, 48, 64)
+    assert (out[:, 0] - out[:, -1]).abs().mean() > 1e-3

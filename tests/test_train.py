@@ -196,3 +196,19 @@ def test_each_epoch_draws_new_backgrounds_and_augmentations(work, base, make_con
     assert seen[0].keys() == seen[1].keys() and len(seen[0]) >= 6
     changed = sum(not torch.equal(seen[0][k], seen[1][k]) for k in seen[0])
     assert changed >= len(seen[0]) - 1, f"only {changed} of {len(seen[0])} items changed between epochs"
+
+
+def test_cosine_with_warm_restarts_known_values():
+    from fmolab.train.optim import build_scheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler("cosine_restarts:period=4,mult=2,min_factor=0.1", opt, 100)
+    lrs = []
+    for _ in range(13):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    c = lambda cur, length: 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * cur / length))  # eq. 4.9
+    want = [c(i, 4) for i in range(4)] + [c(i, 8) for i in range(8)] + [c(0, 16)]
+    np.testing.assert_allclose(lrs, want, rtol=1e-6)
+    assert lrs[4] == 1.0 and lrs[12] == 1.0  # the restarts

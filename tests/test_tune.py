@@ -166,7 +166,8 @@ def test_search_stops_bad_trials_tracks_children_and_registers_the_best(work, to
     # best configuration reported
     assert out["best_params"]["train.lr"] == 0.003
     assert math.isfinite(out["best_value"]) and out["metric"] == "val/loss"
-    assert out["best_value"] == min(r["best"] for r in rows)
+    # ranked as each trial chose its checkpoint: animated validations first, then the lowest val/loss
+    assert out["best_value"] == max(rows, key=lambda r: (r["animated"], -r["best"]))["best"]
 
     # MLflow: parent run + one nested child per trial, with the trial's params
     client = mlflow.MlflowClient()
@@ -245,7 +246,7 @@ def test_registered_weights_are_the_checkpoint_best_by_the_search_metric(work, t
                        "data.val_fraction": 0.25, "model.encoder": "tiny", "loss.compare": "[]", "train.workers": 1,
                        "train.batch_size": 2, "train.val_samples": 4, "train.preview_samples": 0,
                        "tracking.experiment": "tune-monitor", "tracking.register_as": "monitored",
-                       "tracking.alias": "best"})
+                       "tracking.alias": "best", "train.monitor.animated_first": False})  # the metric alone
     out = run_search(cfg, space, trials=1, name="monitored", max_concurrent=1, verbose=0)
     client = mlflow.MlflowClient()
     history = {m.step: m.value for m in client.get_metric_history(out["best_run_id"], "val/loss")}

@@ -83,9 +83,12 @@ class Registry(Generic[T]):
     def build(self, spec: str, **extra: Any) -> T:
         """Build a part from a spec string; ``extra`` are keyword arguments the caller supplies."""
         name, kwargs = parse_spec(spec)
+        return self.make(name, {**extra, **kwargs}, spec)
+
+    def make(self, name: str, kwargs: dict[str, Any], spec: str = "") -> T:
+        """Build ``name`` with ``kwargs`` (already parsed; ``spec`` names them in errors)."""
         factory = self.get(name)
-        kwargs = {**extra, **kwargs}
-        check_kwargs(self.kind, name, factory, kwargs, spec)
+        check_kwargs(self.kind, name, factory, kwargs, spec or name)
         return factory(**kwargs)
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fmolab.losses.base import LOSSES, BaseLoss
-from fmolab.registry import parse_spec
+from fmolab.registry import SpecError, parse_spec
 
 
 def _spec_name(spec: str) -> str:
@@ -28,7 +28,9 @@ class LossSet(nn.Module):
         super().__init__()
         if not train_specs:
             raise ValueError("LossSet needs at least one training loss")
-        self.train_losses = nn.ModuleList(LOSSES.build(s) for s in train_specs)
+        built = [_build(s) for s in train_specs]
+        self.schedules = [schedule for _, schedule in built]
+        self.train_losses = nn.ModuleList(loss for loss, _ in built)
         self.compare_losses = nn.ModuleList(LOSSES.build(s) for s in compare_specs)
         specs = list(train_specs) + list(compare_specs)
         losses: list[BaseLoss] = list(self.train_losses) + list(self.compare_losses)
@@ -43,17 +45,38 @@ class LossSet(nn.Module):
     def names(self) -> list[str]:
         return [loss.name for loss in list(self.train_losses) + list(self.compare_losses)]
 
-    def forward(self, batch: dict, outputs: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def factor(self, i: int, step: int | None) -> float:
+        """The share of training loss ``i``'s weight at ``step`` (1 without a step: full weights)."""
+        start, ramp = self.schedules[i]
+        if step is None or (not start and not ramp):
+            return 1.0
+        if step < start:
+            return 0.0
+        return min(1.0, (step - start + 1) / ramp) if ramp else 1.0
+
+    def forward(self, batch: dict, outputs: dict, step: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         outputs = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in outputs.items()}
         device = next((v.device for v in outputs.values() if torch.is_tensor(v)), torch.device("cpu"))
         values: dict[str, torch.Tensor] = {}
         total = None
         with torch.autocast(device.type, enabled=False):
-            for loss in self.train_losses:
+            for i, loss in enumerate(self.train_losses):
                 value = loss(batch, outputs)
                 values[loss.name] = value.detach()
-                total = value * loss.weight if total is None else total + value * loss.weight
+                weighted = value * (loss.weight * self.factor(i, step))
+                total = weighted if total is None else total + weighted
             with torch.no_grad():
                 for loss in self.compare_losses:
                     values[loss.name] = loss(batch, outputs).detach()
         return total, values
+
+
+def _build(spec: str) -> tuple[BaseLoss, tuple[int, int]]:
+    """A training loss and its schedule: any spec may carry ``start=N`` (the loss counts from step N on;
+    thesis 4.6, staggered losses) and ``ramp=M`` (its weight then grows linearly over M steps)."""
+    name, kwargs = parse_spec(spec)
+    start, ramp = kwargs.pop("start", 0), kwargs.pop("ramp", 0)
+    for key, value in (("start", start), ("ramp", ramp)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise SpecError(f"loss {spec!r}: {key}={value!r} must be a whole number of steps >= 0")
+    return LOSSES.make(name, kwargs, spec), (start, ramp)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from fmolab.losses.base import EPS, LOSSES, SupervisedLoss, choice, masked_mean, penalty
+from fmolab.losses.ssim import ms_ssim, ssim
 
 RGB_MODES = ("standard", "direct", "gt")
 DIMS = (1, 2, 3)  # T, H, W of a [B,T,H,W] alpha map
@@ -136,3 +137,40 @@ class Charbonnier(_RGBLoss):
     def __init__(self, weight: float = 1.0, order: str = "auto", mode: str = "standard", eps: float = 1e-3):
         super().__init__(weight, order, mode)
         self.eps = float(eps)
+
+
+@LOSSES.register()
+class RGBSSIM(SupervisedLoss):
+    """1 - SSIM (``ms=true``: MS-SSIM) of the RGB renders and ground truth, per frame, in ``mode``
+    (thesis 4.6: a perceptual RGB loss in place of L1/L2). Both sides are multiplied by the GT alpha
+    (``gt``/``direct``: the rendered alpha is never read, as RGBL1's modes) or by their own alpha
+    (``standard``), so only the object's colours count; averaged over frames."""
+
+    def __init__(self, weight: float = 1.0, order: str = "auto", mode: str = "gt", ms: bool = False):
+        super().__init__(weight, order)
+        choice("RGBSSIM", "mode", mode, RGB_MODES)
+        self.mode, self.ms = mode, bool(ms)
+
+    def compare(self, renders, frames):
+        a_gt = frames[:, :, 3:4]
+        a_re = renders[:, :, 3:4] if self.mode == "standard" else a_gt
+        pred = renders[:, :, :3] * (a_re if self.mode != "direct" else 1)
+        target = frames[:, :, :3] * (a_gt if self.mode != "direct" else 1)
+        sim = (ms_ssim if self.ms else ssim)(pred.flatten(0, 1), target.flatten(0, 1))
+        return (1 - sim).unflatten(0, renders.shape[:2]).mean(1)
+
+
+@LOSSES.register()
+class MeanAlpha(SupervisedLoss):
+    """Against the all-zero alpha (thesis 4.5): |mean rendered alpha - mean GT alpha| per frame, averaged.
+    Zero for any render with the right amount of object; large for an empty (fully transparent) one.
+    ``target``: a fixed mean alpha instead of the ground truth's (self-supervised use, no GT)."""
+
+    def __init__(self, weight: float = 1.0, order: str = "auto", target: float = -1.0):
+        super().__init__(weight, order)
+        self.target = float(target)
+
+    def compare(self, renders, frames):
+        mean = renders[:, :, 3].mean((2, 3))
+        want = frames[:, :, 3].mean((2, 3)) if self.target < 0 else torch.full_like(mean, self.target)
+        return (mean - want).abs().mean(1)

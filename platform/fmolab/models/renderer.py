@@ -56,7 +56,14 @@ def _shuffle_to(cin: int, cout: int) -> list[nn.Module]:
 
 
 class DeFMORenderer(nn.Module):
-    def __init__(self, latent_channels: int, norm: str = "group", width: int = 0, atrous: int = 0):
+    """``time_stages``: fmolab's own option, the time also added (a learned vector per channel, times t)
+    to the features entering each of the three upsampling stages, not only to the stem at 1/16: the
+    renders can follow the object from the first steps instead of after a long static phase.
+    ``time_init``: the time channel's initial stem weights scaled by this (thesis 4.6, "weighted
+    initialization"); 1 = the default initialization."""
+
+    def __init__(self, latent_channels: int, norm: str = "group", width: int = 0, atrous: int = 0,
+                 time_stages: bool = False, time_init: float = 1.0):
         super().__init__()
         check_norm(norm)
         # 2048 -> 1024 as in the paper; small latents keep at least 256 so four shuffles still have channels.
@@ -65,8 +72,9 @@ class DeFMORenderer(nn.Module):
         self.stem = nn.Conv2d(latent_channels + 1, width, 3, padding=1, bias=False)
         self.stem_norm = make_norm(norm, width, renderer_groups(width))
         self.relu = nn.ReLU(inplace=True)
-        stages, c = [], width
+        stages, c, stage_inputs = [], width, []
         for i in range(3):  # 1/8, 1/4, 1/2 resolution
+            stage_inputs.append(c)
             target = max(width // 4 ** (i + 1), 16)
             stage = _shuffle_to(c, target)
             if i == 0:
@@ -76,6 +84,12 @@ class DeFMORenderer(nn.Module):
             stages.append(nn.Sequential(*stage))
             c = target
         self.up = nn.Sequential(*stages)
+        # per stage: [C] vectors v, the stage's input += t * v (1/16, 1/8, 1/4 resolution)
+        self.time_vectors = nn.ParameterList(
+            nn.Parameter(torch.randn(cin)) for cin in stage_inputs) if time_stages else None
+        if time_init != 1.0:
+            with torch.no_grad():
+                self.stem.weight[:, -1:] *= float(time_init)
         self.head = nn.Conv2d(c, 4 * 4, 3, padding=1)  # 4 sub-pixels x RGBA
         self.shuffle = nn.PixelShuffle(2)
 
@@ -90,15 +104,23 @@ class DeFMORenderer(nn.Module):
         tmap = F.conv2d(ones, w[:, -1:], padding=1)
         x = base[:, None] + times.to(base.dtype)[:, :, None, None, None] * tmap[:, None]
         x = self.relu(self.stem_norm(x.flatten(0, 1)))
-        x = torch.sigmoid(self.shuffle(self.head(self.up(x))))
+        if self.time_vectors is None:
+            x = self.up(x)
+        else:
+            tt = times.to(x.dtype).reshape(-1, 1, 1, 1)
+            for stage, v in zip(self.up, self.time_vectors):
+                x = stage(x + tt * v[:, None, None])
+        x = torch.sigmoid(self.shuffle(self.head(x)))
         return x.unflatten(0, (b, t))
 
 
 @RENDERERS.register("defmo")
-def defmo(latent_channels: int, norm: str = "group", width: int = 0, atrous: int = 0) -> DeFMORenderer:
-    return DeFMORenderer(latent_channels, norm, width, atrous)
+def defmo(latent_channels: int, norm: str = "group", width: int = 0, atrous: int = 0, time_stages: bool = False,
+          time_init: float = 1.0) -> DeFMORenderer:
+    return DeFMORenderer(latent_channels, norm, width, atrous, time_stages, time_init)
 
 
 @RENDERERS.register("defmo_atrous")
-def defmo_atrous(latent_channels: int, norm: str = "group", width: int = 0, atrous: int = 1) -> DeFMORenderer:
-    return DeFMORenderer(latent_channels, norm, width, atrous)
+def defmo_atrous(latent_channels: int, norm: str = "group", width: int = 0, atrous: int = 1,
+                 time_stages: bool = False, time_init: float = 1.0) -> DeFMORenderer:
+    return DeFMORenderer(latent_channels, norm, width, atrous, time_stages, time_init)

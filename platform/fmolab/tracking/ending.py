@@ -58,8 +58,23 @@ def describe(reason: str, metrics: dict | None = None, steps: int = 0, monitor: 
     if monitor and best is not None and math.isfinite(float(best)):
         text += f"; best {monitor} {float(best):.5g} at step {int(m.get('best_step', -1))}"
     text += "."
+    if "animation_step" in m or "val/animation_step" in m:
+        text += " " + animation_note(m)
     if detail:
         text += f"\n\n{detail.strip().splitlines()[0][:500]}"
+    return text
+
+
+def animation_note(metrics: dict) -> str:
+    """"Animation point at step N." or the warning that the model never animated (its renders are one
+    image at every instant): said wherever a user reads about a run or a registered model."""
+    step = int(metrics.get("animation_step", metrics.get("val/animation_step", -1)))
+    if step < 0:
+        return ("**Never animated**: every instant renders the same image (val/animation_ratio never above "
+                "0.5), so this model does not deblur; train longer or see docs/studies.md for recipes that animate.")
+    text = f"Animation point at step {step}."
+    if "best_animated" in metrics and not float(metrics["best_animated"]):
+        text += f" The best checkpoint (step {int(metrics.get('best_step', -1))}) is from before it: a static model."
     return text
 
 

@@ -98,12 +98,17 @@ def validation_at(run_id: str, step: int) -> dict[str, float]:
 
 
 def describe_version(cfg: Config, *, steps_done: int, best_step: int, best_value: float,
-                     linked: dict[str, float], digest: str) -> str:
-    """A registered version's description: data, steps, the monitored metric and its value, the rest."""
+                     linked: dict[str, float], digest: str, metrics: dict | None = None) -> str:
+    """A registered version's description: data, steps, the monitored metric and its value, whether and
+    when it animated (``metrics``: the run's last report), the rest."""
+    from fmolab.tracking.ending import animation_note
+
     monitor = cfg.train.monitor
     lines = [f"{cfg.variant} model of run {cfg.train.run_name}, trained on {cfg.train_dir} (manifest sha1 "
              f"{digest[:12]}) for {steps_done} of {cfg.train.steps} steps.",
              f"Best {monitor.metric} ({monitor.mode}) = {float(best_value):.5g} at step {best_step}."]
+    if metrics is not None:
+        lines.append(animation_note(metrics))
     others = {k: v for k, v in linked.items() if k != monitor.metric}
     if others:
         lines.append("At that step: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(others.items())) + ".")

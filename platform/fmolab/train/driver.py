@@ -99,7 +99,7 @@ def publish(cfg: Config, run_id: str, checkpoint, metrics: dict, register: bool)
             description=model_registry.describe_version(
                 cfg, steps_done=int(metrics.get("step", 0)), best_step=best_step,
                 best_value=linked.get(cfg.train.monitor.metric, metrics.get("best_metric", float("nan"))),
-                linked=linked, digest=dataset_tags(cfg)["dataset_manifest_sha1"]))
+                linked=linked, digest=dataset_tags(cfg)["dataset_manifest_sha1"], metrics=metrics))
         out["registered"] = f"models:/{cfg.tracking.register_as}@{cfg.tracking.alias}"
     return out
 

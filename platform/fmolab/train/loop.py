@@ -17,7 +17,7 @@ from fmolab.config import Config, config_from_dict
 from fmolab.train import checkpoint as ckpt
 from fmolab.train.callbacks import Callback, default_callbacks
 from fmolab.train.collective import Collective
-from fmolab.train.state import Monitor, TrainState
+from fmolab.train.state import Monitor, TrainState, animated
 
 
 def animation(renders: torch.Tensor) -> torch.Tensor:
@@ -37,7 +37,7 @@ class Trainer:
         self.cfg, self.model, self.optimizer, self.scheduler, self.losses = cfg, model, optimizer, scheduler, losses
         self.val_ds, self.device, self.rank, self.collate = val_ds, device, rank, collate
         self.ranks, self.callbacks = Collective(world), callbacks
-        self.monitor = Monitor(cfg.train.monitor.metric, cfg.train.monitor.mode)
+        self.monitor = Monitor(cfg.train.monitor.metric, cfg.train.monitor.mode, cfg.train.monitor.animated_first)
         self.state = TrainState(best_metric=self.monitor.worst)
         self.best_weights: dict | None = None
         self.started, self.start_step = time.time(), 0
@@ -83,7 +83,7 @@ class Trainer:
             _, batch = next(stream)
             waited += time.perf_counter() - t
             batch = to_device(batch, self.device)
-            total, parts = self.losses(batch, self.forward(batch))
+            total, parts = self.losses(batch, self.forward(batch), self.state.step)
             if not self.ranks.all(bool(torch.isfinite(total))):  # ranks must agree, or DDP's all-reduce hangs
                 self.emit("on_nonfinite", {k: float(v) for k, v in parts.items()})
                 self.optimizer.zero_grad(set_to_none=True)
@@ -118,7 +118,7 @@ class Trainer:
 
         for i in range(0, len(idx), bs):
             batch, outputs = self.predict(idx[i:i + bs])
-            total, values = self.losses(batch, outputs)
+            total, values = self.losses(batch, outputs, self.state.step)
             for k, v in {**values, "loss": total}.items():
                 add(k, float(v), batch["inputs"].shape[0])
             renders, bg = outputs["renders"].float(), batch["backgrounds"][:, :1]  # every frame on the first bg
@@ -129,11 +129,11 @@ class Trainer:
                 add("animation_ratio", float(ratio[b]))
             self.emit("on_val_batch", batch, outputs, add)
         val = {f"val/{k}": v for k, v in self.ranks.weighted_mean(sums, counts).items()}
-        s = self.state
-        if self.monitor.improved(val.get(self.monitor.metric), s.best_metric):
-            s.best_metric, s.best_step = val[self.monitor.metric], s.step
+        s, moving = self.state, animated(val)
+        if self.monitor.improved(val.get(self.monitor.metric), s.best_metric, moving, s.best_animated):
+            s.best_metric, s.best_step, s.best_animated = val[self.monitor.metric], s.step, moving
             self.best_weights = ckpt.cpu_weights(self.model) if self.rank == 0 else None
-        if s.animation_step < 0 and val.get("val/animation_ratio", 0.0) > 0.5:
+        if s.animation_step < 0 and moving:
             s.animation_step = s.step
         return {**val, f"best/{self.monitor.metric}": s.best_metric, "val/animation_step": s.animation_step}
 
@@ -142,7 +142,8 @@ class Trainer:
         import ray.train
 
         metrics = {**metrics, "step": self.state.step, "best_metric": self.state.best_metric,
-                   "best_step": self.state.best_step}
+                   "best_step": self.state.best_step, "best_animated": float(self.state.best_animated),
+                   "animation_step": self.state.animation_step}
         if self.rank != 0:
             ray.train.report(metrics, checkpoint=None)
             return

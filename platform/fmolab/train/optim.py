@@ -34,6 +34,23 @@ def cosine(optimizer, total_steps: int, warmup: int = 0, min_factor: float = 0.0
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+@SCHEDULERS.register("cosine_restarts")
+def cosine_restarts(optimizer, total_steps: int, period: int = 1000, mult: float = 1.0, min_factor: float = 0.0):
+    """Cosine annealing with warm restarts (SGDR; seed 004, eq. 4.9): eta = eta_min + (eta_max - eta_min)
+    (1 + cos(pi T_cur / T_i)) / 2, restarting at eta_max every ``period`` steps, each period ``mult``
+    times the one before; eta_min = ``min_factor`` x lr."""
+    if period < 1 or mult < 1:
+        raise ValueError(f"cosine_restarts: period {period} must be >= 1 and mult {mult} >= 1")
+
+    def factor(step: int) -> float:
+        length, cur = float(period), float(step)
+        while cur >= length:
+            cur, length = cur - length, length * mult
+        return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * cur / length))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 @SCHEDULERS.register("step")
 def step_decay(optimizer, total_steps: int, step_size: int = 1000, gamma: float = 0.5):
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)

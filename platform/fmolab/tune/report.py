@@ -13,6 +13,7 @@ from typing import Any
 from fmolab import storage
 from fmolab.config import Config, to_dict
 from fmolab.train.launch import dataset_tags
+from fmolab.train.state import ANIMATED, Monitor
 from fmolab.tune.plots import plot_history, plot_importances, plot_parallel
 from fmolab.tune.space import SearchSpace
 from fmolab.tune.trial import SEARCH_TAG, TRIAL_TAG, trial_run_name
@@ -26,17 +27,24 @@ def trial_rows(cfg: Config, space: SearchSpace, grid, name: str) -> list[dict]:
     runs = {r.data.tags.get(TRIAL_TAG): r for r in
             client.search_runs([exp.experiment_id], filter_string=f"tags.`{SEARCH_TAG}` = '{name}'", max_results=10000)
             if r.data.tags.get(TRIAL_TAG)}
+    monitor = Monitor(space.metric, space.mode, cfg.train.monitor.animated_first)
     rows = []
     for result in grid:
         df = result.metrics_dataframe
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_", 1)[-1]
+        best_step, best_val, moving, animation_step = -1, math.nan, False, -1
         if df is not None and space.metric in df:
             vals = df[space.metric].astype(float)
-            best_val = float(vals.max() if space.mode == "max" else vals.min()) if len(vals.dropna()) else math.nan
             steps = int(df["step"].max()) if "step" in df else 0
+            ratios = df["val/animation_ratio"].astype(float) if "val/animation_ratio" in df else [0.0] * len(vals)
             history = [(int(s), float(v)) for s, v in zip(df["step"], vals)] if "step" in df else []
+            # as the trial chose its checkpoint: an animated validation first, then the metric
+            best = monitor.best_of([(s, v, float(r)) for (s, v), r in zip(history, ratios)])
+            if best:
+                best_step, best_val, moving = best
+            animation_step = next((s for (s, _), r in zip(history, ratios) if float(r) > ANIMATED), -1)
         else:
-            best_val, steps, history = math.nan, 0, []
+            steps, history = 0, []
         params = {k: v for k, v in (result.config or {}).items() if k in space.names}
         trial_cfg = space.build_config(cfg, params, overrides=False)
         if result.error is not None:
@@ -46,7 +54,8 @@ def trial_rows(cfg: Config, space: SearchSpace, grid, name: str) -> list[dict]:
         else:
             status = "completed"
         run = runs.get(trial_id)
-        rows.append({"trial": trial_id, "params": params, "best": best_val, "steps": steps,
+        rows.append({"trial": trial_id, "params": params, "best": best_val, "best_step": best_step,
+                     "animated": moving, "animation_step": animation_step, "steps": steps,
                      "max_steps": trial_cfg.train.steps, "status": status,
                      "run_id": run.info.run_id if run else "", "run_name": trial_run_name(name, trial_id),
                      "checkpoint_path": (result.metrics or {}).get("checkpoint_path", ""), "history": history,
@@ -59,9 +68,10 @@ def format_value(v: Any) -> str:
 
 
 def print_table(rows: list[dict], names: list[str], metric: str) -> str:
-    head = ["trial", *names, f"best {metric}", "steps", "status"]
+    head = ["trial", *names, f"best {metric}", "animated", "steps", "status"]
     body = [[r["trial"], *[format_value(r["params"].get(n, "-")) for n in names],
-             f"{r['best']:.5f}", f"{r['steps']}/{r['max_steps']}", r["status"]] for r in rows]
+             f"{r['best']:.5f}", "yes" if r.get("animated") else "no", f"{r['steps']}/{r['max_steps']}", r["status"]]
+            for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)) for line in [head, *body]]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
@@ -70,10 +80,10 @@ def print_table(rows: list[dict], names: list[str], metric: str) -> str:
 def write_csv(rows: list[dict], names: list[str], path: Path) -> Path:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["trial", *names, "best", "steps", "max_steps", "status", "run_id"])
+        w.writerow(["trial", *names, "best", "best_step", "animated", "steps", "max_steps", "status", "run_id"])
         for r in rows:
-            w.writerow([r["trial"], *[r["params"].get(n, "") for n in names], r["best"], r["steps"],
-                        r["max_steps"], r["status"], r["run_id"]])
+            w.writerow([r["trial"], *[r["params"].get(n, "") for n in names], r["best"], r.get("best_step", ""),
+                        int(bool(r.get("animated"))), r["steps"], r["max_steps"], r["status"], r["run_id"]])
     return path
 
 
@@ -150,7 +160,8 @@ def report(cfg: Config, space: SearchSpace, grid, name: str, parent_id: str, fol
     if not done:
         print("[tune] no trial reported a validation: nothing to register", flush=True)
         return out
-    best = (max if space.mode == "max" else min)(done, key=lambda r: r["best"])
+    sign = 1 if space.mode == "max" else -1  # animated trials first, then the best metric
+    best = max(done, key=lambda r: (r["animated"] and cfg.train.monitor.animated_first, sign * r["best"]))
     best_cfg = space.build_config(cfg, best["params"], overrides=False)
     best_cfg.train.run_name = best["run_name"]
     out.update(best_trial=best["trial"], best_params=best["params"], metric=space.metric, best_value=best["best"],
@@ -163,8 +174,7 @@ def report(cfg: Config, space: SearchSpace, grid, name: str, parent_id: str, fol
     (folder / "best.json").write_text(json.dumps({k: out[k] for k in ("best_trial", "best_params", "metric", "best_value",
                                                                      "best_run_id")}, indent=2, default=str))
     model_run = best["run_id"] or parent_id
-    pick = max if space.mode == "max" else min
-    best_step = pick(best["history"], key=lambda sv: sv[1])[0] if best["history"] else 0
+    best_step = max(best["best_step"], 0)
     linked = model_registry.validation_at(best["run_id"], best_step) if best["run_id"] else {}
     out["model_uri"] = model_registry.log_model(best_cfg, weights, model_run, step=best_step,
                                                 metrics=linked or {space.metric: best["best"]})
@@ -181,7 +191,9 @@ def report(cfg: Config, space: SearchSpace, grid, name: str, parent_id: str, fol
                                            description=model_registry.describe_version(
                                                best_cfg, steps_done=best["steps"], best_step=best_step,
                                                best_value=best["best"], linked=linked,
-                                               digest=dataset_tags(best_cfg)["dataset_manifest_sha1"])
+                                               digest=dataset_tags(best_cfg)["dataset_manifest_sha1"],
+                                               metrics={"animation_step": best["animation_step"],
+                                                        "best_animated": best["animated"], "best_step": best_step})
                                            + f"\nBest trial {best['trial']} of search {name}.")
         out["registered"] = f"models:/{cfg.tracking.register_as}@{cfg.tracking.alias}"
     print(f"[tune] best trial {best['trial']}: {space.metric} {best['best']:.5f} with "
