@@ -5,6 +5,7 @@ rendered (or evaluated) is a classic source of silent bias.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 EPS = 1e-6
@@ -36,6 +37,16 @@ def span_mask(times: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
     Arrays or tensors."""
     start, end = span[..., 0:1], span[..., 1:2]
     return (times >= start) & ((times < end) | ((end >= 1.0) & (times <= end)))
+
+
+def image_of_times(times, spans) -> np.ndarray:
+    """For ``times [T]`` and the input images' ``spans [K,2]``: the index of the image whose exposure
+    holds each time (the observed image behind a sub-frame; the last span wins where spans overlap)."""
+    times, spans = np.asarray(times), np.asarray(spans)
+    which = np.zeros(len(times), dtype=int)
+    for k, span in enumerate(spans):
+        which[span_mask(times, span)] = k
+    return which
 
 
 def blur_from_frames(frames: torch.Tensor, times: torch.Tensor, span: torch.Tensor) -> torch.Tensor:

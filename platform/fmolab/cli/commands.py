@@ -159,6 +159,28 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from fmolab.config import parse_override
+    from fmolab.runtime import use_work_dir
+    from fmolab.study import load_study
+    from fmolab.study.report import study_report
+    from fmolab.study.run import run_study
+    from fmolab.tracking.store import setup_tracking
+
+    overrides = dict(parse_override(o) for o in args.overrides)
+    if args.study_command == "run":
+        out = run_study(args.study, overrides, work_dir=args.work_dir or "", concurrency=args.max_concurrent)
+        show(out, ("name", "parent_run_id", "errors", "seconds"))
+        return 1 if out["errors"] else 0
+    study = load_study(args.study)
+    extra = {**overrides, **({"runtime.work_dir": args.work_dir} if args.work_dir else {})}
+    cfg = study.config(study.arms[0].name, 0, extra)
+    cfg.runtime.work_dir = str(use_work_dir(cfg.work_dir))
+    setup_tracking(cfg)
+    print(study_report(study, cfg)["markdown"])
+    return 0
+
+
 def cmd_import(args) -> int:
     from fmolab.inference.official import import_defmo
 

@@ -84,6 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-space", action="store_true", help="validate the space, print its parameters and exit")
     p.set_defaults(func=c.cmd_tune)
 
+    p = sub.add_parser("study", help="run a study (arms x seeds at a fixed sample budget, studies/*.yaml) and report it")
+    ssub = p.add_subparsers(dest="study_command", required=True)
+    q = ssub.add_parser("run", help="run or resume every (arm, seed) as one Ray Tune experiment; prints the table")
+    q.add_argument("study", help="a study file, or NAME for studies/NAME.yaml")
+    q.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides for every arm, after the study's own")
+    q.add_argument("--max-concurrent", type=int, default=0, metavar="K", help="trials at a time (default: what fits)")
+    _work_dir_arg(q)
+    q.set_defaults(func=c.cmd_study)
+    q = ssub.add_parser("report", help="print a study's table (mean +- sd over seeds per arm) as Markdown")
+    q.add_argument("study", help="a study file, or NAME for studies/NAME.yaml")
+    q.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="the overrides the study ran with (tracking.*)")
+    _work_dir_arg(q)
+    q.set_defaults(func=c.cmd_study)
+
     p = sub.add_parser("evaluate", help="evaluate a registered model with the FMO benchmark metrics")
     p.add_argument("--model", required=True, help="models:/NAME@ALIAS, runs:/ID/NAME, models:/m-ID, or a checkpoint folder")
     p.add_argument("--data", required=True, help="fmolab shard dataset (a folder or a URI such as s3://bucket/ds), "

@@ -146,6 +146,9 @@ class DataConfig:
     val_backgrounds: str = ""  # validation background folder; "" = hold out bg_val_fraction of the clips
     bg_val_fraction: float = 0.1  # background clips (by clip id) held out for validation
     format: str = "double_blur"  # input format spec, see `fmolab list formats`
+    # validation items in another format of the same input channels ("" = data.format), e.g. a model
+    # trained on one object scored on multi_object (thesis 4.4)
+    val_format: str = ""
     val_fraction: float = 0.1
     frames_per_sample: int = 8  # ground-truth sub-frames used per item (evenly spaced)
     min_contrast: float = 0.1
@@ -223,6 +226,8 @@ class TrainConfig:
     run_name: str = ""  # "" = <variant>-<timestamp>; the same name resumes
     workers: int = 2
     cpus_per_worker: float = 0.5  # fractional so Train never waits forever behind a Data stage
+    threads: int = 0  # torch threads per worker; 0 = this node's cores / its workers (a study running two
+    #                   trials at once on 2 cores sets 1)
     use_gpu: bool = False
     batch_size: int = 4  # per worker
     steps: int = 1000
@@ -249,6 +254,7 @@ class TrainConfig:
     def check(self) -> None:
         require(self.workers >= 1, "train.workers", self.workers, "must be >= 1")
         require(self.cpus_per_worker > 0, "train.cpus_per_worker", self.cpus_per_worker, "must be > 0")
+        require(self.threads >= 0, "train.threads", self.threads, "must be >= 0 (0 = cores / workers)")
         require(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
         require(self.steps >= 1, "train.steps", self.steps, "must be >= 1")
         require(self.grad_accum >= 1, "train.grad_accum", self.grad_accum, "must be >= 1")

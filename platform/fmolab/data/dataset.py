@@ -130,7 +130,7 @@ def build_dataset(cfg, split: str, epoch_seed: int = 0) -> FMODataset:
     if len(loader) == 0:
         log.warning("split %r of %s is empty (val_fraction=%s, %d objects)", split, root, d.val_fraction,
                     len(set(loader.object_ids)))
-    fmt = build_format(d.format, d)
+    fmt = build_format(d.val_format if split == "val" and d.val_format else d.format, d)
     adder = build_adder(cfg, split) if fmt.uses_background else None
     return FMODataset(loader, fmt, adder, Augment.from_config(d, train=split == "train"), d.frames_per_sample,
                       seed=d.seed, epoch_seed=epoch_seed)

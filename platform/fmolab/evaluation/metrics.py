@@ -215,9 +215,22 @@ def score_sample(pred: np.ndarray, gt: np.ndarray, box: Box, gt_traj: np.ndarray
     return out
 
 
+def score_baselines(frames: np.ndarray, images: np.ndarray, backgrounds: np.ndarray) -> dict[str, float]:
+    """The crop PSNR of the benchmark's static baselines on a synthetic sample: "im" (the observed image
+    behind each sub-frame, ``images [T,3,H,W]``) and "bg" (its background, ``backgrounds [T,3,H,W]``),
+    against the ground-truth RGBA ``frames`` composited on those backgrounds (as :func:`score_renders`)."""
+    from fmolab.compose import composite
+
+    frames = np.asarray(frames, np.float32)
+    gt, box = composite(frames, backgrounds), scoring_crop(frames[:, 3])
+    return {f"{name}_crop_psnr": score_sample(pred, gt, box)["psnr"]
+            for name, pred in (("im", images), ("bg", backgrounds))}
+
+
 def score_renders(renders: np.ndarray, frames: np.ndarray, background: np.ndarray) -> dict[str, float]:
     """The benchmark's scores of predicted RGBA sub-frames ``renders [T,4,H,W]`` against ground-truth
-    RGBA ``frames`` of a synthetic sample, both composited on ``background [3,H,W]``: PSNR and SSIM on
+    RGBA ``frames`` of a synthetic sample, both composited on ``background`` (``[3,H,W]``, or ``[T,3,H,W]``
+    the one behind each sub-frame): PSNR and SSIM on
     the scoring crop around the ground-truth trajectory, TIoU from alpha centroids with the object's
     equivalent radius (what training validation reports as ``val/crop_psnr``, ``val/ssim``, ``val/tiou``)."""
     from fmolab.compose import composite

@@ -13,7 +13,7 @@ from typing import Iterator
 import numpy as np
 
 from fmolab import storage
-from fmolab.compose import composite, span_mask
+from fmolab.compose import composite, image_of_times
 from fmolab.evaluation.metrics import alpha_centroids, equivalent_radius
 from fmolab.geometry import Box, scoring_crop
 
@@ -68,9 +68,7 @@ def shard_sample(dataset, i: int) -> Sample:
     times = item["times"].numpy()
     spans = item["spans"].numpy()  # [K,2]
     images, backgrounds = item["images"].numpy(), item["backgrounds"].numpy()  # [K,3,H,W]
-    which = np.zeros(len(times), dtype=int)  # the image whose exposure holds each time
-    for kk, span in enumerate(spans):
-        which[span_mask(times, span)] = kk
+    which = image_of_times(times, spans)  # the image whose exposure holds each time
     bg_t, im_t = backgrounds[which], images[which]
     alpha = frames[:, 3]
     h, w = frames.shape[-2:]

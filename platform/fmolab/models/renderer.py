@@ -84,9 +84,10 @@ class DeFMORenderer(nn.Module):
             stages.append(nn.Sequential(*stage))
             c = target
         self.up = nn.Sequential(*stages)
-        # per stage: [C] vectors v, the stage's input += t * v (1/16, 1/8, 1/4 resolution)
+        # per stage: [C] vectors v, the stage's input += t * v (1/16, 1/8, 1/4 resolution); zero at first, so a
+        # fresh model is static as the thesis' is and its animation point is measured, not given by init
         self.time_vectors = nn.ParameterList(
-            nn.Parameter(torch.randn(cin)) for cin in stage_inputs) if time_stages else None
+            nn.Parameter(torch.zeros(cin)) for cin in stage_inputs) if time_stages else None
         if time_init != 1.0:
             with torch.no_grad():
                 self.stem.weight[:, -1:] *= float(time_init)

@@ -194,15 +194,20 @@ class TimeLimit(Callback):
 
 class BenchmarkScores(Callback):
     """The FMO benchmark's crop PSNR, SSIM and TIoU of every validation item
-    (:func:`fmolab.evaluation.metrics.score_renders`)."""
+    (:func:`fmolab.evaluation.metrics.score_renders`), and the crop PSNR of its static baselines
+    ``val/im_crop_psnr`` and ``val/bg_crop_psnr`` (what a model must beat to be worth running)."""
 
     def on_val_batch(self, trainer, batch, outputs, add):
-        from fmolab.evaluation.metrics import score_renders
+        from fmolab.compose import image_of_times
+        from fmolab.evaluation.metrics import score_baselines, score_renders
 
         renders, frames = outputs["renders"].float().cpu().numpy(), batch["frames"].float().cpu().numpy()
-        bg = batch["backgrounds"][:, 0].float().cpu().numpy()  # every frame on the first background
+        bgs, images = batch["backgrounds"].float().cpu().numpy(), batch["images"].float().cpu().numpy()
+        times, spans = batch["times"].cpu().numpy(), batch["spans"].cpu().numpy()
         for b in range(renders.shape[0]):
-            for k, v in score_renders(renders[b], frames[b], bg[b]).items():
+            which = image_of_times(times[b], spans[b])  # each sub-frame on the background it was seen on
+            for k, v in {**score_renders(renders[b], frames[b], bgs[b][which]),
+                         **score_baselines(frames[b], images[b][which], bgs[b][which])}.items():
                 add(k, v)
 
 

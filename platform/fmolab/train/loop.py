@@ -215,7 +215,7 @@ def train_loop(loop_config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(train_cfg.seed + rank)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, ctx.get_local_world_size())))
+    torch.set_num_threads(train_cfg.threads or max(1, (os.cpu_count() or 1) // max(1, ctx.get_local_world_size())))
     device = ray.train.torch.get_device()
 
     model = build_model(cfg.model, build_format(cfg.data.format).in_channels)

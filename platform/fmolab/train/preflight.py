@@ -21,6 +21,12 @@ def preflight(cfg: Config, data: bool = True) -> dict:
     from fmolab.train.optim import build_optimizer, build_scheduler
 
     fmt = _built("data.format", lambda: build_format(cfg.data.format, cfg.data))
+    if cfg.data.val_format:
+        val_fmt = _built("data.val_format", lambda: build_format(cfg.data.val_format, cfg.data))
+        if val_fmt.in_channels != fmt.in_channels:
+            raise ConfigError(f"data.val_format = {cfg.data.val_format!r} makes {val_fmt.in_channels}-channel inputs, "
+                              f"data.format {cfg.data.format!r} {fmt.in_channels}: the model takes one; pick formats "
+                              f"of the same inputs (e.g. double_blur and multi_object)")
     _built("loss.train / loss.compare", lambda: LossSet(cfg.loss.train, cfg.loss.compare))
     m = cfg.model
     with torch.device("meta"):  # the structure only: shapes, no memory, no pretrained weights

@@ -1,0 +1,143 @@
+"""A study file (``studies/*.yaml``): groups of arms (config overrides on one preset) run with a fixed
+sample budget and several seeds, each group stating the claim it tests. Read and checked whole, every
+arm's config built, before anything runs.
+
+```yaml
+preset: study            # what every arm builds on (a preset name or a YAML file)
+base: {render.name: study}   # overrides for every arm
+budget_samples: 24000    # every trial trains on this many samples (steps = budget / global batch)
+seeds: 2                 # per arm, unless a group says otherwise
+groups:
+  F1:
+    claim: "GroupNorm animates sooner than BatchNorm at batch 4 (thesis 4.1)"
+    seeds: 2
+    arms:
+      group: {model.norm: group}
+      batch: {model.norm: batch}
+```
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fmolab.config import Config, ConfigError, load_config, preset_path, read_yaml
+
+TOP_KEYS = {"preset", "base", "budget_samples", "seeds", "groups", "description", "concurrency"}
+GROUP_KEYS = {"claim", "seeds", "arms"}
+
+
+@dataclass
+class Arm:
+    group: str
+    name: str  # unique in the study: "<group>/<arm>"
+    overrides: dict[str, Any]
+    seeds: int
+
+
+@dataclass
+class Study:
+    name: str
+    path: str
+    text: str
+    preset: str
+    base: dict[str, Any]
+    budget_samples: int
+    arms: list[Arm]
+    claims: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+    concurrency: int = 0  # trials at a time; 0 = what fits
+
+    def trials(self) -> list[dict]:
+        """Every (arm, seed), in file order: the study's grid."""
+        return [{"arm": a.name, "seed": s} for a in self.arms for s in range(a.seeds)]
+
+    def arm(self, name: str) -> Arm:
+        return next(a for a in self.arms if a.name == name)
+
+    def config(self, arm: str, seed: int, extra: dict[str, Any] | None = None) -> Config:
+        """The trial's config: preset <- base <- the arm <- ``extra``; its seed; steps from the budget."""
+        values = {**self.base, **self.arm(arm).overrides, **(extra or {})}
+        overrides = [f"{k}={_yaml_value(v)}" for k, v in values.items()]
+        cfg = load_config([preset_file(self.preset)], overrides)
+        cfg.train.seed = seed
+        cfg.train.steps = steps_for(cfg, self.budget_samples)
+        cfg.train.time_limit = 0.0  # the budget is in samples, never in seconds
+        return cfg
+
+
+def samples_per_step(cfg: Config) -> int:
+    return cfg.train.batch_size * cfg.train.grad_accum * cfg.train.workers
+
+
+def steps_for(cfg: Config, budget_samples: int) -> int:
+    return max(1, math.ceil(budget_samples / samples_per_step(cfg)))
+
+
+def preset_file(preset: str) -> Path:
+    return Path(preset) if preset.endswith((".yaml", ".yml")) else preset_path(preset)
+
+
+def _yaml_value(v: Any) -> str:
+    """An override's value as the command line would write it (lists and dicts as flow YAML)."""
+    import yaml
+
+    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip() if not isinstance(v, str) else v
+
+
+def find_study(name_or_path: str) -> Path:
+    """A study file: a path, else ``studies/<name>.yaml`` in this folder."""
+    p = Path(name_or_path)
+    for candidate in (p, Path("studies") / f"{name_or_path}.yaml"):
+        if candidate.is_file():
+            return candidate
+    known = sorted(q.stem for q in Path("studies").glob("*.yaml")) if Path("studies").is_dir() else []
+    raise FileNotFoundError(f"no study {name_or_path!r}: give a study file or a name of studies/*.yaml"
+                            + (f" ({', '.join(known)})" if known else ""))
+
+
+def _need(ok: bool, where: str, what: str) -> None:
+    if not ok:
+        raise ConfigError(f"{where}: {what}")
+
+
+def load_study(name_or_path: str) -> Study:
+    """Read and check a study file; every arm's config is built (and checked) here."""
+    path = find_study(name_or_path)
+    data, where = read_yaml(path), str(path)
+    _need(isinstance(data, dict), where, "must be a mapping with preset, budget_samples and groups")
+    unknown = set(data) - TOP_KEYS
+    _need(not unknown, where, f"unknown key(s) {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")
+    preset = str(data.get("preset", ""))
+    _need(bool(preset), where, "needs 'preset' (the preset or YAML file every arm builds on)")
+    budget, seeds = data.get("budget_samples"), data.get("seeds", 1)
+    _need(isinstance(budget, int) and budget > 0, f"{where}: budget_samples", f"{budget!r} must be a whole number > 0")
+    _need(isinstance(seeds, int) and seeds >= 1, f"{where}: seeds", f"{seeds!r} must be a whole number >= 1")
+    base = data.get("base") or {}
+    _need(isinstance(base, dict), f"{where}: base", "must be a mapping of config keys to values")
+    groups = data.get("groups")
+    _need(isinstance(groups, dict) and groups, f"{where}: groups", "must map group names to {claim, arms}")
+    arms, claims = [], {}
+    for g, spec in groups.items():
+        gw = f"{where}: groups.{g}"
+        _need(isinstance(spec, dict) and isinstance(spec.get("arms"), dict) and spec["arms"], gw,
+              "needs 'arms': a mapping of arm names to config overrides")
+        unknown = set(spec) - GROUP_KEYS
+        _need(not unknown, gw, f"unknown key(s) {sorted(unknown)}; allowed: {sorted(GROUP_KEYS)}")
+        n = spec.get("seeds", seeds)
+        _need(isinstance(n, int) and n >= 1, f"{gw}.seeds", f"{n!r} must be a whole number >= 1")
+        claims[str(g)] = str(spec.get("claim", ""))
+        for a, overrides in spec["arms"].items():
+            _need(isinstance(overrides, dict) or overrides is None, f"{gw}.arms.{a}", "must be a mapping of overrides")
+            _need("/" not in str(a) and "/" not in str(g), gw, "group and arm names may not contain '/'")
+            arms.append(Arm(str(g), f"{g}/{a}", dict(overrides or {}), n))
+    study = Study(path.stem, str(path), path.read_text(), preset, dict(base), budget, arms, claims,
+                  str(data.get("description", "")), int(data.get("concurrency", 0) or 0))
+    for arm in study.arms:  # every arm builds: a typo in the last one fails now, not an hour in
+        try:
+            study.config(arm.name, 0)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: arm {arm.name}: {exc}") from None
+    return study
