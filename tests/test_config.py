@@ -109,8 +109,24 @@ def test_a_yaml_file_builds_on_the_preset_it_names(tmp_path):
     mine = tmp_path / "mine.yaml"
     mine.write_text("preset: demo\ntrain:\n  lr: 0.0005\n")
     cfg = load_config([mine])
-    assert cfg.train.lr == 0.0005 and cfg.render.name == "demo" and cfg.train.time_limit == 180  # the demo's rest
-    assert load_config([preset_path("demo_background")]).data.format == "background_blur"
+    assert cfg.train.lr == 0.0005 and cfg.render.name == "demo" and cfg.train.time_limit == 330  # the demo's rest
+    assert load_config([preset_path("demo_double_blur")]).data.format == "double_blur"
     mine.write_text("preset: nope\n")
     with pytest.raises(ConfigError, match="unknown preset 'nope'"):
         load_config([mine])
+
+
+def test_a_scale_layer_on_any_preset(tmp_path):
+    from fmolab.config import ConfigError, load_config, preset_path, scale_names
+
+    assert "small" in scale_names()
+    cli = load_config([preset_path("background_blur"), preset_path("small")])  # --preset background_blur --scale small
+    assert (cli.variant, cli.render.width, cli.render.height, cli.model.encoder) == ("background_blur", 64, 48, "tiny")
+    assert cli.data.format == "background_blur:contrastive=true" and cli.data.frames_per_sample == 8
+    f = tmp_path / "mine.yaml"
+    f.write_text("preset: [background_blur, small]\ntrain:\n  lr: 0.002\n")
+    mine = load_config([f])
+    assert mine.train.lr == 0.002 and mine.render.width == 64 and mine.variant == "background_blur"
+    f.write_text("preset: [double_blur, smal]\n")
+    with pytest.raises(ConfigError, match="unknown preset 'smal'.*scales: small"):
+        load_config([f])

@@ -10,7 +10,7 @@ def load(args) -> Config:
     """The config of a command: preset, files, overrides; its work folder pinned and in use."""
     from fmolab.runtime import use_work_dir
 
-    files = ([preset_path(args.preset)] if getattr(args, "preset", None) else []) + args.config
+    files = [preset_path(n) for n in (getattr(args, "preset", None), getattr(args, "scale", None)) if n] + args.config
     cfg = load_config(files, list(args.overrides) + ([f"runtime.work_dir={args.work_dir}"] if args.work_dir else []))
     cfg.runtime.work_dir = str(use_work_dir(cfg.work_dir))  # pinned: workers must not guess it
     return cfg
@@ -147,7 +147,8 @@ def cmd_tune(args) -> int:
     if args.resume:  # the saved search is looked up in runtime.storage (an override), else the work folder
         out = run_search(load(args), None, name=args.resume, resume=True)
     else:
-        out = start_search(args.space, args.config, args.preset, args.overrides, work_dir=args.work_dir or "",
+        scale = [str(preset_path(args.scale))] if args.scale else []  # after the preset, before the files
+        out = start_search(args.space, scale + args.config, args.preset, args.overrides, work_dir=args.work_dir or "",
                            metric=args.metric, mode=args.mode, print_space=args.print_space, trials=args.trials,
                            name=args.name, max_concurrent=args.max_concurrent, study_storage=args.study_storage,
                            seed=args.seed, grace_steps=args.grace_steps, reduction_factor=args.reduction_factor)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from fmolab.cli import commands as c
-from fmolab.config import preset_names
+from fmolab.config import preset_names, scale_names
 
 
 def _config_args(p: argparse.ArgumentParser, default_preset: str | None = None) -> None:
@@ -12,6 +12,9 @@ def _config_args(p: argparse.ArgumentParser, default_preset: str | None = None) 
                    help="YAML config or job spec (repeatable; later files win)")
     p.add_argument("--preset", default=default_preset, choices=preset_names(),
                    help=f"start from a ready configuration (default: {default_preset or 'none'})")
+    p.add_argument("--scale", default=None, choices=scale_names(),
+                   help="a scale layer on the preset: 'small' learns in CPU-minutes (64x48, tiny encoder; "
+                        "docs/studies.md)")
     p.add_argument("--work-dir", help="folder for every generated and temporary file (default ./fmolab-work, or $FMOLAB_HOME)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=1e-4 data.format=double_blur")
 
@@ -37,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="render a small dataset, train a double-blur model (--preset demo_background: a "
-                       "background+blur one), register it, deblur a held-out sample")
+    p = sub.add_parser("demo", help="render a small dataset, train a background+blur model that animates "
+                       "(--preset demo_double_blur: a double-blur one), register it, deblur a held-out sample")
     _config_args(p, "demo")
     p.add_argument("--fresh", action="store_true", help="delete the demo's dataset and runs first")
     p.set_defaults(func=c.cmd_demo)

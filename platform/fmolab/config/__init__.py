@@ -5,7 +5,7 @@ files in order, applies overrides, checks every key and type, then runs each sec
 Ready configurations are the YAML files in ``fmolab/presets/``.
 """
 from fmolab.config.loading import (PRESET_DIR, config_from_dict, dump_yaml, flatten, load_config, parse_override,
-                                   preset_names, preset_path, read_yaml, set_dotted, to_dict)
+                                   preset_names, preset_path, read_yaml, scale_names, set_dotted, to_dict)
 from fmolab.config.tree import (BackgroundRenderConfig, Config, ConfigError, DataConfig, LossConfig,
                                 ModelConfig, MonitorConfig, RenderConfig, RuntimeConfig, TrackingConfig,
                                 TrainConfig, TrajectoryConfig, require, resolve_work_dir)
@@ -14,5 +14,5 @@ __all__ = [
     "PRESET_DIR", "BackgroundRenderConfig", "Config", "ConfigError", "DataConfig", "LossConfig", "ModelConfig", "MonitorConfig",
     "RenderConfig", "RuntimeConfig", "TrackingConfig", "TrainConfig", "TrajectoryConfig", "config_from_dict",
     "dump_yaml", "flatten", "load_config", "parse_override", "preset_names", "preset_path", "read_yaml",
-    "require", "resolve_work_dir", "set_dotted", "to_dict",
+    "require", "resolve_work_dir", "scale_names", "set_dotted", "to_dict",
 ]

@@ -24,11 +24,19 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
+def scale_names() -> list[str]:
+    """The scale layers shipped in ``presets/scales/``: image size, model and data sizes, batch and
+    rate under which a variant learns on a given machine; any preset takes one (``--scale``)."""
+    return sorted(p.stem for p in (PRESET_DIR / "scales").glob("*.yaml"))
+
+
 def preset_path(name: str) -> Path:
-    path = PRESET_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(preset_names())}")
-    return path
+    """A preset's file, or a scale layer's (``preset: [double_blur, small]`` builds on both)."""
+    for path in (PRESET_DIR / f"{name}.yaml", PRESET_DIR / "scales" / f"{name}.yaml"):
+        if path.is_file():
+            return path
+    raise ConfigError(f"unknown preset {name!r}; known: {', '.join(preset_names())}; scales: "
+                      f"{', '.join(scale_names())}")
 
 
 
@@ -187,16 +195,20 @@ def read_yaml(path: str | os.PathLike) -> dict:
 
 
 def _layers(path, seen: tuple = ()) -> list[tuple[str, dict]]:
-    """A YAML file's config, after that of the preset it names with ``preset: NAME`` (it builds on
-    it, e.g. the background+blur demo on the demo)."""
+    """A YAML file's config, after that of the preset(s) it names with ``preset: NAME`` or ``preset:
+    [NAME, ...]`` (it builds on them in that order, e.g. the background+blur demo on the demo, or a
+    variant at a scale: ``preset: [double_blur, small]``)."""
     data = read_yaml(path)
     data = (data.get("config") or {}) if "entrypoint" in data else dict(data)  # job specs embed a config
-    base = data.pop("preset", None)
-    if base is None:
+    bases = data.pop("preset", None)
+    if bases is None:
         return [(str(path), data)]
-    if base in seen:
-        raise ConfigError(f"{path}: preset {base!r} builds on itself ({' -> '.join(seen + (base,))})")
-    return [*_layers(preset_path(str(base)), (*seen, str(base))), (str(path), data)]
+    layers = []
+    for base in bases if isinstance(bases, list) else [bases]:
+        if base in seen:
+            raise ConfigError(f"{path}: preset {base!r} builds on itself ({' -> '.join(seen + (base,))})")
+        layers += _layers(preset_path(str(base)), (*seen, str(base)))
+    return [*layers, (str(path), data)]
 
 
 def load_config(files: list[str | os.PathLike] = (), overrides: list[str] = (), base: dict | None = None) -> Config:

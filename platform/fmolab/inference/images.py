@@ -74,10 +74,10 @@ def deblur_images(predictor: Predictor, images: list[str | Path], background: st
 
 # What each input kind needs, and how to get such a model (the presets of platform/fmolab/presets).
 GET_A_MODEL = {
-    "frames": "a double-blur model (two consecutive frames): `fmolab demo` registers one "
-              "(models:/fmolab-demo@demo), or `fmolab train --preset double_blur`",
-    "background": "a background+blur model (image + background): `fmolab demo --preset demo_background` "
-                  "registers one (models:/fmolab-demo-background@demo), `fmolab import defmo encoder_best.pt "
+    "frames": "a double-blur model (two consecutive frames): `fmolab demo --preset demo_double_blur` registers "
+              "one (models:/fmolab-demo-double-blur@demo), or `fmolab train --preset double_blur`",
+    "background": "a background+blur model (image + background): `fmolab demo` registers one "
+                  "(models:/fmolab-demo@demo), `fmolab import defmo encoder_best.pt "
                   "rendering_best.pt --register defmo` loads the published DeFMO weights, or `fmolab train "
                   "--preset background_blur` / `--preset defmo`",
     "single": "a single-image model (no background): `fmolab train data.format=single_blur`",

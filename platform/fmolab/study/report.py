@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from fmolab.config import Config
-from fmolab.study.spec import Study
+from fmolab.study.spec import ARM_TAG, SEED_TAG, STUDY_TAG, Study
 from fmolab.train.state import ANIMATED
 
 FINAL = ("val/tiou", "val/crop_psnr", "val/im_crop_psnr", "val/animation_ratio", "val/loss")
@@ -29,8 +29,6 @@ def trial_results(study: Study, cfg: Config) -> list[dict]:
     """One dict per finished or running trial of ``study``: arm, seed, run id, status, samples per step,
     animation (samples, or None), the last value of every FINAL metric, and the curves."""
     import mlflow
-
-    from fmolab.study.run import ARM_TAG, SEED_TAG, STUDY_TAG
 
     client = mlflow.MlflowClient()
     exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)

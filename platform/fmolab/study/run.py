@@ -13,9 +13,8 @@ import time
 
 from fmolab import storage
 from fmolab.config import Config, to_dict
-from fmolab.study.spec import Study, load_study, samples_per_step
+from fmolab.study.spec import ARM_TAG, SEED_TAG, STUDY_TAG, Study, load_study, samples_per_step
 
-STUDY_TAG, ARM_TAG, SEED_TAG = "fmolab.study", "fmolab.study.arm", "fmolab.study.seed"
 REPORTED = "val/animation_ratio"  # a key every validation report holds: what reaches Tune
 
 

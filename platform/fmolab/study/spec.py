@@ -3,8 +3,8 @@ sample budget and several seeds, each group stating the claim it tests. Read and
 arm's config built, before anything runs.
 
 ```yaml
-preset: study            # what every arm builds on (a preset name or a YAML file)
-base: {render.name: study}   # overrides for every arm
+preset: [double_blur, small]   # what every arm builds on: preset(s) and scale, or a YAML file
+base: {model.renderer: defmo}  # overrides for every arm
 budget_samples: 24000    # every trial trains on this many samples (steps = budget / global batch)
 seeds: 2                 # per arm, unless a group says otherwise
 groups:
@@ -25,6 +25,7 @@ from typing import Any
 
 from fmolab.config import Config, ConfigError, load_config, preset_path, read_yaml
 
+STUDY_TAG, ARM_TAG, SEED_TAG = "fmolab.study", "fmolab.study.arm", "fmolab.study.seed"  # on the MLflow runs
 TOP_KEYS = {"preset", "base", "budget_samples", "seeds", "groups", "description", "concurrency"}
 GROUP_KEYS = {"claim", "seeds", "arms"}
 
@@ -42,7 +43,7 @@ class Study:
     name: str
     path: str
     text: str
-    preset: str
+    preset: str | list[str]
     base: dict[str, Any]
     budget_samples: int
     arms: list[Arm]
@@ -61,7 +62,8 @@ class Study:
         """The trial's config: preset <- base <- the arm <- ``extra``; its seed; steps from the budget."""
         values = {**self.base, **self.arm(arm).overrides, **(extra or {})}
         overrides = [f"{k}={_yaml_value(v)}" for k, v in values.items()]
-        cfg = load_config([preset_file(self.preset)], overrides)
+        cfg = load_config([preset_file(p) for p in (self.preset if isinstance(self.preset, list) else [self.preset])],
+                          overrides)
         cfg.train.seed = seed
         cfg.train.steps = steps_for(cfg, self.budget_samples)
         cfg.train.time_limit = 0.0  # the budget is in samples, never in seconds
@@ -110,8 +112,10 @@ def load_study(name_or_path: str) -> Study:
     _need(isinstance(data, dict), where, "must be a mapping with preset, budget_samples and groups")
     unknown = set(data) - TOP_KEYS
     _need(not unknown, where, f"unknown key(s) {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")
-    preset = str(data.get("preset", ""))
-    _need(bool(preset), where, "needs 'preset' (the preset or YAML file every arm builds on)")
+    preset = data.get("preset") or ""
+    preset = [str(p) for p in preset] if isinstance(preset, list) else str(preset)
+    _need(bool(preset), where, "needs 'preset' (the preset(s) or YAML file every arm builds on, e.g. "
+                               "[double_blur, small])")
     budget, seeds = data.get("budget_samples"), data.get("seeds", 1)
     _need(isinstance(budget, int) and budget > 0, f"{where}: budget_samples", f"{budget!r} must be a whole number > 0")
     _need(isinstance(seeds, int) and seeds >= 1, f"{where}: seeds", f"{seeds!r} must be a whole number >= 1")

@@ -90,7 +90,7 @@ def publish(cfg: Config, run_id: str, checkpoint, metrics: dict, register: bool)
         out["best_weights"] = storage.upload(best, storage.join(folder, "best_model.pt"))
         curves = log_curves(cfg, run_id, Path(tmp) / "loss_curves.png")
         storage.upload(curves, storage.join(folder, "loss_curves.png"))
-        linked = model_registry.validation_at(run_id, best_step)
+        out["linked"] = linked = model_registry.validation_at(run_id, best_step)
         out["model_uri"] = model_registry.log_model(cfg, best, run_id, step=best_step, metrics=linked)
     if register and cfg.tracking.register_as:
         out["version"] = model_registry.register(
