@@ -169,11 +169,13 @@ def cmd_study(args) -> int:
     from fmolab.tracking.store import setup_tracking
 
     overrides = dict(parse_override(o) for o in args.overrides)
+    groups = [g for g in args.groups.split(",") if g] or None
     if args.study_command == "run":
-        out = run_study(args.study, overrides, work_dir=args.work_dir or "", concurrency=args.max_concurrent)
+        out = run_study(args.study, overrides, work_dir=args.work_dir or "", concurrency=args.max_concurrent,
+                        groups=groups, seeds=args.seeds)
         show(out, ("name", "parent_run_id", "errors", "seconds"))
         return 1 if out["errors"] else 0
-    study = load_study(args.study)
+    study = load_study(args.study).subset(groups, args.seeds)
     extra = {**overrides, **({"runtime.work_dir": args.work_dir} if args.work_dir else {})}
     cfg = study.config(study.arms[0].name, 0, extra)
     cfg.runtime.work_dir = str(use_work_dir(cfg.work_dir))

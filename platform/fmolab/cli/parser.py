@@ -33,6 +33,12 @@ def _address_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default="", help="Ray dashboard/job server (default $RAY_ADDRESS or http://127.0.0.1:8265)")
 
 
+def _study_part_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--groups", default="", metavar="G1,G2", help="only these groups (a study of its own name, "
+                   "e.g. thesis-F1-F2)")
+    p.add_argument("--seeds", type=int, default=0, metavar="N", help="at most N seeds per arm (name suffix -sN)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fmolab",
@@ -93,11 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("study", help="a study file, or NAME for studies/NAME.yaml")
     q.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides for every arm, after the study's own")
     q.add_argument("--max-concurrent", type=int, default=0, metavar="K", help="trials at a time (default: what fits)")
+    _study_part_args(q)
     _work_dir_arg(q)
     q.set_defaults(func=c.cmd_study)
     q = ssub.add_parser("report", help="print a study's table (mean +- sd over seeds per arm) as Markdown")
     q.add_argument("study", help="a study file, or NAME for studies/NAME.yaml")
     q.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="the overrides the study ran with (tracking.*)")
+    _study_part_args(q)
     _work_dir_arg(q)
     q.set_defaults(func=c.cmd_study)
 

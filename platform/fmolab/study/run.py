@@ -69,9 +69,10 @@ def _tuner(study: Study, cfg: Config, setup: dict, concurrency: int, verbose: in
 
 
 def run_study(name_or_path: str, overrides: dict | None = None, *, work_dir: str = "", concurrency: int = 0,
-              verbose: int = 0) -> dict:
+              groups: list[str] | None = None, seeds: int = 0, verbose: int = 0) -> dict:
     """Run (or resume) a study; returns its report (:func:`fmolab.study.report.study_report`).
-    ``overrides`` apply to every arm after the study's own (e.g. a smaller budget's data)."""
+    ``overrides`` apply to every arm after the study's own (e.g. a smaller budget's data); ``groups``
+    and ``seeds`` run a part of it (:meth:`Study.subset`)."""
     import mlflow
 
     from fmolab.runtime import init_ray, use_work_dir
@@ -81,7 +82,7 @@ def run_study(name_or_path: str, overrides: dict | None = None, *, work_dir: str
     from fmolab.train.preflight import preflight
     from fmolab.tune.search import default_concurrency, max_fitting
 
-    study = load_study(name_or_path)
+    study = load_study(name_or_path).subset(groups, seeds)
     extra = {**(overrides or {}), **({"runtime.work_dir": work_dir} if work_dir else {})}
     first = study.config(study.arms[0].name, 0, extra)
     first.runtime.work_dir = str(use_work_dir(first.work_dir))

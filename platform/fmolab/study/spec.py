@@ -51,6 +51,20 @@ class Study:
     description: str = ""
     concurrency: int = 0  # trials at a time; 0 = what fits
 
+    def subset(self, groups: list[str] | None = None, seeds: int = 0) -> "Study":
+        """Only ``groups`` and at most ``seeds`` seeds per arm, as a study of its own name (its trials
+        resume apart from the whole study's): ``thesis-F1-F2-s1``."""
+        if not groups and not seeds:
+            return self
+        unknown = sorted(set(groups or []) - {a.group for a in self.arms})
+        if unknown:
+            raise ConfigError(f"{self.path}: no group(s) {unknown}; the study has {sorted({a.group for a in self.arms})}")
+        arms = [Arm(a.group, a.name, a.overrides, min(a.seeds, seeds) if seeds else a.seeds)
+                for a in self.arms if not groups or a.group in groups]
+        name = "-".join([self.name, *(groups or [])] + ([f"s{seeds}"] if seeds else []))
+        return Study(name, self.path, self.text, self.preset, self.base, self.budget_samples, arms, self.claims,
+                     self.description, self.concurrency)
+
     def trials(self) -> list[dict]:
         """Every (arm, seed), in file order: the study's grid."""
         return [{"arm": a.name, "seed": s} for a in self.arms for s in range(a.seeds)]
