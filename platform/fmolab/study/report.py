@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fmolab.config import Config
 from fmolab.study.spec import ARM_TAG, SEED_TAG, STUDY_TAG, Study
-from fmolab.train.state import ANIMATED
+from fmolab.train.state import ANIMATED, first_animated
 
 FINAL = ("val/tiou", "val/crop_psnr", "val/im_crop_psnr", "val/animation_ratio", "val/loss")
 HEADS = {"val/tiou": "TIoU", "val/crop_psnr": "crop PSNR", "val/im_crop_psnr": "im PSNR",
@@ -44,14 +44,14 @@ def trial_results(study: Study, cfg: Config) -> list[dict]:
         per_step = int(params.get("train.batch_size", 1)) * int(params.get("train.grad_accum", 1)) * \
             int(params.get("train.workers", 1))
         curves = {k: _history(client, run.info.run_id, k) for k in ("val/animation_ratio", "val/tiou")}
-        moving = next((s for s, v in curves["val/animation_ratio"] if v > ANIMATED), None)
+        moving = first_animated(curves["val/animation_ratio"])
         final = {}
         for key in FINAL:
             hist = curves.get(key) or _history(client, run.info.run_id, key)
             final[key] = hist[-1][1] if hist else math.nan
         out.append({"arm": tags[ARM_TAG], "seed": int(tags.get(SEED_TAG, 0)), "run_id": run.info.run_id,
                     "status": run.info.status, "samples_per_step": per_step,
-                    "animation_samples": None if moving is None else moving * per_step,
+                    "animation_samples": None if moving < 0 else moving * per_step,
                     "steps": int(max((s for s, _ in curves["val/animation_ratio"]), default=0)),
                     "final": final, "curves": curves})
     order = {a.name: i for i, a in enumerate(study.arms)}

@@ -31,6 +31,11 @@ def animated(val: dict) -> bool:
     return float(val.get("val/animation_ratio", 0.0)) > ANIMATED
 
 
+def first_animated(ratios: list[tuple[int, float]]) -> int:
+    """The animation point of a ``(step, val/animation_ratio)`` history: its first animated step, or -1."""
+    return next((step for step, ratio in ratios if float(ratio) > ANIMATED), -1)
+
+
 class Monitor:
     """``train.monitor``: the validation metric (and whether lower or higher is better) that picks the
     best checkpoint, hence the weights a run registers and a search compares. With ``animated_first``
@@ -58,9 +63,8 @@ class Monitor:
         best = None
         for step, value, ratio in history:
             moving = ratio > ANIMATED
-            if best is None or self.improved(value, best[1], moving, best[2]):
-                if value is not None and math.isfinite(value):
-                    best = (step, value, moving)
+            if self.improved(value, best[1] if best else self.worst, moving, bool(best and best[2])):
+                best = (step, value, moving)
         return best
 
     def __repr__(self) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 from fmolab import storage
 from fmolab.config import Config, to_dict
 from fmolab.train.launch import dataset_tags
-from fmolab.train.state import ANIMATED, Monitor
+from fmolab.train.state import Monitor, first_animated
 from fmolab.tune.plots import plot_history, plot_importances, plot_parallel
 from fmolab.tune.space import SearchSpace
 from fmolab.tune.trial import SEARCH_TAG, TRIAL_TAG, trial_run_name
@@ -42,7 +42,7 @@ def trial_rows(cfg: Config, space: SearchSpace, grid, name: str) -> list[dict]:
             best = monitor.best_of([(s, v, float(r)) for (s, v), r in zip(history, ratios)])
             if best:
                 best_step, best_val, moving = best
-            animation_step = next((s for (s, _), r in zip(history, ratios) if float(r) > ANIMATED), -1)
+            animation_step = first_animated([(s, r) for (s, _), r in zip(history, ratios)])
         else:
             steps, history = 0, []
         params = {k: v for k, v in (result.config or {}).items() if k in space.names}
