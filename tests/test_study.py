@@ -83,6 +83,22 @@ def test_study_runs_arms_as_trials_and_reports_their_own_metrics(tmp_path, toy, 
             assert len(steps) == len(set(steps))
     assert math.isfinite(load_study(str(path)).budget_samples)
 
+    # a second seed for one arm: only that trial trains; the first seeds are shared, and a part of the
+    # study (its own name) reports them too
+    spec = yaml.safe_load(path.read_text())
+    spec["groups"]["G"]["arms"]["fast"] = {"train.lr": 0.003}
+    spec["groups"]["H"] = {"arms": {"fast2": {"train.lr": 0.003}}, "seeds": 2}
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["study", "run", str(path), "--groups", "G,H", "--work-dir", str(work)]) == 0
+    out = capsys.readouterr().out
+    assert "G/fast seed 0: finished by tiny with the same config, kept" in out
+    assert "2 to run" in out  # H/fast2's two seeds; G's trials are the first run's
+    runs = client.search_runs([exp.experiment_id], "tags.`fmolab.study.arm` != ''")
+    assert sorted((r.data.tags["fmolab.study"], r.data.tags["fmolab.study.arm"], r.data.tags["fmolab.study.seed"])
+                  for r in runs) == [("tiny", "G/fast", "0"), ("tiny", "G/slow", "0"),
+                                     ("tiny-G-H", "H/fast2", "0"), ("tiny-G-H", "H/fast2", "1")]
+    assert "| H/fast2 | 2/2 |" in out and "| G/fast | 1/1 |" in out
+
 
 @pytest.mark.parametrize("change,message", [
     ({"budget_samples": 0}, "budget_samples: 0 must be a whole number > 0"),

@@ -180,7 +180,7 @@ def cmd_study(args) -> int:
     cfg = study.config(study.arms[0].name, 0, extra)
     cfg.runtime.work_dir = str(use_work_dir(cfg.work_dir))
     setup_tracking(cfg)
-    print(study_report(study, cfg)["markdown"])
+    print(study_report(study, cfg, extra=extra)["markdown"])
     return 0
 
 

@@ -25,22 +25,44 @@ def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted({m.step: m.value for m in client.get_metric_history(run_id, key)}.items())
 
 
-def trial_results(study: Study, cfg: Config) -> list[dict]:
-    """One dict per finished or running trial of ``study``: arm, seed, run id, status, samples per step,
-    animation (samples, or None), the last value of every FINAL metric, and the curves."""
+SHARED_IGNORED = ("runtime.", "tracking.", "train.run_name")  # where a trial ran, not what it trained
+
+
+def same_config(params: dict[str, str], cfg: Config) -> bool:
+    """Whether a run's logged params are ``cfg`` (a trial is shared between parts of a study only then)."""
+    from fmolab.tracking.store import config_params
+
+    return all(params.get(k) == v for k, v in config_params(cfg).items() if not k.startswith(SHARED_IGNORED))
+
+
+def trial_results(study: Study, cfg: Config, extra: dict | None = None) -> list[dict]:
+    """One dict per trial of ``study``: arm, seed, run id, status, samples per step, animation (samples,
+    or None), the last value of every FINAL metric, and the curves. A trial run by any part of the
+    same study (``thesis-s1`` for ``thesis``) counts when its config is the arm's (with ``extra``);
+    of several for one (arm, seed), a finished one, then the latest."""
     import mlflow
 
     client = mlflow.MlflowClient()
     exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
     if exp is None:
         return []
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{STUDY_TAG}` = '{study.name}'",
-                              max_results=10000)
-    out = []
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{STUDY_TAG}` LIKE '{study.root}%'",
+                              max_results=10000, order_by=["attributes.start_time ASC"])
+    wanted = {(a.name, s) for a in study.arms for s in range(a.seeds)}
+    chosen: dict[tuple[str, int], object] = {}
     for run in runs:
-        tags, params = run.data.tags, run.data.params
-        if ARM_TAG not in tags:
-            continue  # the parent run
+        tags = run.data.tags
+        key = (tags.get(ARM_TAG, ""), int(tags.get(SEED_TAG, 0)))
+        if key not in wanted or not study.part_of_root(tags[STUDY_TAG]):
+            continue  # the parent run, another study, or an arm/seed outside this part
+        if not same_config(run.data.params, study.config(*key, extra)):
+            continue  # the study file (or the overrides) changed since: not this arm's trial
+        old = chosen.get(key)
+        if old is None or old.info.status != "FINISHED" or run.info.status == "FINISHED":
+            chosen[key] = run
+    out = []
+    for (arm, seed), run in chosen.items():
+        params = run.data.params
         per_step = int(params.get("train.batch_size", 1)) * int(params.get("train.grad_accum", 1)) * \
             int(params.get("train.workers", 1))
         curves = {k: _history(client, run.info.run_id, k) for k in ("val/animation_ratio", "val/tiou")}
@@ -49,7 +71,7 @@ def trial_results(study: Study, cfg: Config) -> list[dict]:
         for key in FINAL:
             hist = curves.get(key) or _history(client, run.info.run_id, key)
             final[key] = hist[-1][1] if hist else math.nan
-        out.append({"arm": tags[ARM_TAG], "seed": int(tags.get(SEED_TAG, 0)), "run_id": run.info.run_id,
+        out.append({"arm": arm, "seed": seed, "run_id": run.info.run_id, "study": run.data.tags[STUDY_TAG],
                     "status": run.info.status, "samples_per_step": per_step,
                     "animation_samples": None if moving < 0 else moving * per_step,
                     "steps": int(max((s for s, _ in curves["val/animation_ratio"]), default=0)),
@@ -118,13 +140,13 @@ def curves_figure(study: Study, results: list[dict]):
     return fig
 
 
-def study_report(study: Study, cfg: Config, parent_id: str = "", log: bool = False) -> dict:
+def study_report(study: Study, cfg: Config, parent_id: str = "", log: bool = False, extra: dict | None = None) -> dict:
     """The report from the trials' MLflow runs; ``log``: table, curves and previews to the parent run."""
     import mlflow
 
     from fmolab.plots import save
 
-    results = trial_results(study, cfg)
+    results = trial_results(study, cfg, extra)
     rows = table_rows(study, results)
     text = markdown(study, rows)
     out = {"name": study.name, "parent_run_id": parent_id, "table": rows, "markdown": text,

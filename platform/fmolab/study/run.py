@@ -3,9 +3,10 @@ search, no early stopping), each a Ray Train run started exactly as ``fmolab tra
 nested MLflow run under the study's parent run. Every trial trains on the same number of samples and
 the same data (the arm's seed fixes the order, so seed s sees the same items in every arm).
 
-Resuming is running the same command again: finished trials are kept (Tune's experiment state under
-``<storage>/ray_results/<study>``), unfinished ones restart from their last Train checkpoint in the
-same MLflow run.
+Resuming is running the same command again: a trial with a finished MLflow run of the same config is
+kept (whichever part of the study ran it: ``--seeds 1`` first, then the whole study runs only the
+second seeds); unfinished ones restart from their last Train checkpoint (below
+``<storage>/ray_results/<study>/train``) in the same MLflow run.
 """
 from __future__ import annotations
 
@@ -47,24 +48,21 @@ def run_study_trial(params: dict, setup: dict) -> None:
     end_run(run_id, reason_of_metrics(metrics, cfg.train.steps), metrics, cfg.train.steps, cfg.train.monitor.metric)
 
 
-def _tuner(study: Study, cfg: Config, setup: dict, concurrency: int, verbose: int):
+def _tuner(study: Study, cfg: Config, setup: dict, trials: list[dict], concurrency: int, verbose: int):
+    """A Tune grid of ``trials`` (those no finished MLflow run holds), a new experiment each time: a
+    trial cut short resumes from its Train checkpoint below ``setup["train_storage"]`` regardless."""
     import ray.tune
 
     from fmolab.tune.placement import release_callback
     from fmolab.tune.search import TRIAL_CPU
 
     results = storage.ray_storage(cfg.output("ray_results"))
-    experiment = storage.ray_storage(cfg.output("ray_results", study.name))
     trainable = ray.tune.with_resources(ray.tune.with_parameters(run_study_trial, setup=setup), {"CPU": TRIAL_CPU})
-    fs = experiment.get("storage_filesystem")
-    if ray.tune.Tuner.can_restore(experiment["storage_path"], storage_filesystem=fs):
-        print(f"[study] resuming {study.name}: finished trials are kept", flush=True)
-        return ray.tune.Tuner.restore(experiment["storage_path"], trainable=trainable, resume_unfinished=True,
-                                      resume_errored=True, storage_filesystem=fs)
     return ray.tune.Tuner(
-        trainable, param_space={"trial": ray.tune.grid_search(study.trials())},
+        trainable, param_space={"trial": ray.tune.grid_search(trials)},
         tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrency),
-        run_config=ray.tune.RunConfig(name=study.name, **results, verbose=verbose, callbacks=[release_callback()],
+        run_config=ray.tune.RunConfig(name=f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}", **results,
+                                      verbose=verbose, callbacks=[release_callback()],
                                       failure_config=ray.tune.FailureConfig(max_failures=1)))
 
 
@@ -76,7 +74,7 @@ def run_study(name_or_path: str, overrides: dict | None = None, *, work_dir: str
     import mlflow
 
     from fmolab.runtime import init_ray, use_work_dir
-    from fmolab.study.report import study_report
+    from fmolab.study.report import study_report, trial_results
     from fmolab.tracking.ending import end_run, error_text, reason_of_error
     from fmolab.tracking.store import git_commit, setup_tracking, start_or_resume_run
     from fmolab.train.preflight import preflight
@@ -89,9 +87,14 @@ def run_study(name_or_path: str, overrides: dict | None = None, *, work_dir: str
     for arm in study.arms:  # every arm's model, losses and data are checked before Ray starts
         preflight(study.config(arm.name, 0, {**extra, "runtime.work_dir": first.runtime.work_dir}))
     uri = setup_tracking(first)
+    done = {(r["arm"], r["seed"]): r["study"] for r in trial_results(study, first, extra) if r["status"] == "FINISHED"}
+    todo = [t for t in study.trials() if (t["arm"], t["seed"]) not in done]
+    for (arm, seed), other in sorted(done.items()):
+        if other != study.name:
+            print(f"[study] {arm} seed {seed}: finished by {other} with the same config, kept", flush=True)
     init_ray(first.runtime.address, first.runtime.num_cpus, first.work_dir)
     fitting = max_fitting(first)
-    concurrency = min(concurrency or study.concurrency or default_concurrency(first), fitting, len(study.trials()))
+    concurrency = max(1, min(concurrency or study.concurrency or default_concurrency(first), fitting, len(todo)))
     parent_id = start_or_resume_run(first, study.name, {STUDY_TAG: study.name, "fmolab.kind": "study",
                                                         "variant": first.variant, "git_commit": git_commit()},
                                     command="study")
@@ -105,16 +108,18 @@ def run_study(name_or_path: str, overrides: dict | None = None, *, work_dir: str
                    f"{len(study.arms)} arms, {len(study.trials())} trials of {study.budget_samples} samples each."
                    + (f"\n\n{study.description}" if study.description else ""))
     print(f"[study] {study.name} (MLflow parent run {parent_id}): {len(study.arms)} arms, {len(study.trials())} "
-          f"trials of {study.budget_samples} samples ({first.train.steps} steps at {samples_per_step(first)} "
+          f"trials of {study.budget_samples} samples, {len(todo)} to run ({first.train.steps} steps at {samples_per_step(first)} "
           f"samples/step for {study.arms[0].name}), {concurrency} at a time", flush=True)
     setup = {"study": study, "extra": extra, "work_dir": first.runtime.work_dir, "parent_run_id": parent_id,
              "tracking_uri": uri, "train_storage": first.output("ray_results", study.name, "train"),
              "git_commit": git_commit()}
     started = time.time()
     try:
-        grid = _tuner(study, first, setup, concurrency, verbose).fit()
-        errors = [str(r.error).splitlines()[0][:300] for r in grid if r.error is not None]
-        out = study_report(study, first, parent_id, log=True)
+        errors = []
+        if todo:
+            grid = _tuner(study, first, setup, todo, concurrency, verbose).fit()
+            errors = [str(r.error).splitlines()[0][:300] for r in grid if r.error is not None]
+        out = study_report(study, first, parent_id, log=True, extra=extra)
     except (Exception, KeyboardInterrupt) as exc:
         end_run(parent_id, reason_of_error(exc), detail=error_text(exc))
         raise

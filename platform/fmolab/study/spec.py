@@ -50,10 +50,19 @@ class Study:
     claims: dict[str, str] = field(default_factory=dict)
     description: str = ""
     concurrency: int = 0  # trials at a time; 0 = what fits
+    root: str = ""  # the whole study's name, for a part of it (:meth:`subset`); its own name otherwise
+
+    def __post_init__(self) -> None:
+        self.root = self.root or self.name
+
+    def part_of_root(self, name: str) -> bool:
+        """Whether study name ``name`` (a trial's tag) is this study's root or one of its parts."""
+        return name == self.root or name.startswith(self.root + "-")
 
     def subset(self, groups: list[str] | None = None, seeds: int = 0) -> "Study":
-        """Only ``groups`` and at most ``seeds`` seeds per arm, as a study of its own name (its trials
-        resume apart from the whole study's): ``thesis-F1-F2-s1``."""
+        """Only ``groups`` and at most ``seeds`` seeds per arm, as a study of its own name (its Tune
+        experiment resumes apart from the whole study's): ``thesis-F1-F2-s1``. Trials that any part of
+        the study already finished with the same config are shared (:func:`fmolab.study.run.run_study`)."""
         if not groups and not seeds:
             return self
         unknown = sorted(set(groups or []) - {a.group for a in self.arms})
@@ -63,7 +72,7 @@ class Study:
                 for a in self.arms if not groups or a.group in groups]
         name = "-".join([self.name, *(groups or [])] + ([f"s{seeds}"] if seeds else []))
         return Study(name, self.path, self.text, self.preset, self.base, self.budget_samples, arms, self.claims,
-                     self.description, self.concurrency)
+                     self.description, self.concurrency, self.root)
 
     def trials(self) -> list[dict]:
         """Every (arm, seed), in file order: the study's grid."""

@@ -176,11 +176,15 @@ def start_or_resume_run(cfg: Config, run_name: str, tags: dict[str, str], comman
     client = mlflow.MlflowClient()
     run = client.create_run(exp_id, run_name=run_name,
                             tags={**source_tags(command), RUN_NAME_TAG: run_name, **tags})
-    params = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flatten(to_dict(cfg)).items()}
-    items = list(params.items())
+    items = list(config_params(cfg).items())
     for i in range(0, len(items), 90):  # MLflow caps a batch at 100 params
-        client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in items[i:i + 90]])
+        client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in items[i:i + 90]])
     return run.info.run_id
+
+
+def config_params(cfg: Config) -> dict[str, str]:
+    """The config as a run's MLflow params: flat keys, lists and dicts as JSON, at most 6000 characters."""
+    return {k: str(json.dumps(v) if isinstance(v, (list, dict)) else v)[:6000] for k, v in flatten(to_dict(cfg)).items()}
 
 
 def create_run(cfg: Config, experiment: str, run_name: str, tags: dict[str, str], command: str = "") -> str:
