@@ -53,6 +53,55 @@ def test_files_round_trip_and_hidden_temporaries_are_never_listed(s3, tmp_path):
     assert not storage.exists(f"{base}/tree/sub/a.txt")
 
 
+def test_the_node_cache_is_keyed_by_content_bounded_and_says_when_the_disk_is_full(s3, tmp_path, monkeypatch):
+    base = "s3://fmo/cache"
+    storage.write_bytes(f"{base}/a.parquet", b"A" * 1000)
+    first = storage.local(f"{base}/a.parquet")
+    assert first.read_bytes() == b"A" * 1000
+    time.sleep(1.1)  # the store's modification time has a resolution of one second
+    storage.write_bytes(f"{base}/a.parquet", b"B" * 1000)  # re-rendered: same name, same size
+    assert storage.local(f"{base}/a.parquet").read_bytes() == b"B" * 1000  # fetched anew, not stale
+
+    # a bound of 2.5 kB: the entries used least recently go first, the bound holds
+    monkeypatch.setenv(storage.CACHE_VAR, str(2500 / 2**30))
+    for name in "cdef":
+        storage.write_bytes(f"{base}/{name}.parquet", name.encode() * 1000)
+        storage.local(f"{base}/{name}.parquet")
+        held = sum(f.stat().st_size for f in storage.cache_dir().rglob("*.parquet"))
+        assert held <= 2500, held
+    kept = sorted(f.read_bytes()[:1].decode() for f in storage.cache_dir().rglob("*.parquet"))
+    assert kept == ["e", "f"]
+
+    # a file larger than the bound: refused as a full cache, with the numbers and what to do
+    storage.write_bytes(f"{base}/big.parquet", b"x" * 4000)
+    with pytest.raises(storage.CacheFullError, match=r"node cache full: s3://fmo/cache/big.parquet needs .* MB .*"
+                                                     r"raise the bound"):
+        storage.local(f"{base}/big.parquet")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_full_disk_under_the_cache_is_reported_as_a_full_disk_not_as_bad_rows(s3, tmp_path):
+    """A real 8 MB disk (tmpfs in a private mount namespace) as the node's work folder, a dataset in
+    the bucket: loading rows fails naming the full disk (the cache keeps 64 MB free for the rest)."""
+    local = write_synthetic_dataset(tmp_path / "ds", num_sequences=8, seed=3)
+    storage.upload_tree(local, "s3://fmo/fullds")
+    small = tmp_path / "small"
+    small.mkdir()
+    script = (
+        f"mount -t tmpfs -o size=8m tmpfs {small} && {sys.executable} -c '"
+        "from fmolab.data.loader import FMOLoader;"
+        "ld = FMOLoader(\"s3://fmo/fullds\");"
+        "[ld.get(i) for i in range(len(ld))]'"
+    )
+    env = {**os.environ, "FMOLAB_HOME": str(small / "work")}
+    env.pop(storage.CACHE_VAR, None)
+    out = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "CacheFullError" in out.stderr and "node cache full" in out.stderr, out.stderr[-2000:]
+    assert "unreadable row" not in out.stderr
+
+
 def test_an_upload_cut_off_mid_file_leaves_nothing_visible(s3, tmp_path, monkeypatch):
     import shutil as real_shutil
 

@@ -44,6 +44,15 @@ def use_work_dir(work_dir: str | os.PathLike) -> Path:
     return work
 
 
+def use_config(cfg: Config) -> Path:
+    """:func:`use_work_dir` for ``cfg``, pinned in it, plus its node cache bound (``runtime.cache_gb``,
+    which Ray workers get with the storage settings)."""
+    cfg.runtime.work_dir = str(use_work_dir(cfg.work_dir))
+    if cfg.runtime.cache_gb:
+        os.environ["FMOLAB_CACHE_GB"] = str(cfg.runtime.cache_gb)
+    return Path(cfg.runtime.work_dir)
+
+
 def work_config(work_dir: str | os.PathLike | None = None) -> Config:
     """The default config with its work folder pinned (``work_dir``, else $FMOLAB_HOME, else
     ./fmolab-work) and the process pointed below it: what commands without a config tree start from."""

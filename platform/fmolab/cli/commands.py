@@ -8,11 +8,11 @@ from fmolab.config import Config, dump_yaml, load_config, preset_path
 
 def load(args) -> Config:
     """The config of a command: preset, files, overrides; its work folder pinned and in use."""
-    from fmolab.runtime import use_work_dir
+    from fmolab.runtime import use_config
 
     files = [preset_path(n) for n in (getattr(args, "preset", None), getattr(args, "scale", None)) if n] + args.config
     cfg = load_config(files, list(args.overrides) + ([f"runtime.work_dir={args.work_dir}"] if args.work_dir else []))
-    cfg.runtime.work_dir = str(use_work_dir(cfg.work_dir))  # pinned: workers must not guess it
+    use_config(cfg)  # the work folder pinned (workers must not guess it), the cache bound
     return cfg
 
 
@@ -162,7 +162,7 @@ def cmd_tune(args) -> int:
 
 def cmd_study(args) -> int:
     from fmolab.config import parse_override
-    from fmolab.runtime import use_work_dir
+    from fmolab.runtime import use_config
     from fmolab.study import load_study
     from fmolab.study.report import study_report
     from fmolab.study.run import run_study
@@ -178,7 +178,7 @@ def cmd_study(args) -> int:
     study = load_study(args.study).subset(groups, args.seeds)
     extra = {**overrides, **({"runtime.work_dir": args.work_dir} if args.work_dir else {})}
     cfg = study.config(study.arms[0].name, 0, extra)
-    cfg.runtime.work_dir = str(use_work_dir(cfg.work_dir))
+    use_config(cfg)
     setup_tracking(cfg)
     print(study_report(study, cfg, extra=extra)["markdown"])
     return 0

@@ -34,9 +34,12 @@ class RuntimeConfig:
     # URI such as s3://bucket/fmolab that every node reaches; "" = $FMOLAB_STORAGE, else the work folder
     storage: str = ""
     num_cpus: int = 0  # logical CPUs for a local Ray; 0 = all cores
+    # Bound of each node's cache of remote shards (GB); 0 = $FMOLAB_CACHE_GB, else half the free space
+    cache_gb: float = 0.0
 
     def check(self) -> None:
         require(self.num_cpus >= 0, "runtime.num_cpus", self.num_cpus, "must be >= 0")
+        require(self.cache_gb >= 0, "runtime.cache_gb", self.cache_gb, "must be >= 0 (0: half the free space)")
         require(not storage.is_remote(self.work_dir), "runtime.work_dir", self.work_dir,
                 "must be a local folder (this machine's temporary files and caches); put outputs in object "
                 f"storage with runtime.storage={self.work_dir}")

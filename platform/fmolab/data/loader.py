@@ -244,6 +244,8 @@ class FMOLoader:
         try:
             table, local = self._group(f, r)
             row = table.slice(local, 1).to_pylist()[0]
+        except storage.CacheFullError:
+            raise  # this node's disk, not the row: skipping rows would only hide it
         except Exception as exc:
             raise RowError(source, f"unreadable row: {exc}") from exc
         seq = Sequence(row, source)

@@ -9,19 +9,18 @@ Endpoint and credentials come from the standard environment (``AWS_ENDPOINT_URL`
 ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, ``GOOGLE_APPLICATION_CREDENTIALS``,
 ...), never from config files; :data:`CREDENTIAL_VARS` are read from the environment;
 only :data:`SETTING_VARS` (endpoint, region: no secret) go to Ray workers in their runtime env.
-Remote shards are read through a node-local cache (``<work>/cache/storage``): a training loader reads
-each row group many times, an object store answers each read with a round trip.
+Remote shards are read through a bounded node-local cache (:mod:`fmolab.storage.cache`).
 """
 from fmolab.storage.checks import check_readable, check_writable
 from fmolab.storage.errors import StorageError
-from fmolab.storage.files import (cache_dir, download, exists, is_dir, is_file, list_dirs, list_files, local, local_tree,
-                                  read_bytes,
+from fmolab.storage.cache import CACHE_VAR, CacheFullError, cache_dir, local, local_tree
+from fmolab.storage.files import (download, exists, is_dir, is_file, list_dirs, list_files, read_bytes,
                                   read_json, remove, resolve_work_dir, upload, upload_tree, write_bytes, write_json)
 from fmolab.storage.uri import (CREDENTIAL_VARS, SETTING_VARS, TIMEOUT_S, basename, filesystem, is_remote, join, normalize, parent,
                                 ray_storage, scheme)
 
 __all__ = [
-    "CREDENTIAL_VARS", "SETTING_VARS", "TIMEOUT_S", "StorageError", "basename", "cache_dir", "check_readable", "check_writable",
+    "CACHE_VAR", "CREDENTIAL_VARS", "CacheFullError", "SETTING_VARS", "TIMEOUT_S", "StorageError", "basename", "cache_dir", "check_readable", "check_writable",
     "download", "exists", "filesystem", "is_dir", "is_file", "is_remote", "join", "list_dirs", "list_files", "local", "local_tree",
     "normalize", "parent", "ray_storage", "read_bytes", "read_json", "remove", "resolve_work_dir", "scheme",
     "upload", "upload_tree", "write_bytes", "write_json",

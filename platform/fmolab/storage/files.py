@@ -1,7 +1,6 @@
 """Reading, writing (atomically), listing and caching files at paths or URIs (fmolab.storage)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import posixpath
@@ -185,48 +184,3 @@ def resolve_work_dir(explicit: str | os.PathLike | None = "") -> Path:
     $FMOLAB_HOME, else ./fmolab-work. An explicit value wins: Ray workers may carry a stale FMOLAB_HOME."""
     return Path(explicit or os.environ.get("FMOLAB_HOME") or "fmolab-work").absolute()
 
-
-def cache_dir() -> Path:
-    return resolve_work_dir() / "cache" / "storage"
-
-
-def local(path: str | os.PathLike) -> Path:
-    """A local file with the content of ``path``: the file itself, or a node-local cached copy of a
-    remote one (keyed by URI and size; shards are written once, so a cached copy stays valid)."""
-    if not is_remote(path):
-        return Path(normalize(path))
-    path = normalize(path)
-    info = _info(path)
-    key = hashlib.sha1(f"{path}\0{info.size}".encode()).hexdigest()[:20]
-    target = cache_dir() / key / basename(path)
-    if not target.exists():
-        download(path, target)
-    return target
-
-
-def local_tree(path: str | os.PathLike) -> Path:
-    """A local folder with the content of ``path``: the folder itself, or this node's cached copy of a
-    remote one (assets: OBJ meshes, textures, background videos), fetched once per node and marked
-    complete only when every file is there."""
-    import pyarrow.fs as pafs
-
-    if not is_remote(path):
-        return Path(normalize(path))
-    path = normalize(path)
-    target = cache_dir() / "trees" / hashlib.sha1(path.encode()).hexdigest()[:20]
-    if (target / ".complete").exists():
-        return target
-    fs, p = filesystem(path)
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(p, recursive=True))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} does not exist") from None
-    except Exception as exc:
-        raise explain(path, exc) from exc
-    for info in infos:
-        if info.type == pafs.FileType.File:
-            rel = info.path[len(p):].lstrip("/")
-            if not (target / rel).exists():
-                download(join(path, rel), target / rel)
-    (target / ".complete").write_text(path)
-    return target

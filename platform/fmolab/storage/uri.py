@@ -18,7 +18,8 @@ CREDENTIAL_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID
 # The non-secret part of the above: where the store is. Secrets never travel through Ray (a runtime
 # env is written in plain text to every node's runtime_env_agent.log): workers of a local Ray inherit
 # them from the process that started it, a cluster's nodes take them from their own environment.
-SETTING_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "MLFLOW_S3_ENDPOINT_URL")
+SETTING_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "MLFLOW_S3_ENDPOINT_URL",
+                "FMOLAB_CACHE_GB")  # the node cache's bound (runtime.cache_gb) travels with them
 TIMEOUT_S = 5.0  # connect timeout per request: a wrong endpoint fails in seconds, not minutes
 
 

@@ -73,7 +73,7 @@ def run_study(name_or_path: str, overrides: dict | None = None, *, work_dir: str
     and ``seeds`` run a part of it (:meth:`Study.subset`)."""
     import mlflow
 
-    from fmolab.runtime import init_ray, use_work_dir
+    from fmolab.runtime import init_ray, use_config
     from fmolab.study.report import study_report, trial_results
     from fmolab.tracking.ending import end_run, error_text, reason_of_error
     from fmolab.tracking.store import git_commit, setup_tracking, start_or_resume_run
@@ -83,7 +83,7 @@ def run_study(name_or_path: str, overrides: dict | None = None, *, work_dir: str
     study = load_study(name_or_path).subset(groups, seeds)
     extra = {**(overrides or {}), **({"runtime.work_dir": work_dir} if work_dir else {})}
     first = study.config(study.arms[0].name, 0, extra)
-    first.runtime.work_dir = str(use_work_dir(first.work_dir))
+    use_config(first)
     for arm in study.arms:  # every arm's model, losses and data are checked before Ray starts
         preflight(study.config(arm.name, 0, {**extra, "runtime.work_dir": first.runtime.work_dir}))
     uri = setup_tracking(first)
