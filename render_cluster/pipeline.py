@@ -1,24 +1,30 @@
 """Ray Data fan-out: shard blocks -> bpy render actors -> atomic Parquet shards + manifest.json.
 
 Block ``b`` holds indices ``[b*shard_rows, (b+1)*shard_rows)`` and becomes ``part-{b:05d}.parquet``.
-A block whose shard exists is skipped, so a rerun resumes without duplicates or gaps. Each actor
+A block whose shard exists is skipped, so a rerun resumes without duplicates or gaps; a block is
+claimed before it renders (:mod:`render_cluster.sharing`), so two renders of one dataset at once
+share the blocks instead of rendering each twice. Each actor
 also writes ``.render/part-XXXXX.json`` (its summary) after the shard, so the manifest written at the
 end can account for shards of earlier, interrupted runs too. The dataset is a folder or an
 object-store URI (:mod:`fmolab.storage`): actors on any node write their shards straight to it.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
 import os
 import socket
+import threading
 import time
 from collections import Counter
 
 from fmolab import storage
 from fmolab.config import Config, config_from_dict, to_dict
 from fmolab.shards import MANIFEST, SEQUENCE_SCHEMA, open_parquet, write_json_atomic, write_shard
+from fmolab.storage.claims import Claims, owner_id
+from render_cluster.sharing import CLAIMS, check_settings
 
 SUMMARY_DIR = ".render"  # per-shard summaries
 
@@ -59,7 +65,7 @@ class ShardWriteError(RuntimeError):
 class RenderActor:
     """One bpy per actor process; renders whole blocks (Ray Data calls it with batches of 1)."""
 
-    def __init__(self, cfg: dict, assets: dict, out: str, threads: int = 1):
+    def __init__(self, cfg: dict, assets: dict, out: str, owner: str = "", threads: int = 1):
         from fmolab.runtime import use_work_dir
         from render_cluster.scene import Scene
         from render_cluster.sequence import Assets
@@ -69,6 +75,7 @@ class RenderActor:
         self.cfg = config_from_dict(cfg)
         self.assets = Assets(**assets)
         self.out = out
+        self.claims = Claims(storage.join(out, CLAIMS), owner or owner_id(), self.cfg.render.claim_lease_s)
         self.scene = Scene(self.cfg.render, threads=threads)
         import bpy
         import ray
@@ -90,9 +97,15 @@ class RenderActor:
             if storage.exists(path):  # another attempt (actor restart) already finished it
                 summaries.append({"block": block, "rows": -1, "skipped": True})
                 continue
-            rows, summary = render_block(self.scene, render_cfg, self.assets, block, render_cfg.num_sequences)
             name = storage.basename(path)
-            summary.update(node=self.node, host=socket.gethostname(), blender=self.blender, file=name)
+            holder = self.claims.claim(name, node=self.node, block=block)
+            if holder is not None:  # another render (another user's driver) is rendering it
+                summaries.append({"block": block, "held": holder})
+                continue
+            with renewing(self.claims, name):
+                rows, summary = render_block(self.scene, render_cfg, self.assets, block, render_cfg.num_sequences)
+            summary.update(node=self.node, host=socket.gethostname(), blender=self.blender, file=name,
+                           render=self.claims.owner)
             try:
                 write_shard(rows, path, SEQUENCE_SCHEMA)  # all or nothing: a failed write leaves no file
             except OSError as exc:  # a full disk, a quota, a revoked bucket: the user's to fix, not a retry's.
@@ -100,8 +113,30 @@ class RenderActor:
                 summaries.append({"block": block, "error": f"cannot write {path}: {exc.strerror or exc}"})
                 break
             write_json_atomic(summary, storage.join(self.out, SUMMARY_DIR, name.replace(".parquet", ".json")))
+            storage.remove(storage.join(self.out, CLAIMS, name))  # done: the shard itself says so now
             summaries.append(summary)
         return {"summary": [json.dumps(s) for s in summaries]}
+
+
+@contextlib.contextmanager
+def renewing(claims: Claims, name: str):
+    """Renew ``name``'s claim every quarter lease while the block renders (a long block keeps it)."""
+    stop = threading.Event()
+
+    def renew():
+        while not stop.wait(claims.lease_s / 4):
+            try:
+                claims.renew(name)
+            except Exception:  # noqa: BLE001 - a missed renewal only shortens the lease
+                pass
+
+    thread = threading.Thread(target=renew, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _versions(blender: str) -> dict:
@@ -119,10 +154,22 @@ def _versions(blender: str) -> dict:
             "pyarrow": pyarrow.__version__}
 
 
-def render_dataset(cfg: Config, progress: bool = True) -> dict:
-    """Render ``cfg.render.num_sequences`` sequences + background clips into ``cfg.dataset_dir``."""
+class ActorStartTimeout(RuntimeError):
+    """Render actors did not start in ``render.start_timeout_s`` (a node lost while Blender loaded)."""
+
+
+def alive_cpus() -> int:
     import ray
 
+    return int(sum(n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")))
+
+
+def render_dataset(cfg: Config, progress: bool = True) -> dict:
+    """Render ``cfg.render.num_sequences`` sequences + background clips into ``cfg.dataset_dir``.
+
+    Passes of a Ray Data actor pool until every block is done: a pass whose actors cannot start in
+    ``render.start_timeout_s`` (a node lost) is followed by one sized to the nodes left; blocks another
+    render holds are waited for until they are done or their claims expire."""
     from fmolab.runtime import init_ray
     from fmolab.runtime import progress as progress_bar
 
@@ -130,48 +177,89 @@ def render_dataset(cfg: Config, progress: bool = True) -> dict:
     out = cfg.dataset_dir
     assets = preflight(cfg)  # clear errors before any Ray work
     storage.check_writable(out)  # a missing bucket or credentials: now, not after Blender started
+    check_settings(cfg)  # another dataset's settings: refused before any work
     init_ray(cfg.runtime.address, cfg.runtime.num_cpus, cfg.work_dir)
     preflight(cfg)  # again, now that the cluster's GPUs are known
     n_blocks = math.ceil(render_cfg.num_sequences / render_cfg.shard_rows)
-    done = finished_blocks(out)
-    todo = [b for b in range(n_blocks) if b not in done]
-    t0 = time.time()
-    if todo:
-        gpus = 1 if (render_cfg.device == "gpu" or render_cfg.engine == "eevee") else 0
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        # A fixed pool: every actor pays the bpy start-up once; never more actors than CPUs (they'd wait).
-        workers = max(1, min(render_cfg.workers or cpus, cpus, len(todo)))
-        # Start rendering once every actor has loaded Blender: otherwise the first one ready takes the
-        # blocks of a short render and the other nodes of the cluster stay idle.
-        ray.data.DataContext.get_current().wait_for_min_actors_s = 600
-        ds = ray.data.from_items([{"block": b} for b in todo], override_num_blocks=len(todo))
-        ds = ds.map_batches(
-            RenderActor,
-            fn_constructor_kwargs=dict(cfg=to_dict(cfg), assets=assets.to_dict(), out=out),
-            compute=ray.data.ActorPoolStrategy(size=workers),
-            batch_size=1, num_cpus=1, num_gpus=gpus,
-        )
-        total = sum(min(render_cfg.num_sequences, (b + 1) * render_cfg.shard_rows) - b * render_cfg.shard_rows for b in todo)
-        rejected, failed_write = Counter(), ""
-        with progress_bar(total, "seq", "render", show=progress) as bar:
-            for row in ds.iter_rows():
-                s = json.loads(row["summary"])
-                if s.get("error"):
-                    failed_write = s["error"]
-                    break  # ends the dataset: the other actors' writes would fail the same way
-                if s.get("skipped"):
-                    continue
-                rejected.update(s["rejections"])
-                bar.update(s["end_index"] - s["first_index"])
-                bar.set_postfix(rows=s["rows"], rejected=sum(rejected.values()), refresh=False)
-        if failed_write:
-            raise ShardWriteError(f"{failed_write}; the {len(finished_blocks(out))} finished shard(s) are kept: "
-                                  "free space (or fix the store) and rerun the same command to resume")
+    claims = Claims(storage.join(out, CLAIMS), owner_id(), render_cfg.claim_lease_s)
+
+    def rows_of(blocks):
+        return sum(min(render_cfg.num_sequences, (b + 1) * render_cfg.shard_rows) - b * render_cfg.shard_rows
+                   for b in blocks)
+
+    first_todo = [b for b in range(n_blocks) if b not in finished_blocks(out)]
+    t0, rendered, last_timeout, waited = time.time(), 0, 0, False
+    with progress_bar(rows_of(first_todo), "seq", "render", show=progress and bool(first_todo)) as bar:
+        while True:
+            todo = [b for b in range(n_blocks) if b not in finished_blocks(out)]
+            if not todo:
+                break
+            held = {int(k[5:10]): v for k, v in claims.holders().items() if k[5:10].isdigit()}
+            free = [b for b in todo if b not in held]
+            if not free:
+                if not waited:
+                    who = sorted({f"{h.get('host')} pid {h.get('pid')}" for h in held.values()})
+                    print(f"[render] {len(held)} block(s) are being rendered by another render ({', '.join(who)}); "
+                          f"waiting until they are done or their claims expire (within {render_cfg.claim_lease_s:.0f} s)",
+                          flush=True)
+                    waited = True
+                time.sleep(min(2.0, render_cfg.claim_lease_s / 10))
+                continue
+            workers = max(1, min(render_cfg.workers or alive_cpus(), alive_cpus(), len(free)))
+            try:
+                rendered += _render_pass(cfg, assets, out, free, workers, claims.owner, bar)
+            except ActorStartTimeout as exc:
+                if last_timeout and workers >= last_timeout:  # no node was lost: the cluster cannot start them
+                    raise ActorStartTimeout(f"{exc}; the cluster's {alive_cpus()} CPUs did not start {workers} render "
+                                            "actor(s) twice: check the nodes (`ray status`), or raise "
+                                            "render.start_timeout_s; rerun the same command to resume") from None
+                last_timeout = workers
+                print(f"[render] {exc}; going on with the {alive_cpus()} CPUs alive", flush=True)
     seconds = time.time() - t0
     render_backgrounds(cfg, storage.join(out, "backgrounds"))
-    manifest = build_manifest(cfg, out, n_blocks, seconds, rendered=len(todo))
+    manifest = build_manifest(cfg, out, n_blocks, seconds, rendered=rendered)
     write_json_atomic(manifest, storage.join(out, MANIFEST))
     return manifest
+
+
+def _render_pass(cfg: Config, assets, out: str, blocks: list[int], workers: int, owner: str, bar) -> int:
+    """One Ray Data pass of ``workers`` render actors over ``blocks``; returns the blocks rendered."""
+    import ray
+
+    render_cfg = cfg.render
+    gpus = 1 if (render_cfg.device == "gpu" or render_cfg.engine == "eevee") else 0
+    # Start rendering once every actor has loaded Blender (otherwise the first one ready takes the blocks
+    # of a short render and the other nodes stay idle), but never wait longer than start_timeout_s.
+    ray.data.DataContext.get_current().wait_for_min_actors_s = render_cfg.start_timeout_s
+    ds = ray.data.from_items([{"block": b} for b in blocks], override_num_blocks=len(blocks))
+    ds = ds.map_batches(
+        RenderActor,
+        fn_constructor_kwargs=dict(cfg=to_dict(cfg), assets=assets.to_dict(), out=out, owner=owner),
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        batch_size=1, num_cpus=1, num_gpus=gpus,
+    )
+    rejected, failed_write, rendered = Counter(), "", 0
+    try:
+        for row in ds.iter_rows():
+            s = json.loads(row["summary"])
+            if s.get("error"):
+                failed_write = s["error"]
+                break  # ends the dataset: the other actors' writes would fail the same way
+            if s.get("skipped") or s.get("held"):
+                continue
+            rendered += 1
+            rejected.update(s["rejections"])
+            bar.update(s["end_index"] - s["first_index"])
+            bar.set_postfix(rows=s["rows"], rejected=sum(rejected.values()), refresh=False)
+    except Exception as exc:
+        if "Timed out while starting actors" in str(exc) or type(exc).__name__ == "GetTimeoutError":
+            raise ActorStartTimeout(f"{workers} render actor(s) did not start within render.start_timeout_s="
+                                    f"{render_cfg.start_timeout_s:.0f} s") from None
+        raise
+    if failed_write:
+        raise ShardWriteError(f"{failed_write}; the {len(finished_blocks(out))} finished shard(s) are kept: "
+                              "free space (or fix the store) and rerun the same command to resume")
+    return rendered
 
 
 def build_manifest(cfg: Config, out: str, n_blocks: int, seconds: float, rendered: int) -> dict:
@@ -196,6 +284,7 @@ def build_manifest(cfg: Config, out: str, n_blocks: int, seconds: float, rendere
         blender = s.get("blender", blender)
         busy += s.get("seconds", 0.0)
         shards.append({"file": name, "block": b, "rows": rows, "node": s.get("node"), "host": s.get("host"),
+                       "render": s.get("render"),
                        "seconds": round(s.get("seconds", 0.0), 3),
                        "indices": [b * render_cfg.shard_rows, min(render_cfg.num_sequences, (b + 1) * render_cfg.shard_rows)]})
     num_rows = sum(s["rows"] for s in shards)

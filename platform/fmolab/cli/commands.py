@@ -40,7 +40,7 @@ def cmd_render(args) -> int:
 
     cfg = load(args)
     if not printed(args, cfg):
-        show(render_dataset(cfg, progress=True), ("path", "num_rows", "rejections", "shards"))
+        show(render_dataset(cfg, progress=True), ("path", "num_rows", "rejections", "shards", "timing"))
     return 0
 
 

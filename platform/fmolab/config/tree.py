@@ -116,6 +116,11 @@ class RenderConfig:
     webp_blur_method: int = 6  # WebP effort 0-6 for the blurs
     shard_rows: int = 64  # rows per shard (bounds shard size)
     workers: int = 0  # render actors; 0 = one per CPU
+    # A render actor not started within this many seconds (a node lost while Blender loads) is given
+    # up: the render goes on with the nodes left, or stops saying so. Each block's claim (two renders
+    # of one dataset at once) lasts this long after its last renewal: a dead render's blocks are free again.
+    start_timeout_s: float = 120.0
+    claim_lease_s: float = 120.0
     trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
     backgrounds: BackgroundRenderConfig = field(default_factory=BackgroundRenderConfig)
 
@@ -129,6 +134,8 @@ class RenderConfig:
             require(len(span) == 2 and 0 <= span[0] < span[1] <= 1, f"render.blurs.{name}", span,
                      "must be [start, end] with 0 <= start < end <= 1")
         require(self.samples >= 1, "render.samples", self.samples, "must be >= 1")
+        require(self.start_timeout_s > 0, "render.start_timeout_s", self.start_timeout_s, "must be > 0 (seconds)")
+        require(self.claim_lease_s >= 5, "render.claim_lease_s", self.claim_lease_s, "must be >= 5 (seconds)")
         require(0 <= self.min_coverage < 1, "render.min_coverage", self.min_coverage, "must be in [0, 1)")
         require(self.max_tries >= 1, "render.max_tries", self.max_tries, "must be >= 1")
         require(1 <= self.webp_quality <= 101, "render.webp_quality", self.webp_quality,
