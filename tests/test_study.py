@@ -112,3 +112,20 @@ def test_bad_study_file_is_refused_with_where_and_what(tmp_path, toy, work, chan
     with pytest.raises(ConfigError) as err:
         load_study(str(_study(tmp_path, toy, work, **change)))
     assert message in str(err.value)
+
+
+def test_a_trial_is_shared_only_with_the_same_config_and_settings_added_since_count_as_defaults(tmp_path, toy, work):
+    from fmolab.study import load_study
+    from fmolab.study.report import same_config
+    from fmolab.tracking.store import config_params
+
+    study = load_study(str(_study(tmp_path, toy, work)))
+    cfg = study.config("G/fast", 0)
+    logged = config_params(cfg)
+    assert same_config(logged, cfg)
+    assert not same_config({**logged, "train.lr": "0.0003"}, cfg)  # another arm's run
+    assert same_config({**logged, "runtime.work_dir": "/elsewhere", "train.run_name": "x"}, cfg)  # where it ran
+    older = {k: v for k, v in logged.items() if k != "render.claim_lease_s"}  # logged before that setting existed
+    assert same_config(older, cfg)
+    cfg.render.claim_lease_s = 30.0  # ... but this arm sets it: the older run did not train this
+    assert not same_config(older, cfg)

@@ -29,10 +29,13 @@ SHARED_IGNORED = ("runtime.", "tracking.", "train.run_name")  # where a trial ra
 
 
 def same_config(params: dict[str, str], cfg: Config) -> bool:
-    """Whether a run's logged params are ``cfg`` (a trial is shared between parts of a study only then)."""
+    """Whether a run's logged params are ``cfg`` (a trial is shared between parts of a study only then).
+    A key the run lacks (a setting added to fmolab since) matches its default: what the run did."""
     from fmolab.tracking.store import config_params
 
-    return all(params.get(k) == v for k, v in config_params(cfg).items() if not k.startswith(SHARED_IGNORED))
+    defaults = config_params(Config())
+    return all(params.get(k, defaults.get(k)) == v for k, v in config_params(cfg).items()
+               if not k.startswith(SHARED_IGNORED))
 
 
 def trial_results(study: Study, cfg: Config, extra: dict | None = None) -> list[dict]:
