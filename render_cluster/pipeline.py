@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import gc
 import json
+import logging
 import math
 import os
 import socket
@@ -139,6 +141,17 @@ def renewing(claims: Claims, name: str):
         thread.join()
 
 
+@contextlib.contextmanager
+def _quiet(name: str):
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _versions(blender: str) -> dict:
     import platform
 
@@ -188,7 +201,7 @@ def render_dataset(cfg: Config, progress: bool = True) -> dict:
                    for b in blocks)
 
     first_todo = [b for b in range(n_blocks) if b not in finished_blocks(out)]
-    t0, rendered, last_timeout, waited = time.time(), 0, 0, False
+    t0, rendered, cap, waited = time.time(), 0, 1 << 30, False
     with progress_bar(rows_of(first_todo), "seq", "render", show=progress and bool(first_todo)) as bar:
         while True:
             todo = [b for b in range(n_blocks) if b not in finished_blocks(out)]
@@ -205,16 +218,17 @@ def render_dataset(cfg: Config, progress: bool = True) -> dict:
                     waited = True
                 time.sleep(min(2.0, render_cfg.claim_lease_s / 10))
                 continue
-            workers = max(1, min(render_cfg.workers or alive_cpus(), alive_cpus(), len(free)))
+            workers = max(1, min(render_cfg.workers or alive_cpus(), alive_cpus(), cap, len(free)))
             try:
                 rendered += _render_pass(cfg, assets, out, free, workers, claims.owner, bar)
             except ActorStartTimeout as exc:
-                if last_timeout and workers >= last_timeout:  # no node was lost: the cluster cannot start them
-                    raise ActorStartTimeout(f"{exc}; the cluster's {alive_cpus()} CPUs did not start {workers} render "
-                                            "actor(s) twice: check the nodes (`ray status`), or raise "
-                                            "render.start_timeout_s; rerun the same command to resume") from None
-                last_timeout = workers
-                print(f"[render] {exc}; going on with the {alive_cpus()} CPUs alive", flush=True)
+                if workers == 1:  # not even one actor started: no node left can run one
+                    raise ActorStartTimeout(f"{exc}; the cluster's {alive_cpus()} CPU(s) could not start one: check "
+                                            "the nodes (`ray status`), or raise render.start_timeout_s; rerun the "
+                                            "same command to resume") from None
+                # a node lost is seen by Ray only after its heartbeats are missed: shrink by what is known
+                cap = max(1, min(workers - 1, alive_cpus()))
+                print(f"[render] {exc}; going on with {cap} render actor(s)", flush=True)
     seconds = time.time() - t0
     render_backgrounds(cfg, storage.join(out, "backgrounds"))
     manifest = build_manifest(cfg, out, n_blocks, seconds, rendered=rendered)
@@ -238,24 +252,34 @@ def _render_pass(cfg: Config, assets, out: str, blocks: list[int], workers: int,
         compute=ray.data.ActorPoolStrategy(size=workers),
         batch_size=1, num_cpus=1, num_gpus=gpus,
     )
-    rejected, failed_write, rendered = Counter(), "", 0
+    rejected, failed_write, rendered, timed_out = Counter(), "", 0, False
     try:
-        for row in ds.iter_rows():
-            s = json.loads(row["summary"])
-            if s.get("error"):
-                failed_write = s["error"]
-                break  # ends the dataset: the other actors' writes would fail the same way
-            if s.get("skipped") or s.get("held"):
-                continue
-            rendered += 1
-            rejected.update(s["rejections"])
-            bar.update(s["end_index"] - s["first_index"])
-            bar.set_postfix(rows=s["rows"], rejected=sum(rejected.values()), refresh=False)
+        with _quiet("ray.data.exceptions"):  # Ray Data logs a whole traceback of what is raised here anyway
+            for row in ds.iter_rows():
+                s = json.loads(row["summary"])
+                if s.get("error"):
+                    failed_write = s["error"]
+                    break  # ends the dataset: the other actors' writes would fail the same way
+                if s.get("skipped") or s.get("held"):
+                    continue
+                rendered += 1
+                rejected.update(s["rejections"])
+                bar.update(s["end_index"] - s["first_index"])
+                bar.set_postfix(rows=s["rows"], rejected=sum(rejected.values()), refresh=False)
     except Exception as exc:
-        if "Timed out while starting actors" in str(exc) or type(exc).__name__ == "GetTimeoutError":
-            raise ActorStartTimeout(f"{workers} render actor(s) did not start within render.start_timeout_s="
-                                    f"{render_cfg.start_timeout_s:.0f} s") from None
-        raise
+        if "Timed out while starting actors" not in str(exc) and type(exc).__name__ != "GetTimeoutError":
+            raise
+        timed_out = True
+    if timed_out:
+        # The pool's actors that did start hold their CPUs until the pool is collected: free them for
+        # the next pass (the traceback that referenced the pool is gone once outside the except block).
+        ds = None
+        gc.collect()
+        deadline = time.time() + render_cfg.start_timeout_s
+        while time.time() < deadline and ray.available_resources().get("CPU", 0) < 1:
+            time.sleep(0.5)
+        raise ActorStartTimeout(f"{workers} render actor(s) did not start within render.start_timeout_s="
+                                f"{render_cfg.start_timeout_s:.0f} s")
     if failed_write:
         raise ShardWriteError(f"{failed_write}; the {len(finished_blocks(out))} finished shard(s) are kept: "
                               "free space (or fix the store) and rerun the same command to resume")

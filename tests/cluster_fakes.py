@@ -135,3 +135,33 @@ def files_seen_by(pid: int, folder: Path) -> list[str]:
     """The files below ``folder`` as process ``pid`` (in its own mount namespace) sees them."""
     root = Path(f"/proc/{pid}/root") / folder.relative_to("/")
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def kill_node(pid: int) -> int:
+    """SIGKILL every process of the node whose ``ray start`` is ``pid`` (its whole mount namespace:
+    raylet, workers, actors), as a lost machine; returns how many."""
+    ns = os.readlink(f"/proc/{pid}/ns/mnt")
+    killed = 0
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if os.readlink(p / "ns" / "mnt") == ns:
+                    os.kill(int(p.name), signal.SIGKILL)
+                    killed += 1
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                pass
+    return killed
+
+
+def processes_on(pid: int, pattern: str) -> list[int]:
+    """The pids whose command line matches ``pattern`` in the node of ``pid`` (its mount namespace)."""
+    ns = os.readlink(f"/proc/{pid}/ns/mnt")
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+    found = []
+    for p in out:
+        try:
+            if os.readlink(f"/proc/{p}/ns/mnt") == ns:
+                found.append(int(p))
+        except FileNotFoundError:
+            pass
+    return found
