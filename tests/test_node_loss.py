@@ -53,3 +53,68 @@ def test_a_node_lost_while_render_actors_start_is_left_behind_within_the_bound()
     manifest = json.loads((data / "manifest.json").read_text())
     assert manifest["complete"] and manifest["num_rows"] + len(manifest["failed_indices"]) == 4
     assert seconds < 120, seconds  # the bound (15 s) and the rest of the render, not Ray Data's 10 minutes
+
+
+TRAIN = ["model.encoder=tiny", "model.norm=group", "data.format=double_blur", "data.frames_per_sample=4",
+         "data.val_fraction=0.25", "train.batch_size=2", "train.val_samples=2", "train.preview_samples=0",
+         "train.log_every=5", "train.val_every=10", "train.ckpt_every=10", "train.cpus_per_worker=1",
+         "train.threads=1", "tracking.experiment=lost", "tracking.register_as="]
+
+
+def test_training_goes_on_elastically_when_a_node_is_lost_and_fails_in_bound_below_its_minimum():
+    import mlflow
+
+    from conftest import checkpoint_registered
+    from fmolab.data.synthetic import write_synthetic_dataset
+
+    hidden = Path("/tmp") / f"fmt-{os.getpid()}"
+    shared = Path("/tmp") / f"fmt-{os.getpid()}-shared"
+    hidden.mkdir()
+    toy = write_synthetic_dataset(shared / "toy", num_sequences=16, width=64, height=48, num_frames=8, seed=3)
+    home = shared / "driver"
+    env = {**os.environ, "FMOLAB_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "platform")}
+    common = [f"data.train={toy}", *TRAIN]
+    with share_nothing_cluster(hidden, {}) as (address, node_pid):
+        env.update(RAY_ADDRESS=address)
+        token = Path.home() / ".ray" / "auth_token"
+        if token.exists():
+            env.update(RAY_AUTH_TOKEN=token.read_text().strip(), RAY_AUTH_MODE="token")
+        cli = [sys.executable, "-m", "fmolab.cli", "train", f"runtime.address={address}", *common]
+        # 1. elastic 1..2 workers, one per node; the whole worker node dies after a checkpoint
+        proc = subprocess.Popen([*cli, "train.workers=2", "train.min_workers=1", "train.steps=60",
+                                 "train.max_failures=2", "train.run_name=elastic"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 240
+        while time.time() < deadline and not (checkpoint_registered(home / "ray_results" / "elastic")
+                                              and processes_on(node_pid, "RayTrainWorker")):
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            time.sleep(0.5)
+        assert processes_on(node_pid, "RayTrainWorker"), "no Train worker on the worker node"
+        assert kill_node(node_pid) > 0
+        out, _ = proc.communicate(timeout=400)
+        assert proc.returncode == 0, out[-4000:]
+        assert "[train] 1 worker(s) of 1..2: 2 accumulation step(s), global batch 4" in out
+
+        # 2. a fixed group of 2 on what is left (1 CPU): fails within its bound, one line, FAILED
+        t0 = time.time()
+        failed = subprocess.run([*cli, "train.workers=2", "train.steps=20", "train.start_timeout_s=20",
+                                 "train.run_name=starved"], env=env, capture_output=True, text=True, timeout=300)
+        waited = time.time() - t0
+    assert failed.returncode == 1, failed.stdout[-2000:] + failed.stderr[-2000:]
+    line = next(x for x in failed.stderr.splitlines() if x.startswith("fmolab train: error:"))
+    assert "error: no group of 2 Train worker(s) of 1 CPU could run for" in line
+    assert "train.start_timeout_s=20" in line and "--resume" in line
+    assert waited < 150, waited  # the bound and start-up, not Ray Train's endless retries
+
+    mlflow.set_tracking_uri(f"sqlite:///{home}/mlflow.db")
+    client = mlflow.MlflowClient()
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("lost").experiment_id])}
+    elastic, starved = runs["elastic"], runs["starved"]
+    assert elastic.info.status == "FINISHED" and starved.info.status == "FAILED"
+    assert starved.data.tags["fmolab.end_reason"] == "no_workers"
+    steps = [m.step for m in client.get_metric_history(elastic.info.run_id, "train/loss")]
+    assert sorted(steps) == list(range(5, 61, 5)), steps  # every step once, across the recovery
+    world = [m.value for m in sorted(client.get_metric_history(elastic.info.run_id, "world_size"), key=lambda m: m.step)]
+    assert world[0] == 2 and world[-1] == 1, world
+    assert {m.value for m in client.get_metric_history(elastic.info.run_id, "global_batch")} == {4.0}

@@ -270,3 +270,36 @@ def test_registered_weights_are_the_checkpoint_best_by_the_search_metric(work, t
     tags = client.get_run(out["best_run_id"]).data.tags
     assert tags["dataset"] == str(toy) and tags["dataset_manifest_sha1"] not in ("", "none")
     assert tags["variant"] == cfg.variant and tags["fmolab.search"] == "monitored"
+
+
+def test_a_resumed_trial_is_ranked_on_its_whole_history_not_on_what_tune_saw_since_the_resume(work, make_config):
+    """A search driver killed and resumed: Tune's dataframe of the trial starts over at the resume,
+    its MLflow run holds the whole history. The table, and so the parent's best and the registered
+    version, take the MLflow one: the true best (0.7609 at step 60, before the resume) wins."""
+    from types import SimpleNamespace
+
+    import mlflow
+    import pandas as pd
+    from mlflow.entities import Metric
+
+    from fmolab.tracking.store import setup_tracking
+    from fmolab.tune.report import trial_rows
+    from fmolab.tune.trial import SEARCH_TAG, TRIAL_TAG
+
+    cfg = make_config({"runtime.work_dir": work, "tracking.experiment": "resumed-search", "train.steps": 120,
+                       "train.monitor.metric": "val/loss", "train.monitor.mode": "min"})
+    setup_tracking(cfg)
+    client = mlflow.MlflowClient()
+    exp = client.create_experiment("resumed-search")
+    rid = client.create_run(exp, tags={SEARCH_TAG: "s", TRIAL_TAG: "t1"}).info.run_id
+    whole = {20: 0.90, 40: 0.80, 60: 0.7609, 80: 0.82, 100: 0.8053, 120: 0.81}
+    client.log_batch(rid, metrics=[Metric(k, v, 0, st) for st, val in whole.items()
+                                   for k, v in (("val/loss", val), ("val/animation_ratio", 0.9), ("train/loss", val))])
+    after_resume = pd.DataFrame({"step": [80, 100, 120], "val/loss": [0.82, 0.8053, 0.81],
+                                 "val/animation_ratio": [0.9, 0.9, 0.9]})
+    result = SimpleNamespace(metrics_dataframe=after_resume, metrics={"trial_id": "t1"}, path="/x/trial_t1",
+                             config={}, error=None)
+    space = SimpleNamespace(metric="val/loss", mode="min", names=[], build_config=lambda c, p, overrides: cfg)
+    [row] = trial_rows(cfg, space, [result], "s")
+    assert (row["best"], row["best_step"], row["steps"], row["status"]) == (0.7609, 60, 120, "completed")
+    assert [st for st, _ in row["history"]] == sorted(whole)

@@ -46,6 +46,7 @@ def _run(args) -> int:
         from fmolab.tracking.ending import error_text
 
         # a Train worker's error itself (its logs above have the traceback), not Ray's snippet of it
-        text = error_text(exc) if getattr(exc, "worker_failures", None) else str(exc)
+        wrapped = getattr(exc, "worker_failures", None) or getattr(exc, "controller_failure", None)
+        text = error_text(exc) if wrapped else str(exc)
         print(f"fmolab {args.command}: error: {text}", file=sys.stderr)
         return 1

@@ -116,11 +116,8 @@ class RenderConfig:
     webp_blur_method: int = 6  # WebP effort 0-6 for the blurs
     shard_rows: int = 64  # rows per shard (bounds shard size)
     workers: int = 0  # render actors; 0 = one per CPU
-    # A render actor not started within this many seconds (a node lost while Blender loads) is given
-    # up: the render goes on with the nodes left, or stops saying so. Each block's claim (two renders
-    # of one dataset at once) lasts this long after its last renewal: a dead render's blocks are free again.
-    start_timeout_s: float = 120.0
-    claim_lease_s: float = 120.0
+    start_timeout_s: float = 120.0  # render actors not started by then: a smaller pool (a node lost)
+    claim_lease_s: float = 120.0  # a block's claim lasts this long after its last renewal (sharing.py)
     trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
     backgrounds: BackgroundRenderConfig = field(default_factory=BackgroundRenderConfig)
 
@@ -235,6 +232,8 @@ class TrainConfig:
 
     run_name: str = ""  # "" = <variant>-<timestamp>; the same name resumes
     workers: int = 2
+    min_workers: int = 0  # > 0: elastic, min_workers..workers as nodes come and go (fmolab.train.elastic)
+    start_timeout_s: float = 300.0  # the longest a run may have no running worker group before it fails
     cpus_per_worker: float = 0.5  # fractional so Train never waits forever behind a Data stage
     threads: int = 0  # torch threads per worker; 0 = this node's cores / its workers (a study running two
     #                   trials at once on 2 cores sets 1)
@@ -263,6 +262,9 @@ class TrainConfig:
 
     def check(self) -> None:
         require(self.workers >= 1, "train.workers", self.workers, "must be >= 1")
+        require(0 <= self.min_workers <= self.workers, "train.min_workers", self.min_workers,
+                f"must be in [0, train.workers={self.workers}] (0: a fixed group of train.workers)")
+        require(self.start_timeout_s >= 5, "train.start_timeout_s", self.start_timeout_s, "must be >= 5 (seconds)")
         require(self.cpus_per_worker > 0, "train.cpus_per_worker", self.cpus_per_worker, "must be > 0")
         require(self.threads >= 0, "train.threads", self.threads, "must be >= 0 (0 = cores / workers)")
         require(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")

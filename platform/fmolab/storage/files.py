@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fmolab.storage.errors import explain
-from fmolab.storage.uri import basename, filesystem, is_remote, join, normalize
+from fmolab.storage.uri import filesystem, is_remote, join, normalize
 
 
 def _info(path: str):

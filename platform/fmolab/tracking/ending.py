@@ -7,6 +7,7 @@ reason                status     when
 steps_done            FINISHED   every ``train.steps`` step ran
 time_limit            FINISHED   ``train.time_limit`` stopped it earlier (checkpointed, validated)
 nan_stop              FAILED     a non-finite loss with ``train.nan_policy=stop``
+no_workers            FAILED     no worker group could run for ``train.start_timeout_s`` (lost nodes)
 asha_stop             KILLED     a search's ASHA scheduler stopped the trial
 interrupted           KILLED     Ctrl-C or SIGTERM on the driver
 failure               FAILED     any other error (its first line is in the description)
@@ -18,9 +19,11 @@ import math
 
 END_TAG = "fmolab.end_reason"
 STEPS_TAG = "fmolab.steps_done"
-STATUS = {"steps_done": "FINISHED", "time_limit": "FINISHED", "nan_stop": "FAILED", "asha_stop": "KILLED",
+STATUS = {"steps_done": "FINISHED", "time_limit": "FINISHED", "nan_stop": "FAILED", "no_workers": "FAILED",
+          "asha_stop": "KILLED",
           "interrupted": "KILLED", "failure": "FAILED"}
 WORDS = {"steps_done": "all steps done", "time_limit": "stopped at its time limit", "nan_stop": "stopped on a non-finite loss",
+         "no_workers": "no worker group could run within train.start_timeout_s",
          "asha_stop": "stopped early by ASHA (worse than its rung)", "interrupted": "interrupted",
          "failure": "failed"}
 
@@ -29,7 +32,10 @@ def error_text(error: BaseException) -> str:
     """``Type: message`` of what went wrong, unwrapped from Ray Train's worker-group error (whose own
     message is a truncated traceback snippet) to the worker's exception."""
     failures = getattr(error, "worker_failures", None) or {}
-    if failures:
+    controller = getattr(error, "controller_failure", None)  # a controller callback's own error
+    if controller is not None:
+        error = controller
+    elif failures:
         error = failures[min(failures)]
         error = getattr(error, "cause", None) or error  # a RayTaskError carries the original as its cause
     return f"{type(error).__name__}: {error}"
@@ -39,6 +45,8 @@ def reason_of_error(error: BaseException | str) -> str:
     if isinstance(error, KeyboardInterrupt):
         return "interrupted"
     text = error if isinstance(error, str) else error_text(error)
+    if "TrainStartTimeout" in text:
+        return "no_workers"
     return "nan_stop" if "non-finite loss" in text else "failure"
 
 

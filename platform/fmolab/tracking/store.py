@@ -172,6 +172,7 @@ def start_or_resume_run(cfg: Config, run_name: str, tags: dict[str, str], comman
     found = mlflow.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
                                output_format="list", max_results=1)
     if found:
+        _note_changes(found[0], cfg)
         return found[0].info.run_id
     client = mlflow.MlflowClient()
     run = client.create_run(exp_id, run_name=run_name,
@@ -180,6 +181,30 @@ def start_or_resume_run(cfg: Config, run_name: str, tags: dict[str, str], comman
     for i in range(0, len(items), 90):  # MLflow caps a batch at 100 params
         client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in items[i:i + 90]])
     return run.info.run_id
+
+
+RESUMED_TAG = "fmolab.resumed_with"
+WHERE = ("runtime.", "tracking.")  # where a run is, not what it trains
+
+
+def _note_changes(run, cfg: Config) -> None:
+    """A resumed run whose settings changed: MLflow params cannot change, so the current values go to
+    the ``fmolab.resumed_with`` tag (each resume's changes on a line) and to the console."""
+    import mlflow
+
+    params = run.data.params
+    changed = [f"{k}: {params[k]} -> {v}" for k, v in config_params(cfg).items()
+               if k in params and params[k] != v and not k.startswith(WHERE)]
+    if not changed:
+        return
+    import datetime as dt
+
+    when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    old = run.data.tags.get(RESUMED_TAG, "")
+    line = f"{when}: {'; '.join(changed)}"
+    mlflow.MlflowClient().set_tag(run.info.run_id, RESUMED_TAG, (old + "\n" if old else "") + line[:4000])
+    print(f"[train] resuming {run.info.run_name} with other settings than its params say ({'; '.join(changed)}); "
+          f"the run's tag {RESUMED_TAG} records them", flush=True)
 
 
 def config_params(cfg: Config) -> dict[str, str]:

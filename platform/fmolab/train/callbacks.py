@@ -49,6 +49,7 @@ class MLflowLogger(Callback):
 
     def __init__(self, run_id: str, tracking_uri: str):
         self.run_id, self.uri, self._client = run_id, tracking_uri, None
+        self.logged_until = -1  # resumed: steps up to here are on the record already (kept as logged)
 
     def enabled(self, trainer) -> bool:
         return trainer.rank == 0 and bool(self.run_id)
@@ -65,6 +66,8 @@ class MLflowLogger(Callback):
             return
         from mlflow.entities import Metric
 
+        if trainer.state.step <= self.logged_until:
+            return  # re-trained after a resume from an earlier checkpoint: each step is logged once
         ts = int(time.time() * 1000)
         self.client().log_batch(self.run_id, metrics=[Metric(metric_name(k), float(v), ts, trainer.state.step)
                                                       for k, v in values.items() if math.isfinite(float(v))])
@@ -74,8 +77,18 @@ class MLflowLogger(Callback):
             self.client().log_artifact(self.run_id, str(path), folder)
 
     def on_start(self, trainer, resumed):
-        if resumed:  # a resume or a recovery after a lost worker: on the record, not only in a log
-            self.log(trainer, {"resumed_from_step": trainer.state.step})
+        if not (resumed and self.enabled(trainer)):
+            return
+        # A resume or a recovery after a lost worker: on the record, not only in a log. The steps
+        # between the checkpoint and the last logged one run again; their first values stay.
+        client, step = self.client(), trainer.state.step
+        self.logged_until = max((m.step for k in ("train/loss", "val/loss", "resumed_from_step")
+                                 for m in client.get_metric_history(self.run_id, k)), default=-1)
+        if not any(m.step == step for m in client.get_metric_history(self.run_id, "resumed_from_step")):
+            from mlflow.entities import Metric
+
+            client.log_batch(self.run_id, metrics=[Metric("resumed_from_step", float(step), int(time.time() * 1000),
+                                                          step)])
 
     def on_log(self, trainer, means):
         self.log(trainer, means)
@@ -88,9 +101,13 @@ class Progress(Callback):
     """``[train]`` and ``[val]`` lines on rank 0, with throughput, data wait and ETA."""
 
     def on_start(self, trainer, resumed):
-        s = trainer.state
+        s, train_cfg = trainer.state, trainer.cfg.train
         if resumed and trainer.rank == 0:
             say(f"[train] resumed at step {s.step}, best {trainer.monitor} {s.best_metric:.5f} at step {s.best_step}")
+        if trainer.rank == 0 and (train_cfg.min_workers or trainer.ranks.world != train_cfg.workers):
+            say(f"[train] {trainer.ranks.world} worker(s) of {train_cfg.min_workers or train_cfg.workers}.."
+                f"{train_cfg.workers}: {train_cfg.grad_accum} accumulation step(s), global batch "
+                f"{train_cfg.batch_size * train_cfg.grad_accum * trainer.ranks.world}")
 
     def on_log(self, trainer, means):
         if trainer.rank != 0:

@@ -43,6 +43,7 @@ def torch_trainer(cfg: Config, loop_config: dict, run_config):
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from fmolab.train.elastic import scaling
     from fmolab.train.loop import train_loop
 
     train_cfg = cfg.train
@@ -57,7 +58,7 @@ def torch_trainer(cfg: Config, loop_config: dict, run_config):
         train_loop,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=train_cfg.workers, use_gpu=train_cfg.use_gpu,
+            **scaling(cfg), use_gpu=train_cfg.use_gpu,
             resources_per_worker={"CPU": train_cfg.cpus_per_worker, **({"GPU": 1} if train_cfg.use_gpu else {})},
         ),
         run_config=run_config,
@@ -74,10 +75,13 @@ def launch(cfg: Config, run_id: str, tracking_uri: str, storage_path: str, *, ca
     import ray.train
 
     from fmolab.tracking.ending import end_run, error_text, reason_of_error
+    from fmolab.train.elastic import start_bound, unwrap
 
+    bound = start_bound(cfg)
     trainer = torch_trainer(cfg, {"config": to_dict(cfg), "run_id": run_id, "tracking_uri": tracking_uri},
                             ray.train.RunConfig(
-                                name=cfg.train.run_name, **storage.ray_storage(storage_path), callbacks=list(callbacks),
+                                name=cfg.train.run_name, **storage.ray_storage(storage_path),
+                                callbacks=list(callbacks) + ([bound] if bound is not None else []),
                                 failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
                                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep),
                                 # Ray Train's INFO lines (worker group, DDP, each checkpoint) go to its log files only
@@ -87,8 +91,12 @@ def launch(cfg: Config, run_id: str, tracking_uri: str, storage_path: str, *, ca
             result = trainer.fit()
         except SystemExit as exc:  # a signal inside Ray's ray.get surfaces as SystemExit(1), not as the
             raise KeyboardInterrupt(f"interrupted during training ({exc!r})") from exc  # handler's exception
+        except Exception as exc:
+            if unwrap(exc) is not exc:
+                raise unwrap(exc) from None
+            raise
         if result.error:
-            raise result.error
+            raise unwrap(result.error)
     except (Exception, KeyboardInterrupt) as exc:
         if end_on_error and run_id:
             end_run(run_id, reason_of_error(exc), steps=cfg.train.steps, detail=error_text(exc))

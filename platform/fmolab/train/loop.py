@@ -176,6 +176,8 @@ class Trainer:
                 means["data/skipped_rows"] *= self.ranks.world  # each rank reads its own rows
                 rate = (step - self.start_step) * train_cfg.batch_size * train_cfg.grad_accum * self.ranks.world
                 means.update(lr=self.scheduler.get_last_lr()[0], nan_skipped=self.state.nan_skipped,
+                             world_size=self.ranks.world,
+                             global_batch=train_cfg.batch_size * train_cfg.grad_accum * self.ranks.world,
                              samples_per_s=rate / max(time.time() - self.started, 1e-9))
                 self.emit("on_log", means)
                 sums, count, waited, window_start = {}, 0, 0.0, time.perf_counter()
@@ -214,6 +216,9 @@ def train_loop(loop_config: dict) -> None:
     _quiet_ray_reports()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # Fewer workers than asked (elastic training after a lost node): accumulate more, so a step keeps
+    # the global batch and the learning rate of train.workers (rounded up when it does not divide).
+    train_cfg.grad_accum = train_cfg.grad_accum * math.ceil(train_cfg.workers / world)
     torch.manual_seed(train_cfg.seed + rank)
     torch.set_num_threads(train_cfg.threads or max(1, (os.cpu_count() or 1) // max(1, ctx.get_local_world_size())))
     device = ray.train.torch.get_device()

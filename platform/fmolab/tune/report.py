@@ -30,21 +30,16 @@ def trial_rows(cfg: Config, space: SearchSpace, grid, name: str) -> list[dict]:
     monitor = Monitor(space.metric, space.mode, cfg.train.monitor.animated_first)
     rows = []
     for result in grid:
-        df = result.metrics_dataframe
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name.split("_", 1)[-1]
+        run = runs.get(trial_id)
         best_step, best_val, moving, animation_step = -1, math.nan, False, -1
-        if df is not None and space.metric in df:
-            vals = df[space.metric].astype(float)
-            steps = int(df["step"].max()) if "step" in df else 0
-            ratios = df["val/animation_ratio"].astype(float) if "val/animation_ratio" in df else [0.0] * len(vals)
-            history = [(int(s), float(v)) for s, v in zip(df["step"], vals)] if "step" in df else []
+        history, ratio_of, steps = _history(client, run, result, space.metric)
+        if history:
             # as the trial chose its checkpoint: an animated validation first, then the metric
-            best = monitor.best_of([(s, v, float(r)) for (s, v), r in zip(history, ratios)])
+            best = monitor.best_of([(st, v, ratio_of.get(st, 0.0)) for st, v in history])
             if best:
                 best_step, best_val, moving = best
-            animation_step = first_animated([(s, r) for (s, _), r in zip(history, ratios)])
-        else:
-            steps, history = 0, []
+            animation_step = first_animated([(st, ratio_of.get(st, 0.0)) for st, _ in history])
         params = {k: v for k, v in (result.config or {}).items() if k in space.names}
         trial_cfg = space.build_config(cfg, params, overrides=False)
         if result.error is not None:
@@ -53,7 +48,6 @@ def trial_rows(cfg: Config, space: SearchSpace, grid, name: str) -> list[dict]:
             status = "stopped early"
         else:
             status = "completed"
-        run = runs.get(trial_id)
         rows.append({"trial": trial_id, "params": params, "best": best_val, "best_step": best_step,
                      "animated": moving, "animation_step": animation_step, "steps": steps,
                      "max_steps": trial_cfg.train.steps, "status": status,
@@ -61,6 +55,26 @@ def trial_rows(cfg: Config, space: SearchSpace, grid, name: str) -> list[dict]:
                      "checkpoint_path": (result.metrics or {}).get("checkpoint_path", ""), "history": history,
                      "error": str(result.error)[:500] if result.error is not None else ""})
     return rows  # in the order Tune created the trials
+
+
+def _history(client, run, result, metric: str) -> tuple[list[tuple[int, float]], dict[int, float], int]:
+    """(metric history, animation ratio per step, last step) of a trial: from its MLflow run, which
+    holds its whole history across driver restarts (Tune's own dataframe starts over at a resume),
+    else from Tune's dataframe."""
+    if run is not None:
+        rid = run.info.run_id
+        history = sorted({m.step: m.value for m in client.get_metric_history(rid, metric)}.items())
+        if history:
+            ratios = {m.step: m.value for m in client.get_metric_history(rid, "val/animation_ratio")}
+            last = max([m.step for m in client.get_metric_history(rid, "train/loss")] + [history[-1][0]])
+            return history, ratios, int(last)
+    df = result.metrics_dataframe
+    if df is None or metric not in df or "step" not in df:
+        return [], {}, 0
+    history = [(int(st), float(v)) for st, v in zip(df["step"], df[metric].astype(float))]
+    ratios = dict(zip((int(st) for st in df["step"]), df["val/animation_ratio"].astype(float))) \
+        if "val/animation_ratio" in df else {}
+    return history, ratios, int(df["step"].max())
 
 
 def format_value(v: Any) -> str:
