@@ -108,6 +108,8 @@ def test_submit_render_then_training_job_and_failing_job(ray_head, tmp_path, cap
     assert listing.count("SUCCEEDED") >= 1 and "FAILED" in listing
 
 
+# slow (88 s): CI keeps under 30 minutes; one job at a time is covered by test_submit_render_then_training_job
+@pytest.mark.slow
 def test_two_jobs_submitted_at_once_to_one_head_both_finish(ray_head, tmp_path, monkeypatch):
     """Two training jobs at the same moment, one head, one work folder and MLflow store, one experiment
     (both create it): both succeed, each with its own run."""

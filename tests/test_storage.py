@@ -227,6 +227,8 @@ points_to_evaluate: [{train.lr: 0.003}]
 """
 
 
+# slow (51 s): CI keeps under 30 minutes; the bucket path of training is covered by test_cluster_storage
+@pytest.mark.slow
 def test_a_search_keeps_its_state_checkpoints_and_results_in_the_bucket(s3, work, tmp_path, make_config):
     """Ray Tune + Train with storage in the bucket: trial checkpoints, Tune's state, the search's
     files; the best model registered from the bucket's checkpoint; a resume reads it all back."""

@@ -115,6 +115,8 @@ def test_missing_models_and_stores_are_one_line_errors(work, capsys, monkeypatch
         assert code == 2 and len(err.splitlines()) == 1 and why in err and "not found in the MLflow store" in err, err
 
 
+# slow (109 s): CI keeps under 30 minutes
+@pytest.mark.slow
 def test_basic_auth_server_refuses_strangers_and_a_training_logs_with_credentials_from_the_environment(
         work, free_port, capsys, monkeypatch):
     """mlflow/serve.sh AUTH=basic: MLflow's basic-auth app, the admin password from the environment

@@ -120,6 +120,8 @@ def own_train_workers() -> list[int]:
     return mine
 
 
+# slow (84 s): CI keeps under 30 minutes; test_node_loss kills a whole node mid-training instead
+@pytest.mark.slow
 def test_killed_worker_is_recovered_from_last_checkpoint(work, base, ray_local, make_config):
     """FailureConfig: a Train worker killed mid-run is replaced and training continues from the last
     checkpoint to the end, in the same MLflow run."""

@@ -130,6 +130,8 @@ points_to_evaluate:
 """
 
 
+# slow (123 s): CI keeps under 30 minutes; a search runs in test_registered_weights_are_the_checkpoint_best_by_the_search_metric
+@pytest.mark.slow
 def test_search_stops_bad_trials_tracks_children_and_registers_the_best(work, toy, ray_local, tmp_path, make_config):
     import mlflow
     import ray
