@@ -267,3 +267,32 @@ def test_the_mlflow_server_killed_and_restarted_during_training_loses_nothing(
     finally:
         for proc in servers:
             proc.kill()
+
+
+def test_ctrl_c_ends_a_run_waiting_for_workers_at_once(work, toy):
+    """A run whose worker group cannot be placed (2 workers of 1 CPU on a 1-CPU Ray) waits; Ctrl-C
+    ends it within seconds (Ray Train's abort waits for one placement attempt, now at most 15 s) and
+    the run is KILLED, not left RUNNING."""
+    import mlflow
+
+    env = {**os.environ, "FMOLAB_HOME": str(work), "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"}
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "fmolab.cli", "train", "--work-dir", str(work), *TINY,
+                             f"data.train={toy}", "runtime.num_cpus=1", "train.workers=2", "train.cpus_per_worker=1",
+                             "train.run_name=stuck"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # "[train] run stuck (MLflow run ...) on 2 worker(s)": Ray Train waits now
+        assert line.startswith("[train] run stuck"), line + proc.stderr.read()[-2000:]
+        time.sleep(8)
+        assert proc.poll() is None
+        t0 = time.time()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        seconds = time.time() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert seconds < 25, seconds
+    client = mlflow.MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("faults").experiment_id])
+    assert run.info.status == "KILLED" and run.data.tags["fmolab.end_reason"] == "interrupted"

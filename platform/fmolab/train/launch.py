@@ -54,7 +54,7 @@ def torch_trainer(cfg: Config, loop_config: dict, run_config):
         # enough passes for the whole run in one Ray Data execution (each start costs seconds)
         samples = train_cfg.steps * train_cfg.batch_size * train_cfg.grad_accum * train_cfg.workers
         datasets = {"train": ray_dataset(cfg, "train", batch_size=train_cfg.batch_size, samples=samples)}
-    return TorchTrainer(
+    return _interruptible(TorchTrainer)(
         train_loop,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
@@ -64,6 +64,30 @@ def torch_trainer(cfg: Config, loop_config: dict, run_config):
         run_config=run_config,
         datasets=datasets,
     )
+
+
+def _interruptible(trainer_cls):
+    """``trainer_cls`` whose Ctrl-C ends the run at once. Ray Train's own handler asks the controller
+    to abort and waits for the answer, which never comes while the controller retries placing a
+    worker group it cannot place (its loop does not yield); this one waits 5 s, then kills it."""
+    if not hasattr(trainer_cls, "_register_sigint_handler"):  # another Ray: its own handling
+        return trainer_cls
+
+    class Interruptible(trainer_cls):
+        def _register_sigint_handler(self, controller):
+            import signal
+
+            import ray
+
+            def handler(signum, frame):
+                ready, _ = ray.wait([controller.abort.remote()], timeout=5)
+                if not ready:
+                    ray.kill(controller, no_restart=True)
+                raise KeyboardInterrupt("Ctrl-C during training")
+
+            signal.signal(signal.SIGINT, handler)
+
+    return Interruptible
 
 
 def launch(cfg: Config, run_id: str, tracking_uri: str, storage_path: str, *, callbacks: list = (),
@@ -86,6 +110,10 @@ def launch(cfg: Config, run_id: str, tracking_uri: str, storage_path: str, *, ca
                                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep),
                                 # Ray Train's INFO lines (worker group, DDP, each checkpoint) go to its log files only
                                 logging_config=ray.train.LoggingConfig(log_level="WARNING")))
+    import signal
+    import threading
+
+    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
     try:
         try:
             result = trainer.fit()
@@ -101,4 +129,7 @@ def launch(cfg: Config, run_id: str, tracking_uri: str, storage_path: str, *, ca
         if end_on_error and run_id:
             end_run(run_id, reason_of_error(exc), steps=cfg.train.steps, detail=error_text(exc))
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)  # fit installed its own Ctrl-C handler
     return result
