@@ -21,6 +21,10 @@ CLAIMS = ".render/claims"
 NOT_IDENTITY = ("out", "name", "workers", "num_sequences", "claim_lease_s", "start_timeout_s")
 
 
+class DatasetWriteError(RuntimeError):
+    """The dataset's folder cannot take its settings file (a full disk, a quota): nothing rendered."""
+
+
 class DatasetSettingsError(ConfigError):
     """A render into an existing dataset with other settings (bad input: exit 2, nothing changed)."""
 
@@ -51,7 +55,12 @@ def check_settings(cfg: Config) -> None:
     recorded = storage.exists(path)
     theirs = storage.read_json(path) if recorded else _legacy(out)
     if theirs is None:
-        if create_exclusive(path, json.dumps(mine, indent=1, sort_keys=True).encode()):
+        try:
+            created = create_exclusive(path, json.dumps(mine, indent=1, sort_keys=True).encode())
+        except OSError as exc:
+            raise DatasetWriteError(f"cannot write {path}: {exc.strerror or exc}; nothing was rendered: free space "
+                                    "(or fix the store) and rerun the same command") from None
+        if created:
             return
         theirs, recorded = storage.read_json(path), True  # another render created it a moment ago
     diff = [f"{k}: {theirs['settings'].get(k)!r} there, {v!r} here" for k, v in mine["settings"].items()

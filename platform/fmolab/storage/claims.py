@@ -29,14 +29,15 @@ def create_exclusive(path: str, data: bytes) -> bool:
     if not is_remote(path):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-        Path(tmp).write_bytes(data)
         try:
+            Path(tmp).write_bytes(data)
             os.link(tmp, path)  # atomic, and fails where the name exists: readers see all or nothing
             return True
         except FileExistsError:
             return False
         finally:
-            os.unlink(tmp)
+            if os.path.exists(tmp):
+                os.unlink(tmp)  # also after a full disk: never a partial temporary left behind
     if scheme(path) == "s3":
         import boto3
         import botocore.exceptions
