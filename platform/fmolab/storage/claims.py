@@ -103,40 +103,40 @@ class Claims:
             content = {}
         return gen, path, content, age
 
+    def _other(self, content: dict, age: float) -> dict | None:
+        """The claim of another owner that has not expired, with ``expires_in``; else None."""
+        if content.get("owner") == self.owner or age > self.lease_s:
+            return None
+        return {**content, "expires_in": round(self.lease_s - age, 1)}
+
     def holders(self) -> dict[str, dict]:
         """Every name another owner holds now (unexpired), with its claim and ``expires_in``."""
         out = {}
         for name, (_, path, age) in self._newest().items():
             if age > self.lease_s:
-                continue
+                continue  # expired: not worth reading
             try:
-                content = read_json(path)
+                held = self._other(read_json(path), age)
             except (ValueError, FileNotFoundError):
                 continue
-            if content.get("owner") != self.owner:
-                out[name] = {**content, "expires_in": round(self.lease_s - age, 1)}
+            if held:
+                out[name] = held
         return out
 
-    def holder(self, name: str) -> dict | None:
-        """Who holds ``name`` now, if another owner's unexpired claim does (with ``expires_in``)."""
-        gen, _, content, age = self._current(name)
-        if gen < 0 or content.get("owner") == self.owner or age > self.lease_s:
-            return None
-        return {**content, "expires_in": round(self.lease_s - age, 1)}
-
     def claim(self, name: str, **info) -> dict | None:
-        """Take ``name``: None when this owner holds it now, else the other holder (see :meth:`holder`)."""
+        """Take ``name``: None when this owner holds it now, else the other holder's claim (with
+        ``expires_in``)."""
         for _ in range(3):  # a lost race for an expired claim: look again
             gen, _, content, age = self._current(name)
-            if gen >= 0 and content.get("owner") == self.owner:
-                return None
-            if gen >= 0 and age <= self.lease_s:
-                return {**content, "expires_in": round(self.lease_s - age, 1)}
+            held = self._other(content, age) if gen >= 0 else None
+            if held or (gen >= 0 and content.get("owner") == self.owner):
+                return held
             body = {"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(), **info,
                     "taken_over": gen >= 0}
             if create_exclusive(join(self.folder, name, f"g{gen + 1}.json"), json.dumps(body).encode()):
                 return None
-        return self.holder(name) or {"owner": "unknown", "expires_in": self.lease_s}
+        gen, _, content, age = self._current(name)
+        return self._other(content, age) or {"owner": "unknown", "expires_in": self.lease_s}
 
     def renew(self, name: str) -> None:
         """Push this owner's claim of ``name`` a lease further (rewriting it renews its time)."""

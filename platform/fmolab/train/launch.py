@@ -120,8 +120,9 @@ def launch(cfg: Config, run_id: str, tracking_uri: str, storage_path: str, *, ca
         except SystemExit as exc:  # a signal inside Ray's ray.get surfaces as SystemExit(1), not as the
             raise KeyboardInterrupt(f"interrupted during training ({exc!r})") from exc  # handler's exception
         except Exception as exc:
-            if unwrap(exc) is not exc:
-                raise unwrap(exc) from None
+            inner = unwrap(exc)
+            if inner is not exc:
+                raise inner from None
             raise
         if result.error:
             raise unwrap(result.error)
