@@ -56,12 +56,22 @@ def test_unknown_key_in_file_names_the_file(tmp_path):
         ("render.trajectory.margin=0.7", "render.trajectory.margin"),
         ("data.objects_per_image=[3, 1]", "data.objects_per_image"),
         ("train", "not of the form"),
+        ("tracking.alias=Latest", "reserved by MLflow"),  # MLflow refuses it only at registration, after training
+        ("tracking.alias=v2", "reserved by MLflow"),
+        ("tracking.alias=my best", "letters, digits"),
     ],
 )
 def test_bad_values_are_explained(override, fragment):
     with pytest.raises(ConfigError) as err:
         load_config([], [override])
     assert fragment in str(err.value)
+
+
+def test_a_bad_cache_bound_in_the_environment_is_refused_with_the_config(monkeypatch):
+    monkeypatch.setenv("FMOLAB_CACHE_GB", "ten")
+    with pytest.raises(ConfigError, match="FMOLAB_CACHE_GB .*'ten': must be a number"):
+        load_config()
+    assert load_config([], ["runtime.cache_gb=2"]).runtime.cache_gb == 2  # the key wins over the variable
 
 
 def test_job_spec_embeds_config(tmp_path):

@@ -3,6 +3,7 @@ but impossible; :mod:`fmolab.config.loading` builds it from YAML and overrides."
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +44,13 @@ class RuntimeConfig:
         require(not storage.is_remote(self.work_dir), "runtime.work_dir", self.work_dir,
                 "must be a local folder (this machine's temporary files and caches); put outputs in object "
                 f"storage with runtime.storage={self.work_dir}")
+        env = os.environ.get("FMOLAB_CACHE_GB", "")  # the default of cache_gb: checked before any work too
+        if not self.cache_gb and env:
+            try:
+                ok = float(env) >= 0
+            except ValueError:
+                ok = False
+            require(ok, "FMOLAB_CACHE_GB (runtime.cache_gb)", env, "must be a number of GB >= 0 (0: half the free space)")
 
 
 @dataclass
@@ -283,8 +291,14 @@ class TrackingConfig:
     uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else sqlite:///<work_dir>/mlflow.db
     experiment: str = "fmolab"
     register_as: str = ""  # registered model name; "" = do not register
-    alias: str = "latest"
+    alias: str = "newest"  # the alias set on each new version ("latest" is MLflow's reserved word)
     timeout: float = 10.0  # seconds to wait for a tracking server before failing
+
+    def check(self) -> None:
+        require(not self.alias or re.fullmatch(r"[\w-]+", self.alias) is not None, "tracking.alias", self.alias,
+                "letters, digits, '_' and '-' only")
+        require(self.alias.lower() != "latest" and not re.fullmatch(r"v\d+", self.alias.lower()), "tracking.alias",
+                self.alias, "reserved by MLflow (models:/NAME/latest, vN name versions): choose another, e.g. newest")
 
 
 @dataclass
