@@ -64,6 +64,8 @@ def test_demo_end_to_end(session_home):
     best_step = int(re.search(r"\(step (\d+)\)", line).group(1))
     logged = {k: [m.value for m in client.get_metric_history(run.info.run_id, k) if m.step == best_step][-1]
               for k in ("val/animation_ratio", "val/tiou", "val/crop_psnr", "val/im_crop_psnr")}
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/tiou")]
+    assert len(steps) == len(set(steps)), steps  # linking the model to its validation logs no step twice
     assert f"animation ratio {logged['val/animation_ratio']:.2f}" in line and f"TIoU {logged['val/tiou']:.3f}" in line
     assert f"crop PSNR {logged['val/crop_psnr']:.2f} dB" in line
     assert f"input image (im) crop PSNR {logged['val/im_crop_psnr']:.2f} dB" in out

@@ -251,9 +251,12 @@ def test_registered_weights_are_the_checkpoint_best_by_the_search_metric(work, t
                        "tracking.alias": "best", "train.monitor.animated_first": False})  # the metric alone
     out = run_search(cfg, space, trials=1, name="monitored", max_concurrent=1, verbose=0)
     client = mlflow.MlflowClient()
-    history = {m.step: m.value for m in client.get_metric_history(out["best_run_id"], "val/loss")}
+    logged = client.get_metric_history(out["best_run_id"], "val/loss")
+    history = {m.step: m.value for m in logged}
     highest, lowest = max(history, key=history.get), min(history, key=history.get)
-    assert sorted(history) == [2, 4, 6] and highest != lowest, history
+    assert sorted(m.step for m in logged) == [2, 4, 6] and highest != lowest, history  # linking logs none twice
+    model = client.get_logged_model(client.get_run(out["best_run_id"]).outputs.model_outputs[0].model_id)
+    assert {m.key: m.step for m in model.metrics}["val/loss"] == highest
 
     # the trial's checkpoint kept the weights of its highest val/loss, as the search ranks it
     trial = out["trials"][0]

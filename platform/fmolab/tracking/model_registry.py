@@ -77,9 +77,13 @@ def log_model(cfg: Config, state_dict_path: str | os.PathLike, run_id: str, name
     if status != "FINISHED":
         mlflow.MlflowClient().update_run(run_id, status=status)
     if metrics:
-        client, ts = mlflow.MlflowClient(), int(time.time() * 1000)
+        client, now, step = mlflow.MlflowClient(), int(time.time() * 1000), max(0, int(step))
         for k, v in metrics.items():
-            client.log_metric(run_id, k, float(v), timestamp=ts, step=max(0, int(step)), model_id=info.model_id)
+            # Linking logs the metric again: with the timestamp of the run's own entry at that step, MLflow
+            # keeps one entry in the run's history (same key, step, value and time) and links it.
+            ts = next((m.timestamp for m in client.get_metric_history(run_id, k)
+                       if m.step == step and m.value == float(v)), now)
+            client.log_metric(run_id, k, float(v), timestamp=ts, step=step, model_id=info.model_id)
     return info.model_uri
 
 
