@@ -296,3 +296,79 @@ def test_ctrl_c_ends_a_run_waiting_for_workers_at_once(work, toy):
     client = mlflow.MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("faults").experiment_id])
     assert run.info.status == "KILLED" and run.data.tags["fmolab.end_reason"] == "interrupted"
+
+
+KILLED_SEARCH = """
+params:
+  train.lr: {choice: [0.003, 0.001]}
+overrides:
+  train.steps: 60
+points_to_evaluate: [{train.lr: 0.003}, {train.lr: 0.001}]
+"""
+
+
+@pytest.mark.slow  # 2-3 min: two searches' worth of Ray start-ups
+def test_a_search_whose_driver_is_sigkilled_resumes_and_reports_the_true_best(work, toy, tmp_path):
+    """The search driver and its local Ray are SIGKILLed (the whole process group) after a trial has a
+    checkpoint; ``fmolab tune --resume`` finishes both trials in their own MLflow runs, every
+    validation step logged once, and the table, the parent run and the registered version rank each
+    trial on its whole history, across the kill."""
+    import csv
+
+    import mlflow
+
+    space = tmp_path / "killed.yaml"
+    space.write_text(KILLED_SEARCH)
+    db = f"sqlite:///{work / 'mlflow.db'}"
+    env = {**os.environ, "FMOLAB_HOME": str(work), "MLFLOW_TRACKING_URI": db}
+    env.pop("RAY_ADDRESS", None)
+    base = [sys.executable, "-u", "-m", "fmolab.cli", "tune", "--work-dir", str(work), *TINY, f"data.train={toy}",
+            "runtime.num_cpus=2", "train.cpus_per_worker=1", "train.preview_samples=0",
+            "tracking.experiment=killed-search", "tracking.register_as=killed", "train.monitor.animated_first=false"]
+    proc = subprocess.Popen([*base, "--space", str(space), "--name", "killed", "--trials", "2",
+                             "--grace-steps", "60"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    client = mlflow.MlflowClient(db)
+
+    def progressed():  # both trials validated past their first checkpoint, neither finished
+        try:
+            exp = client.get_experiment_by_name("killed-search")
+            runs = client.search_runs([exp.experiment_id], "tags.`fmolab.trial_id` != ''") if exp else []
+        except Exception:  # the store is being created
+            return False
+        steps = [max([m.step for m in client.get_metric_history(r.info.run_id, "val/loss")] or [0]) for r in runs]
+        return len(steps) == 2 and min(steps) >= 6 and max(steps) < 60
+
+    try:
+        wait_for(lambda: progressed() or proc.poll() is not None, 300, "two trials past step 6")
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started: nothing ends cleanly
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(2)  # the killed Ray's reaper ends its workers
+
+    resumed = subprocess.run([*base, "--resume", "killed"], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
+    exp = client.get_experiment_by_name("killed-search")
+    trials = client.search_runs([exp.experiment_id], "tags.`fmolab.trial_id` != ''")
+    assert [r.info.status for r in trials] == ["FINISHED"] * 2, [r.data.tags.get("fmolab.end_reason") for r in trials]
+    best = {}
+    for run in trials:
+        history = client.get_metric_history(run.info.run_id, "val/loss")
+        steps = [m.step for m in history]
+        assert sorted(steps) == list(range(2, 61, 2)), steps  # every step once, across the kill
+        assert run.data.metrics["resumed_from_step"] >= 2  # from its checkpoint, not from the start
+        low = min(history, key=lambda m: (m.value, m.step))
+        best[run.info.run_id] = (low.value, low.step)
+    winner = min(best, key=lambda r: best[r][0])
+    rows = list(csv.DictReader(open(work / "searches" / "killed" / "trials.csv")))
+    by_run = {r["run_id"]: r for r in rows}
+    for rid, (value, step) in best.items():
+        assert float(by_run[rid]["best"]) == pytest.approx(value) and int(by_run[rid]["best_step"]) == step
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`fmolab.kind` = 'search'")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["best_val_loss"] == pytest.approx(best[winner][0])
+    version = client.get_registered_model("killed").latest_versions[0]
+    assert version.run_id == winner and f"= {best[winner][0]:.5g} at step {best[winner][1]}" in version.description

@@ -54,10 +54,10 @@ def _tuner(study: Study, cfg: Config, setup: dict, trials: list[dict], concurren
     import ray.tune
 
     from fmolab.tune.placement import release_callback
-    from fmolab.tune.search import TRIAL_CPU
+    from fmolab.tune.search import TRIAL_RESOURCES
 
     results = storage.ray_storage(cfg.output("ray_results"))
-    trainable = ray.tune.with_resources(ray.tune.with_parameters(run_study_trial, setup=setup), {"CPU": TRIAL_CPU})
+    trainable = ray.tune.with_resources(ray.tune.with_parameters(run_study_trial, setup=setup), TRIAL_RESOURCES)
     return ray.tune.Tuner(
         trainable, param_space={"trial": ray.tune.grid_search(trials)},
         tune_config=ray.tune.TuneConfig(max_concurrent_trials=concurrency),

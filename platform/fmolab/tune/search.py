@@ -2,7 +2,7 @@
 
 :func:`run_search` saves the search (base config, space, options) under ``<work>/searches/<name>/``,
 opens the MLflow parent run and runs a ``Tuner`` whose trials are :func:`fmolab.tune.trial.run_trial`.
-A trial's actor needs no CPU of its own; its Train workers hold ``train.cpus_per_worker`` each. Every
+A trial's actor needs no CPU of its own (a token of logical memory); its Train workers hold ``train.cpus_per_worker`` each. Every
 trial's ``train.monitor`` is the space's metric, so the checkpoint a trial keeps as its best is the
 one the search ranks it by. After the search, :mod:`fmolab.tune.report` writes the table and plots
 and registers the best trial's best weights.
@@ -24,7 +24,9 @@ from fmolab.train.preflight import preflight
 from fmolab.tune.space import SearchSpace
 from fmolab.tune.space_file import load_space, space_from_text
 
-TRIAL_CPU = 0.01  # CPU held by a trial's own actor (its Train workers hold train.cpus_per_worker each)
+# A trial's own actor only waits on its Train controller; Tune refuses an empty request, and any CPU share
+# (even 0.01) would stop two 1-CPU trials from packing on 2 CPUs: a token of Ray's logical memory instead.
+TRIAL_RESOURCES = {"CPU": 0, "memory": 64 * 2**20}
 OPTIONS = ("trials", "max_concurrent", "study_storage", "seed", "grace_steps", "reduction_factor")
 
 
@@ -46,7 +48,7 @@ def max_fitting(cfg: Config) -> int:
     import ray
 
     cpus = float(ray.cluster_resources().get("CPU", 1))
-    return max(1, int(cpus / (cfg.train.workers * cfg.train.cpus_per_worker + TRIAL_CPU) + 1e-9))
+    return max(1, int(cpus / (cfg.train.workers * cfg.train.cpus_per_worker) + 1e-9))
 
 
 def study_storage(url: str):
@@ -145,8 +147,7 @@ def build_tuner(cfg: Config, space: SearchSpace, name: str, options: dict, setup
 
     results = storage.ray_storage(cfg.output("ray_results"))  # storage_path (+ storage_filesystem)
     experiment = storage.ray_storage(cfg.output("ray_results", name))
-    # The trial actor only waits on its Train controller: a token CPU share (Tune refuses an empty request).
-    trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, setup=setup), {"CPU": TRIAL_CPU})
+    trainable = ray.tune.with_resources(ray.tune.with_parameters(run_trial, setup=setup), TRIAL_RESOURCES)
     fs = experiment.get("storage_filesystem")
     if resume and ray.tune.Tuner.can_restore(experiment["storage_path"], storage_filesystem=fs):
         print(f"[tune] resuming {name} from {cfg.output('ray_results', name)}", flush=True)
