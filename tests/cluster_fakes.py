@@ -81,7 +81,7 @@ def share_nothing_cluster(hidden: Path, env: dict, cpus_per_node: int = 1):
     worker node's processes see an empty ``hidden`` whatever the head writes there, and the head never
     sees what they write. Yields ``(address, worker_node_pid)``."""
     port = free_port()
-    head_temp, node_temp = hidden / "rh", hidden / "rw"
+    head_temp = hidden / "rh"
     head_temp.mkdir(parents=True)
     base = {**os.environ, **env, "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{BIN}:{os.environ['PATH']}"}
     token = Path.home() / ".ray" / "auth_token"
@@ -91,14 +91,10 @@ def share_nothing_cluster(hidden: Path, env: dict, cpus_per_node: int = 1):
                              "--node-ip-address=127.0.0.1", f"--num-cpus={cpus_per_node}", f"--temp-dir={head_temp}",
                              "--include-dashboard=false", *_agent_ports()],
                             env=base, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    script = (f"mount -t tmpfs tmpfs {hidden} && mkdir -p {node_temp} && exec {BIN / 'ray'} start --block "
-              f"--address=127.0.0.1:{port} --node-ip-address=127.0.0.1 --num-cpus={cpus_per_node} "
-              f"--temp-dir={node_temp} " + " ".join(_agent_ports()))
     node = None
     try:
         _wait_nodes(f"127.0.0.1:{port}", 1, base, 90)
-        node = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "bash", "-c", script],
-                                env=base, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        node = join_node(f"127.0.0.1:{port}", hidden, env, cpus_per_node)
         _wait_nodes(f"127.0.0.1:{port}", 2, base, 90)
         yield f"127.0.0.1:{port}", node.pid
     finally:
@@ -112,6 +108,27 @@ def share_nothing_cluster(hidden: Path, env: dict, cpus_per_node: int = 1):
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
         subprocess.run(["pkill", "-f", str(hidden)], check=False)  # this cluster's leftovers only
+
+
+def join_node(address: str, hidden: Path, env: dict, cpus: int = 1) -> subprocess.Popen:
+    """One more worker node for the cluster at ``address``, in its own mount namespace with a tmpfs over
+    ``hidden`` (as :func:`share_nothing_cluster`'s); the caller waits for it and ends it (its process
+    group, or :func:`kill_node`)."""
+    base = {**os.environ, **env, "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    token = Path.home() / ".ray" / "auth_token"
+    if token.exists():
+        base.update(RAY_AUTH_TOKEN=token.read_text().strip(), RAY_AUTH_MODE="token")
+    node_temp = hidden / "rw"
+    script = (f"mount -t tmpfs tmpfs {hidden} && mkdir -p {node_temp} && exec {BIN / 'ray'} start --block "
+              f"--address={address} --node-ip-address=127.0.0.1 --num-cpus={cpus} "
+              f"--temp-dir={node_temp} " + " ".join(_agent_ports()))
+    return subprocess.Popen(["unshare", "--mount", "--propagation", "private", "bash", "-c", script],
+                            env=base, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_nodes(address: str, n: int, env: dict, seconds: float) -> None:
+    """Until the cluster at ``address`` has ``n`` live nodes (RuntimeError after ``seconds``)."""
+    _wait_nodes(address, n, {**os.environ, **env}, seconds)
 
 
 def _wait_nodes(address: str, n: int, env: dict, seconds: float) -> None:

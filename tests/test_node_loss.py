@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster_fakes import kill_node, processes_on, share_nothing_cluster
+from cluster_fakes import join_node, kill_node, processes_on, share_nothing_cluster
 from test_render import needs_bpy
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/unshare").exists(),
@@ -81,19 +82,40 @@ def test_training_goes_on_elastically_when_a_node_is_lost_and_fails_in_bound_bel
         if token.exists():
             env.update(RAY_AUTH_TOKEN=token.read_text().strip(), RAY_AUTH_MODE="token")
         cli = [sys.executable, "-m", "fmolab.cli", "train", f"runtime.address={address}", *common]
-        # 1. elastic 1..2 workers, one per node; the whole worker node dies after a checkpoint
-        proc = subprocess.Popen([*cli, "train.workers=2", "train.min_workers=1", "train.steps=60",
-                                 "train.max_failures=2", "train.run_name=elastic"],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.time() + 240
-        while time.time() < deadline and not (checkpoint_registered(home / "ray_results" / "elastic")
-                                              and processes_on(node_pid, "RayTrainWorker")):
-            assert proc.poll() is None, proc.stdout.read()[-3000:]
-            time.sleep(0.5)
-        assert processes_on(node_pid, "RayTrainWorker"), "no Train worker on the worker node"
+        # 1. elastic 1..2 workers, one per node; the whole worker node dies after a checkpoint, the
+        # group goes on with one; a new node joins and the group grows back to two
+        log = shared / "elastic.log"
+        proc = subprocess.Popen([*cli, "train.workers=2", "train.min_workers=1", "train.steps=200",
+                                 "train.max_failures=4", "train.resize_check_s=5", "train.run_name=elastic"],
+                                env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
+        client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+
+        def world():  # the world size of every logged step, in step order
+            try:
+                (run,) = client.search_runs([client.get_experiment_by_name("lost").experiment_id])
+            except Exception:  # the store, the experiment or the run is not there yet
+                return []
+            return [m.value for m in sorted(client.get_metric_history(run.info.run_id, "world_size"),
+                                            key=lambda m: m.step)]
+
+        def wait(condition, seconds, what):
+            deadline = time.time() + seconds
+            while not condition():
+                assert proc.poll() is None, f"{what}: the run ended\n" + log.read_text()[-3000:]
+                assert time.time() < deadline, f"{what}: not within {seconds} s\n" + log.read_text()[-3000:]
+                time.sleep(0.5)
+
+        wait(lambda: checkpoint_registered(home / "ray_results" / "elastic")
+             and processes_on(node_pid, "RayTrainWorker"), 240, "a checkpoint, a Train worker on the node")
         assert kill_node(node_pid) > 0
-        out, _ = proc.communicate(timeout=400)
-        assert proc.returncode == 0, out[-4000:]
+        wait(lambda: 1.0 in world(), 240, "the group shrunk to one worker")
+        newcomer = join_node(address, hidden, {})
+        try:
+            wait(lambda: world()[-1:] == [2.0] and 1.0 in world(), 240, "the group grown back to two")
+            assert proc.wait(timeout=400) == 0, log.read_text()[-4000:]
+        finally:
+            os.killpg(newcomer.pid, signal.SIGTERM)
+        out = log.read_text()
         assert "[train] 1 worker(s) of 1..2: 2 accumulation step(s), global batch 4" in out
 
         # 2. a fixed group of 2 on what is left (1 CPU): fails within its bound, one line, FAILED
@@ -114,7 +136,8 @@ def test_training_goes_on_elastically_when_a_node_is_lost_and_fails_in_bound_bel
     assert elastic.info.status == "FINISHED" and starved.info.status == "FAILED"
     assert starved.data.tags["fmolab.end_reason"] == "no_workers"
     steps = [m.step for m in client.get_metric_history(elastic.info.run_id, "train/loss")]
-    assert sorted(steps) == list(range(5, 61, 5)), steps  # every step once, across the recovery
-    world = [m.value for m in sorted(client.get_metric_history(elastic.info.run_id, "world_size"), key=lambda m: m.step)]
-    assert world[0] == 2 and world[-1] == 1, world
+    assert sorted(steps) == list(range(5, 201, 5)), steps  # every step once, across the shrink and the growth
+    sizes = [m.value for m in sorted(client.get_metric_history(elastic.info.run_id, "world_size"), key=lambda m: m.step)]
+    shrunk = sizes.index(1.0)
+    assert sizes[0] == 2 and 2.0 in sizes[shrunk:], sizes
     assert {m.value for m in client.get_metric_history(elastic.info.run_id, "global_batch")} == {4.0}

@@ -26,3 +26,37 @@ def test_render_leaves_home_clean(tmp_path):
     # Ray's cluster authentication token is a credential it keeps in ~/.ray by design; nothing else
     assert [p for p in left if not p.startswith(".ray")] == [], left
     subprocess.run(["rm", "-rf", str(home)], check=False)
+
+
+def test_ray_train_errors_it_recovers_from_are_one_line_each_without_traceback():
+    """What a lost node makes Ray Train log in its controller and workers (through the worker setup
+    hook's filter): one line per event, the error's first line kept, no traceback through Ray."""
+    import io
+    import logging
+
+    from fmolab.runtime import quiet_third_party
+
+    stream = io.StringIO()
+    ray_logger = logging.getLogger("ray")
+    handler = logging.StreamHandler(stream)
+    ray_logger.addHandler(handler)
+    try:
+        quiet_third_party()
+        controller = logging.getLogger("ray.train.v2._internal.execution.controller.controller")
+        try:
+            raise TimeoutError("The worker group startup timed out after 15.0 seconds waiting for 2 workers.\nmore")
+        except TimeoutError:
+            controller.exception("Error in control loop iteration: The worker group startup timed out after 15.0 "
+                                 "seconds waiting for 2 workers.\nmore")
+        try:
+            raise RuntimeError("Read error [127.0.0.1]:416: Connection reset by peer\nsecond line")
+        except RuntimeError:
+            logging.getLogger("ray.train.v2.worker").error("Error in training function:", exc_info=True)
+        logging.getLogger("ray.data.other").warning("kept\nas it is")
+    finally:
+        ray_logger.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert lines == ["Error in control loop iteration: The worker group startup timed out after 15.0 seconds "
+                     "waiting for 2 workers.",
+                     "Error in training function: RuntimeError: Read error [127.0.0.1]:416: Connection reset by peer",
+                     "kept", "as it is"], lines

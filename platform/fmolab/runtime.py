@@ -85,8 +85,22 @@ NOISE = ("Failed to query Ray Train Controller actor state",)
 
 
 class _DropNoise(logging.Filter):
+    """Drops :data:`NOISE`; Ray Train's warnings and errors (a lost node, a group restarted) become one
+    line each: what Ray Train did and the error's first line, without tracebacks through Ray's own
+    code (the driver's one error line says what to do when a run fails)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not any(part in record.getMessage() for part in NOISE)
+        message = record.getMessage()
+        if any(part in message for part in NOISE):
+            return False
+        if record.name.startswith("ray.train") and (record.exc_info or "\n" in message):
+            line = message.strip().splitlines()[0] if message.strip() else ""
+            error = record.exc_info[1] if record.exc_info else None
+            if error is not None and (str(error).splitlines() or [""])[0][:80] not in line:
+                line += f" {type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+            record.msg, record.args = line[:400], ()
+            record.exc_info = record.exc_text = record.stack_info = None
+        return True
 
 
 def quiet_third_party() -> None:

@@ -242,6 +242,7 @@ class TrainConfig:
     workers: int = 2
     min_workers: int = 0  # > 0: elastic, min_workers..workers as nodes come and go (fmolab.train.elastic)
     start_timeout_s: float = 300.0  # the longest a run may have no running worker group before it fails
+    resize_check_s: float = 60.0  # elastic: how often a running group looks for room to grow (Ray's default)
     cpus_per_worker: float = 0.5  # fractional so Train never waits forever behind a Data stage
     threads: int = 0  # torch threads per worker; 0 = this node's cores / its workers (a study running two
     #                   trials at once on 2 cores sets 1)
@@ -272,6 +273,7 @@ class TrainConfig:
         require(self.workers >= 1, "train.workers", self.workers, "must be >= 1")
         require(0 <= self.min_workers <= self.workers, "train.min_workers", self.min_workers,
                 f"must be in [0, train.workers={self.workers}] (0: a fixed group of train.workers)")
+        require(self.resize_check_s > 0, "train.resize_check_s", self.resize_check_s, "must be > 0 (seconds)")
         require(self.start_timeout_s >= 5, "train.start_timeout_s", self.start_timeout_s, "must be >= 5 (seconds)")
         require(self.cpus_per_worker > 0, "train.cpus_per_worker", self.cpus_per_worker, "must be > 0")
         require(self.threads >= 0, "train.threads", self.threads, "must be >= 0 (0 = cores / workers)")

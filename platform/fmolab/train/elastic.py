@@ -2,7 +2,7 @@
 
 ``train.min_workers`` > 0 makes the group elastic: Ray Train starts it with what the cluster can
 hold between ``min_workers`` and ``workers`` and restarts it, from the last checkpoint, at another
-size as nodes come and go. Ray Train itself waits forever for a group it cannot place (its startup
+size as nodes come and go (it looks for room to grow every ``train.resize_check_s``). Ray Train itself waits forever for a group it cannot place (its startup
 timeout is retried without limit; the elastic policy waits without even a timeout), so
 :class:`StartBound` runs in its controller and fails the run once it has had no running group for
 ``train.start_timeout_s``.
@@ -28,12 +28,20 @@ def unwrap(error: BaseException) -> BaseException:
     return TrainStartTimeout(str(inner)) if type(inner).__name__ == "TrainStartTimeout" else error
 
 
+PLACEMENT_VAR = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+_USERS_PLACEMENT_WAIT = os.environ.get(PLACEMENT_VAR, "")  # as the user set it, before any run of this process
+
+
 def scaling(cfg: Config) -> dict:
-    """``ScalingConfig`` arguments for ``cfg.train``'s workers (a range when elastic)."""
+    """``ScalingConfig`` arguments for ``cfg.train``'s workers (a range when elastic, checked for room
+    to grow every ``train.resize_check_s``)."""
     train_cfg = cfg.train
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(min(PLACEMENT_WAIT_S, train_cfg.start_timeout_s)))
-    workers = (train_cfg.min_workers, train_cfg.workers) if train_cfg.min_workers else train_cfg.workers
-    return {"num_workers": workers}
+    # set for each run (a process may launch several, with different bounds), unless the user set it
+    os.environ[PLACEMENT_VAR] = _USERS_PLACEMENT_WAIT or str(min(PLACEMENT_WAIT_S, train_cfg.start_timeout_s))
+    if not train_cfg.min_workers:
+        return {"num_workers": train_cfg.workers}
+    return {"num_workers": (train_cfg.min_workers, train_cfg.workers),
+            "elastic_resize_monitor_interval_s": train_cfg.resize_check_s}
 
 
 def start_bound(cfg: Config):
