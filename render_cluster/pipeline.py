@@ -10,6 +10,7 @@ object-store URI (:mod:`fmolab.storage`): actors on any node write their shards 
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import json
@@ -17,9 +18,11 @@ import logging
 import math
 import os
 import socket
+import sys
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 from fmolab import storage
 from fmolab.config import Config, config_from_dict, to_dict
@@ -53,12 +56,33 @@ class ShardWriteError(RuntimeError):
     """A shard could not be stored; the shards finished before it are kept."""
 
 
+class BadAssetsError(RuntimeError):
+    """More draws than render.max_bad_asset_fraction failed on asset files."""
+
+
+def check_assets(render_cfg, rejections: dict, bad_assets: dict, rows: int, final: bool) -> None:
+    """Raise :class:`BadAssetsError` when too many draws failed on asset files: at the end, or as soon
+    as 8 draws say so (a render of a folder of unusable meshes stops early, not after every draw)."""
+    failed = int(rejections.get("bad_asset", 0))
+    drawn = rows + sum(int(v) for v in rejections.values())
+    if not failed or (drawn < 8 and not final) or failed / drawn <= render_cfg.max_bad_asset_fraction:
+        return
+    first = "; ".join(" ".join(k.split()) for k in sorted(bad_assets, key=lambda k: -bad_assets[k])[:3])  # one line
+    raise BadAssetsError(f"{failed} of {drawn} draws ({100 * failed / drawn:.0f}%) failed on asset files, more than "
+                         f"render.max_bad_asset_fraction={render_cfg.max_bad_asset_fraction:g}; first: {first}. Fix "
+                         "or remove those files (or raise render.max_bad_asset_fraction), then render a new dataset "
+                         "(another render.name)")
+
+
 class RenderActor:
-    """One bpy per actor process; renders whole blocks (Ray Data calls it with batches of 1)."""
+    """One bpy per actor process; renders whole blocks (Ray Data calls it with batches of 1).
+
+    Every bpy call runs in the actor's one Blender thread: Blender's operators (the OBJ, glTF and PLY
+    importers among them) find their context only in the thread that imported bpy, and Ray Data calls
+    an actor's methods from a thread pool."""
 
     def __init__(self, cfg: dict, assets: dict, out: str, owner: str = "", threads: int = 1):
         from fmolab.runtime import use_work_dir
-        from render_cluster.scene import Scene
         from render_cluster.sequence import Assets
 
         if os.environ.get("FMOLAB_HOME"):
@@ -67,15 +91,26 @@ class RenderActor:
         self.assets = Assets(**assets)
         self.out = out
         self.claims = Claims(storage.join(out, CLAIMS), owner or owner_id(), self.cfg.render.claim_lease_s)
-        self.scene = Scene(self.cfg.render, threads=threads)
-        import bpy
+        self.bpy_thread = ThreadPoolExecutor(1, thread_name_prefix="blender")
+        self.scene, self.blender = self.bpy_thread.submit(self._start_blender, threads).result()
         import ray
 
-        self.blender = bpy.app.version_string
         try:
             self.node = ray.get_runtime_context().get_node_id()
         except Exception:
             self.node = socket.gethostname()
+
+    def _start_blender(self, threads: int):
+        import bpy
+
+        from render_cluster.scene import Scene
+
+        scene = Scene(self.cfg.render, threads=threads)
+        # Blender's own exit handler, run by the main thread when Ray ends the actor, crashes (SIGSEGV)
+        # on a bpy started in another thread; nothing of it needs a clean exit: its files are written
+        # and Scene's temporary folder goes here (exit handlers run last registered first).
+        atexit.register(_exit_now, scene)
+        return scene, bpy.app.version_string
 
     def __call__(self, batch: dict) -> dict:
         from render_cluster.sequence import render_block
@@ -94,7 +129,8 @@ class RenderActor:
                 summaries.append({"block": block, "held": holder})
                 continue
             with renewing(self.claims, name):
-                rows, summary = render_block(self.scene, render_cfg, self.assets, block, render_cfg.num_sequences)
+                rows, summary = self.bpy_thread.submit(render_block, self.scene, render_cfg, self.assets, block,
+                                                       render_cfg.num_sequences).result()
             summary.update(node=self.node, host=socket.gethostname(), blender=self.blender, file=name,
                            render=self.claims.owner)
             try:
@@ -107,6 +143,13 @@ class RenderActor:
             storage.remove(storage.join(self.out, CLAIMS, name))  # done: the shard itself says so now
             summaries.append(summary)
         return {"summary": [json.dumps(s) for s in summaries]}
+
+
+def _exit_now(scene) -> None:
+    scene.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @contextlib.contextmanager
@@ -158,7 +201,6 @@ def render_dataset(cfg: Config, progress: bool = True) -> dict:
     ``render.start_timeout_s`` (a node lost) is followed by one sized to the nodes left; blocks another
     render holds are waited for until they are done or their claims expire."""
     from fmolab.runtime import init_ray
-    from fmolab.runtime import progress as progress_bar
 
     render_cfg = cfg.render
     out = cfg.dataset_dir
@@ -168,17 +210,43 @@ def render_dataset(cfg: Config, progress: bool = True) -> dict:
     init_ray(cfg.runtime.address, cfg.runtime.num_cpus, cfg.work_dir)
     preflight(cfg)  # again, now that the cluster's GPUs are known
     n_blocks = math.ceil(render_cfg.num_sequences / render_cfg.shard_rows)
+    t0 = time.time()
+    try:
+        rendered = _render_all(cfg, assets, out, n_blocks, progress)
+    except BadAssetsError as exc:  # the dataset is not usable: its manifest says so, then the one line
+        manifest = build_manifest(cfg, out, n_blocks, time.time() - t0, rendered=0)
+        write_json_atomic({**manifest, "complete": False, "error": str(exc)}, storage.join(out, MANIFEST))
+        raise
+    seconds = time.time() - t0
+    render_backgrounds(cfg, storage.join(out, "backgrounds"))
+    manifest = build_manifest(cfg, out, n_blocks, seconds, rendered=rendered)
+    try:
+        check_assets(render_cfg, manifest["rejections"], manifest["bad_assets"], manifest["num_rows"], final=True)
+    except BadAssetsError as exc:
+        manifest.update(complete=False, error=str(exc))
+        write_json_atomic(manifest, storage.join(out, MANIFEST))
+        raise
+    write_json_atomic(manifest, storage.join(out, MANIFEST))
+    return manifest
+
+
+def _render_all(cfg: Config, assets, out: str, n_blocks: int, progress: bool) -> int:
+    """Render passes until every block is done (or held by another render that finishes it)."""
+    from fmolab.runtime import progress as progress_bar
+
+    render_cfg = cfg.render
     claims = Claims(storage.join(out, CLAIMS), owner_id(), render_cfg.claim_lease_s)
 
     def rows_of(blocks):
         return sum(min(render_cfg.num_sequences, (b + 1) * render_cfg.shard_rows) - b * render_cfg.shard_rows
                    for b in blocks)
 
-    first_todo = [b for b in range(n_blocks) if b not in finished_blocks(out)]
-    t0, rendered, cap, waited = time.time(), 0, 1 << 30, False
-    with progress_bar(rows_of(first_todo), "seq", "render", show=progress and bool(first_todo)) as bar:
+    todo = [b for b in range(n_blocks) if b not in finished_blocks(out)]  # listed again after each pass
+    rendered, cap, waited = 0, 1 << 30, False
+    with progress_bar(rows_of(todo), "seq", "render", show=progress and bool(todo)) as bar:
         while True:
-            todo = [b for b in range(n_blocks) if b not in finished_blocks(out)]
+            if todo is None:  # after a pass or a wait; the first listing is the one above
+                todo = [b for b in range(n_blocks) if b not in finished_blocks(out)]
             if not todo:
                 break
             held = {int(k[5:10]): v for k, v in claims.holders().items() if k[5:10].isdigit()}
@@ -191,8 +259,10 @@ def render_dataset(cfg: Config, progress: bool = True) -> dict:
                           flush=True)
                     waited = True
                 time.sleep(min(2.0, render_cfg.claim_lease_s / 10))
+                todo = None
                 continue
             workers = max(1, min(render_cfg.workers or alive_cpus(), alive_cpus(), cap, len(free)))
+            todo = None
             try:
                 rendered += _render_pass(cfg, assets, out, free, workers, claims.owner, bar)
             except ActorStartTimeout as exc:
@@ -203,11 +273,7 @@ def render_dataset(cfg: Config, progress: bool = True) -> dict:
                 # a node lost is seen by Ray only after its heartbeats are missed: shrink by what is known
                 cap = max(1, min(workers - 1, alive_cpus()))
                 print(f"[render] {exc}; going on with {cap} render actor(s)", flush=True)
-    seconds = time.time() - t0
-    render_backgrounds(cfg, storage.join(out, "backgrounds"))
-    manifest = build_manifest(cfg, out, n_blocks, seconds, rendered=rendered)
-    write_json_atomic(manifest, storage.join(out, MANIFEST))
-    return manifest
+    return rendered
 
 
 def _render_pass(cfg: Config, assets, out: str, blocks: list[int], workers: int, owner: str, bar) -> int:
@@ -226,7 +292,7 @@ def _render_pass(cfg: Config, assets, out: str, blocks: list[int], workers: int,
         compute=ray.data.ActorPoolStrategy(size=workers),
         batch_size=1, num_cpus=1, num_gpus=gpus,
     )
-    rejected, failed_write, rendered, timed_out = Counter(), "", 0, False
+    rejected, bad, rows, failed_write, rendered, timed_out = Counter(), Counter(), 0, "", 0, False
     try:
         with _quiet("ray.data.exceptions"):  # Ray Data logs a whole traceback of what is raised here anyway
             for row in ds.iter_rows():
@@ -238,6 +304,9 @@ def _render_pass(cfg: Config, assets, out: str, blocks: list[int], workers: int,
                     continue
                 rendered += 1
                 rejected.update(s["rejections"])
+                bad.update(s.get("bad_assets", {}))
+                rows += s["rows"]
+                check_assets(render_cfg, rejected, bad, rows, final=False)  # stops the pass: ends the dataset
                 bar.update(s["end_index"] - s["first_index"])
                 bar.set_postfix(rows=s["rows"], rejected=sum(rejected.values()), refresh=False)
     except Exception as exc:

@@ -34,7 +34,7 @@ GPU_BACKENDS = ("OPTIX", "CUDA", "HIP", "ONEAPI", "METAL")
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """Silence Blender's per-render chatter on fd 1 (Ray would forward every line to the driver)."""
     sys.stdout.flush()
     saved = os.dup(1)
@@ -276,7 +276,7 @@ class Scene:
         r.border_min_y, r.border_max_y = (H - y1 + 0.5) / H, (H - y0 - 0.5) / H
         path = self.tmp / "render.png"
         r.filepath = str(path)
-        with _quiet():
+        with quiet():
             self.bpy.ops.render.render(write_still=True)
         with Image.open(path) as im:
             crop = np.asarray(im.convert("RGBA"))

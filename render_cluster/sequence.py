@@ -89,7 +89,7 @@ class Assets:
     def __init__(self, objects_root: str, textures_root: str, object_files=None, texture_files=None):
         self.objects_root, self.textures_root = objects_root, textures_root
         self.object_files = object_files if object_files is not None else (
-            [] if objects_root == "procedural" else objects.list_obj_files(self.local("objects")))
+            [] if objects_root == "procedural" else objects.list_mesh_files(self.local("objects")))
         self.texture_files = texture_files if texture_files is not None else (
             [] if textures_root == "procedural" else textures.list_images(self.local("textures")))
 
@@ -106,7 +106,7 @@ def _build(scene, render_cfg, assets: Assets, rng, size: float):
     """Object + material from the pools; raises objects.AssetError for a bad file."""
     if assets.object_files:
         rel = assets.object_files[int(rng.integers(len(assets.object_files)))]
-        obj = objects.load_obj(assets.local("objects") / rel, size)
+        obj = objects.load_mesh(assets.local("objects") / rel, size)
         object_id, oparams = objects.obj_id(rel), {"file": rel}
     else:
         obj, object_id, oparams = objects.make_procedural(rng, size)

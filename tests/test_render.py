@@ -90,11 +90,12 @@ def test_missing_asset_folder_fails_before_ray(tmp_path, key, make_config):
 
 
 def test_empty_asset_folder_is_an_error(tmp_path):
-    from render_cluster.objects import list_obj_files
+    from render_cluster.objects import list_mesh_files
     from render_cluster.textures import list_images
 
-    with pytest.raises(FileNotFoundError, match="no .obj"):
-        list_obj_files(tmp_path)
+    (tmp_path / "notes.txt").write_text("not a mesh")
+    with pytest.raises(FileNotFoundError, match=r"no mesh file \(.obj, .ply, .stl, .glb, .gltf\)"):
+        list_mesh_files(tmp_path)
     with pytest.raises(FileNotFoundError, match="no image"):
         list_images(tmp_path)
 
@@ -148,7 +149,7 @@ def _write_obj(path: Path, scale: float = 3.0) -> Path:
 
 @pytest.mark.bpy
 @needs_bpy
-def test_obj_loader_normalizes(tmp_path, make_config):
+def test_mesh_loader_normalizes(tmp_path, make_config):
     from render_cluster import objects
     from render_cluster.scene import Scene
 
@@ -156,16 +157,16 @@ def test_obj_loader_normalizes(tmp_path, make_config):
     scene = Scene(cfg.render, tmp_dir=str(tmp_path))
     good = _write_obj(tmp_path / "objs" / "02691156" / "abc" / "models" / "model_normalized.obj")
     (tmp_path / "objs" / "bad.obj").write_text("this is not an obj file\n")
-    files = objects.list_obj_files(tmp_path / "objs")
+    files = objects.list_mesh_files(tmp_path / "objs")
     assert files == ["02691156/abc/models/model_normalized.obj", "bad.obj"]
     assert objects.obj_id(files[0]) == "02691156/abc"
-    obj = objects.load_obj(good, size=0.8)
+    obj = objects.load_mesh(good, size=0.8)
     co = np.array([v.co[:] for v in obj.data.vertices])
     assert np.isclose(np.linalg.norm(co.max(0) - co.min(0)), 0.8)
     assert np.allclose((co.max(0) + co.min(0)) / 2, 0, atol=1e-6)
     scene.clear()
     with pytest.raises(objects.AssetError):
-        objects.load_obj(tmp_path / "objs" / "bad.obj", size=1.0)
+        objects.load_mesh(tmp_path / "objs" / "bad.obj", size=1.0)
     scene.close()
 
 

@@ -119,6 +119,9 @@ class RenderConfig:
     textures: str = "procedural"  # "procedural" or a DTD-style image folder
     min_coverage: float = 0.01  # minimum mean alpha of every blur, else the sample is re-drawn
     max_tries: int = 5
+    # More of the draws than this failing on asset files (unreadable meshes or textures) stops the render
+    # (one line naming the first failing files, exit 1, a manifest that does not say complete)
+    max_bad_asset_fraction: float = 0.5
     webp_quality: int = 80  # alpha is always lossless: lossy alpha erases faint blur tails
     webp_method: int = 5  # WebP effort 0-6 for frames and background clips (size/speed trade-off)
     webp_blur_method: int = 6  # WebP effort 0-6 for the blurs
@@ -143,6 +146,8 @@ class RenderConfig:
         require(self.claim_lease_s >= 5, "render.claim_lease_s", self.claim_lease_s, "must be >= 5 (seconds)")
         require(0 <= self.min_coverage < 1, "render.min_coverage", self.min_coverage, "must be in [0, 1)")
         require(self.max_tries >= 1, "render.max_tries", self.max_tries, "must be >= 1")
+        require(0 <= self.max_bad_asset_fraction <= 1, "render.max_bad_asset_fraction", self.max_bad_asset_fraction,
+                "must be in [0, 1] (1: never stop for bad asset files)")
         require(1 <= self.webp_quality <= 101, "render.webp_quality", self.webp_quality,
                  "must be 1..100 (101 = lossless)")
         for key in ("webp_method", "webp_blur_method"):
