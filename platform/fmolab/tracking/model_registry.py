@@ -76,14 +76,15 @@ def log_model(cfg: Config, state_dict_path: str | os.PathLike, run_id: str, name
             )
     if status != "FINISHED":
         mlflow.MlflowClient().update_run(run_id, status=status)
-    if metrics:
-        client, now, step = mlflow.MlflowClient(), int(time.time() * 1000), max(0, int(step))
-        for k, v in metrics.items():
-            # Linking logs the metric again: with the timestamp of the run's own entry at that step, MLflow
-            # keeps one entry in the run's history (same key, step, value and time) and links it.
-            ts = next((m.timestamp for m in client.get_metric_history(run_id, k)
-                       if m.step == step and m.value == float(v)), now)
-            client.log_metric(run_id, k, float(v), timestamp=ts, step=step, model_id=info.model_id)
+    # MLflow 3 links every metric the run logged at ``step`` to the model (as the same entries); only
+    # those the run lacks are logged here (a metric logged again with a new time would be a second
+    # entry at that step in the run's history).
+    client, step = mlflow.MlflowClient(), max(0, int(step))
+    linked = {m.key for m in client.get_logged_model(info.model_id).metrics or []}
+    for k, v in (metrics or {}).items():
+        if k not in linked:
+            client.log_metric(run_id, k, float(v), timestamp=int(time.time() * 1000), step=step,
+                              model_id=info.model_id)
     return info.model_uri
 
 
