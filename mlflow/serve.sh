@@ -47,5 +47,8 @@ INI
   *) echo "serve.sh: AUTH must be none or basic, not '$AUTH'" >&2; exit 2 ;;
 esac
 echo "MLflow server on http://$HOST:$PORT (store $BACKEND, artifacts $ARTIFACTS, auth $AUTH)"
+# The UI opens an experiment in the view last chosen in that browser (GenAI for a new one); fmolab's
+# commands print addresses that ask for model training, and a click on "Model training" is remembered.
+echo "open http://$HOST:$PORT/#/experiments?workflowType=machine_learning (then keep \"Model training\" selected, top left)"
 exec "$MLFLOW" server --host "$HOST" --port "$PORT" --backend-store-uri "$BACKEND" \
   --artifacts-destination "$ARTIFACTS" --serve-artifacts --workers "${WORKERS:-1}" "${app[@]}" "$@"

@@ -106,6 +106,37 @@ class Browser:
                   or (e.get("method") == "Log.entryAdded" and e["params"]["entry"].get("level") == "error")]
         return {"images": images, "text": text, "screenshot": shot, "errors": errors}
 
+    def visit(self, url: str, until=(), seconds: float = 60, width: int = 1400, height: int = 1000) -> dict:
+        """Open ``url`` (a live page: a single-page app fills itself in after its load event) and wait
+        until its text holds every string of ``until``; returns its text, images (alt or src, decoded
+        size), screenshot and errors as :meth:`load` does, and ``url``: where the page ended up."""
+        self.events = []
+        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        s = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Page", "Runtime"):
+            self.send(f"{domain}.enable", session=s)
+        self.send("Emulation.setDeviceMetricsOverride", {"width": width, "height": height, "deviceScaleFactor": 1,
+                                                         "mobile": False}, session=s)
+        self.send("Page.navigate", {"url": url}, session=s)
+
+        def value(expression: str, promise: bool = False):
+            return self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True,
+                                                  "awaitPromise": promise}, session=s)["result"].get("value")
+
+        deadline, text = time.time() + seconds, ""
+        while time.time() < deadline:
+            text = value("document.body ? document.body.innerText : ''") or ""
+            if all(u in text for u in until):
+                break
+            time.sleep(0.5)
+        images = value("Promise.all([...document.images].map(i => i.decode().then(() => [i.alt || i.src, "
+                       "i.naturalWidth, i.naturalHeight], () => [i.alt || i.src, 0, 0])))", promise=True)
+        shot = base64.b64decode(self.send("Page.captureScreenshot", {"format": "png"}, session=s)["data"])
+        where = value("location.href")
+        self.send("Target.closeTarget", {"targetId": target})
+        return {"text": text, "images": images, "screenshot": shot, "url": where,
+                "missing": [u for u in until if u not in text]}
+
     def close(self) -> None:
         try:
             self.send("Browser.close")

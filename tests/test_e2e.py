@@ -77,6 +77,8 @@ def test_demo_end_to_end(session_home):
     assert (work / "demo" / "deblur_preview.webp").stat().st_size > 0
     assert len(list((work / "demo" / "deblurred").glob("subframe_*.png"))) == 3
     assert "mlflow ui --backend-store-uri" in out and "127.0.0.1" in out
+    # the address opens this run's page in the model-training view (tests/test_mlflow_record.py opens one)
+    assert f"#/experiments/{exp.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning" in out
 
     # the second quick preset: a double-blur model from the same rendered data (no new render)
     db_run = ["tracking.register_as=e2e-db", "train.run_name=e2e-db"]

@@ -1,5 +1,5 @@
-"""The MLflow record as a person reads it, checked through the REST API of a real ``mlflow server`` (what
-the UI reads): a model-training experiment, browser-viewable previews, a named model linked to its
+"""The MLflow record as a person reads it, checked through the REST API of a real ``mlflow server`` and in
+its UI driven by a real headless Chromium: a model-training experiment, browser-viewable previews, a named model linked to its
 validation, the dataset as an input, why each run ended; the plots from their figure data; the
 comparison report in a real headless Chromium."""
 from __future__ import annotations
@@ -45,7 +45,17 @@ def artifact(server: str, run_id: str, path: str) -> bytes:
         return resp.read()
 
 
-def test_training_record_read_over_rest(work, toy, ray_local, mlflow_server, make_config, monkeypatch):
+def chromium() -> str:
+    binary = find_chromium()
+    if binary is None:
+        if os.environ.get("FMOLAB_REQUIRE_BROWSER"):
+            pytest.fail("chromium is not installed (.ci/run installs it with apt-get)")
+        pytest.skip("chromium is not installed (apt-get install chromium; CI requires it)")
+    return binary
+
+
+def test_training_record_over_rest_and_in_the_mlflow_ui(work, toy, ray_local, mlflow_server, make_config,
+                                                        monkeypatch):
     from fmolab.train import train
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -113,6 +123,33 @@ def test_training_record_read_over_rest(work, toy, ray_local, mlflow_server, mak
 
     plots = {f["path"] for f in rest(mlflow_server, "artifacts/list", run_id=out["run_id"], path="plots")["files"]}
     assert "plots/loss_curves.png" in plots
+
+    # ... and as a person sees it: the UI of the same server in a real Chromium, at the address printed
+    from fmolab.tracking.store import ML_VIEW, ui_address
+
+    exp_id, rid = exp["experiment_id"], out["run_id"]
+    assert out["mlflow_ui"] == f"{mlflow_server}/#/experiments/{exp_id}/runs/{rid}?{ML_VIEW}"
+    browser = Browser(chromium())
+    try:
+        runs = browser.visit(ui_address(mlflow_server, exp_id), until=("timed", "fmolab train", "record-model"))
+        plain = browser.visit(ui_address(mlflow_server, exp_id).replace(f"?{ML_VIEW}", ""), until=("timed",),
+                              seconds=15)
+        page = browser.visit(out["mlflow_ui"], until=("Ended: stopped at its time limit", f"{toy.name} (", "record-model", "v1",
+                                                      "fmolab.end_reason"))
+        viewer = browser.visit(f"{mlflow_server}/#/experiments/{exp_id}/runs/{rid}/artifacts/previews/latest.gif"
+                               f"?{ML_VIEW}", until=("latest.gif", "best.gif"))
+        models = browser.visit(f"{mlflow_server}/#/experiments/{exp_id}/models?{ML_VIEW}", width=2600,
+                               until=("double_blur-timed", "Ready", "record-model", "val/"))
+    finally:
+        browser.close()
+    assert "/runs" in runs["url"] and not runs["missing"], runs["text"][:2000]  # the runs table lists the run
+    # without the view in the address, a fresh browser lands on the GenAI traces overview, no run in sight
+    assert "workflowType=genai" in plain["url"] and plain["missing"] == ["timed"], plain["url"]
+    assert not page["missing"], page["missing"]  # the run page: its dataset, why it ended, the registered model
+    assert not viewer["missing"]
+    shown = {src: (w, h) for src, w, h in viewer["images"]}
+    assert shown.get("previews/latest.gif", (0, 0))[0] > 0, shown  # the preview decoded in the artifact viewer
+    assert not models["missing"], models["text"][:2000]  # the Models tab: the logged model and its metrics
 
 
 def test_failed_run_ends_failed_with_its_reason(work, toy, ray_local, make_config):
@@ -203,11 +240,7 @@ def test_compare_report_renders_in_a_real_browser(work, make_config, monkeypatch
     from fmolab.tracking.compare import compare_runs
     from fmolab.tracking.store import ensure_experiment, setup_tracking
 
-    binary = find_chromium()
-    if binary is None:
-        if os.environ.get("FMOLAB_REQUIRE_BROWSER"):
-            pytest.fail("chromium is not installed (.ci/run installs it with apt-get)")
-        pytest.skip("chromium is not installed (apt-get install chromium; CI requires it)")
+    binary = chromium()
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = make_config({"runtime.work_dir": work, "tracking.experiment": "cmp-src"})
     setup_tracking(cfg)

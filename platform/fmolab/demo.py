@@ -53,6 +53,7 @@ def run_demo(cfg: Config, fresh: bool = False) -> dict:
     preview = deblur_held_out(cfg, result.get("registered") or result["model_uri"])
 
     from fmolab.tracking.model_registry import model_name
+    from fmolab.tracking.store import run_address, ui_command
 
     _banner("4/4 where everything is")
     db = cfg.tracking_uri
@@ -66,9 +67,9 @@ def run_demo(cfg: Config, fresh: bool = False) -> dict:
         f"sub-frames     {preview['out_dir']}  (PSNR vs ground truth {preview['psnr']:.2f} dB)",
         f"loss curves    {cfg.output('runs', result['run_name'], 'loss_curves.png')}",
         "",
-        "open the MLflow UI:",
-        f"  .venv/bin/mlflow ui --backend-store-uri {db} --host 127.0.0.1 --port 5000",
-        "  then browse http://127.0.0.1:5000",
+        "open the MLflow UI (the model-training view of this run):",
+        *([f"  .venv/bin/{ui_command(db)}"] if ui_command(db) else []),
+        f"  then browse {run_address(result['run_id'])}",
         f"demo finished in {time.time() - started:.0f} s",
     ]
     print("\n".join(lines), flush=True)

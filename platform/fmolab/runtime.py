@@ -70,6 +70,9 @@ MLFLOW_AUTH_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLF
 QUIET_ENV = {
     "MLFLOW_LOGGING_LEVEL": "WARNING",  # "Creating initial MLflow database tables...", per run
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a bar per downloaded file
+    # "View run at <address>" when a run ends: an address without the model-training view (fmolab's own
+    # lines give the one that opens it, tracking.store.ui_address)
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     "RAY_COLOR_PREFIX": "0",  # no ANSI colour codes around "(RayTrainWorker pid=...)" prefixes
     "RAY_DATA_LOG_LEVEL": "WARNING",  # "Dataset ... execution finished" per dataset (Ray Data resets its logger)
 }

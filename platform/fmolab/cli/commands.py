@@ -137,7 +137,7 @@ def cmd_evaluate(args) -> int:
                              num_frames=args.num_frames, max_samples=args.max, sub_steps=args.sub_steps,
                              sync=args.sync, workers=args.workers, ensemble=args.ensemble, protocol=args.protocol)
     print(format_summary(summary))
-    show(summary, ("out_dir", "num_samples", "dataset_kind", "mlflow_run_id"))
+    show(summary, ("out_dir", "num_samples", "dataset_kind", "mlflow_run_id", "mlflow_ui"))
     return 0
 
 
@@ -156,7 +156,7 @@ def cmd_tune(args) -> int:
             print(out)
             return 0
     show(out, ("name", "parent_run_id", "best_trial", "best_params", "metric", "best_value", "best_run_id",
-                "model_uri", "registered", "table", "plots"))
+                "model_uri", "registered", "table", "plots", "mlflow_ui"))
     return 0
 
 

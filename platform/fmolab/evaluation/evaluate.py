@@ -214,4 +214,7 @@ def run_evaluation(model: str, data: str, out: str = "", *, work_dir: str = "", 
     summary = evaluate(predictor, data, out, progress=True, **options)
     if log:
         summary["mlflow_run_id"] = log_evaluation(cfg, summary, experiment)
+        from fmolab.tracking.store import run_address
+
+        summary["mlflow_ui"] = run_address(summary["mlflow_run_id"])
     return summary

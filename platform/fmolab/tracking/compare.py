@@ -133,6 +133,9 @@ def compare_runs(refs: list[str], experiment: str | None = None, metrics: list[s
         home = report_home(runs)
         client.log_artifact(home, str(report), f"comparisons/{result['comparison_run_id'][:8]}")
         result["report_logged_to"] = home
+        from fmolab.tracking.store import run_address
+
+        result["mlflow_ui"] = run_address(result["comparison_run_id"])
     return result
 
 

@@ -110,6 +110,33 @@ def check_server(uri: str, timeout: float) -> None:
 # The MLflow UI opens an experiment by its kind: without this tag MLflow 3 infers a GenAI experiment
 # (traces overview) and hides the runs table one click away.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# The MLflow UI (3.x) opens every experiment in the view last chosen in that browser, GenAI (traces)
+# for a fresh one, whatever the experiment's kind: an address fmolab prints says which view.
+ML_VIEW = "workflowType=machine_learning"
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store by default
+
+
+def ui_address(tracking_uri: str, experiment_id: str, run_id: str = "") -> str:
+    """The MLflow UI's address of an experiment's runs table, or of a run's page, in the
+    model-training view: on the tracking server itself, else where :func:`ui_command` serves it."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else LOCAL_UI
+    return f"{base}/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "") + f"?{ML_VIEW}"
+
+
+def run_address(run_id: str) -> str:
+    """:func:`ui_address` of a run of the current tracking store."""
+    import mlflow
+
+    return ui_address(mlflow.get_tracking_uri(), mlflow.MlflowClient().get_run(run_id).info.experiment_id, run_id)
+
+
+def ui_command(tracking_uri: str) -> str:
+    """How to serve a local store's UI at :data:`LOCAL_UI` ("" for a tracking server: it serves one)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return ""
+    return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+
+
 NOTE_TAG = "mlflow.note.content"  # the description the UI shows on an experiment's or a run's page
 DESCRIPTIONS = {
     "training": "fmolab training runs: DeFMO encoder + renderer on FMO sequences (losses, validation PSNR/SSIM/"
@@ -139,7 +166,7 @@ def ensure_experiment(cfg: Config) -> str:
         location = (cfg.work_dir / "mlartifacts").absolute().as_uri()
     tags = {**EXPERIMENT_KIND, NOTE_TAG: DESCRIPTIONS.get(name, DESCRIPTIONS["training"])}
     if name not in DESCRIPTIONS:  # a training experiment: what it was made for
-        tags.update(variant=cfg.variant, dataset=cfg.data.train)
+        tags.update(variant=cfg.variant, dataset=cfg.train_dir)  # the rendered one when data.train is ""
     return mlflow.create_experiment(name, artifact_location=location, tags=tags)
 
 

@@ -39,7 +39,7 @@ def train(cfg: Config, register: bool = True) -> dict:
     """Train (or resume) ``cfg``; returns run id, model URI, registered version and final metrics."""
     from fmolab.runtime import init_ray
     from fmolab.tracking.ending import end_run, error_text, reason_of_error, reason_of_metrics
-    from fmolab.tracking.store import setup_tracking
+    from fmolab.tracking.store import run_address, setup_tracking, ui_command
 
     cfg.runtime.work_dir = str(cfg.work_dir)  # pinned before the config travels to workers
     storage.check_readable(cfg.train_dir, "training data (data.train)")
@@ -53,9 +53,11 @@ def train(cfg: Config, register: bool = True) -> dict:
     run_id = open_run(cfg)
     record_data(run_id, data)
     print(f"[train] run {run_name} (MLflow run {run_id}) on {cfg.train.workers} worker(s)", flush=True)
+    ui = run_address(run_id)
+    print(f"[train] MLflow UI: {ui}" + (f" (serve it: {ui_command(uri)})" if ui_command(uri) else ""), flush=True)
     result = launch(cfg, run_id, uri, cfg.output("ray_results"))
     metrics = dict(result.metrics or {})
-    out = {"run_id": run_id, "run_name": run_name, "metrics": metrics}
+    out = {"run_id": run_id, "run_name": run_name, "mlflow_ui": ui, "metrics": metrics}
     try:
         if result.checkpoint is not None:
             out.update(publish(cfg, run_id, result.checkpoint, metrics, register))

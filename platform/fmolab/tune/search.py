@@ -202,6 +202,9 @@ def run_search(cfg: Config, space: SearchSpace | str | Path | None, trials: int 
     print(f"[tune] search {name} (MLflow parent run {parent_id}): {options['trials']} trial(s), {concurrency} at a "
           f"time, ASHA on {space.metric} ({space.mode}; grace {grace} steps, max {cfg.train.steps}, "
           f"reduction {options['reduction_factor']})", flush=True)
+    from fmolab.tracking.store import run_address
+
+    print(f"[tune] MLflow UI: {run_address(parent_id)}", flush=True)
     setup = {"space": space, "base": to_dict(cfg), "name": name, "parent_run_id": parent_id, "tracking_uri": uri,
              "train_storage": cfg.output("ray_results", name, "train"), "git_commit": git_commit()}
     client = mlflow.MlflowClient()
@@ -217,6 +220,7 @@ def run_search(cfg: Config, space: SearchSpace | str | Path | None, trials: int 
     client.set_terminated(parent_id, "FINISHED")
     saved = search_dir(cfg, name)  # the staged files' final places
     summary["table"] = storage.join(saved, "trials.csv")
+    summary["mlflow_ui"] = run_address(parent_id)
     summary["plots"] = {k: storage.join(saved, Path(v).name) for k, v in summary["plots"].items()}
     return summary
 
