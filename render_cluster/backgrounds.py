@@ -2,24 +2,26 @@
 
 Procedural clips need no Blender: a large random texture image (fractal colour noise + blurred
 shapes) is panned and zoomed smoothly with a little hand-held shake. A source folder holds
-VOT/OTB-style sequences (``<root>/<seq>/img/*.jpg`` or ``<root>/<seq>/*.jpg``) or video files Pillow
-can read (GIF, animated WebP/PNG); other videos are skipped and counted.
+VOT/OTB-style sequences (``<root>/<seq>/img/*.jpg`` or ``<root>/<seq>/*.jpg``) and video files: every
+container FFmpeg reads (mp4, webm, mov, mkv, avi, ...) and animated GIF/APNG, all read through
+:mod:`fmolab.media.video`; a clip that cannot be decoded is skipped and counted.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import math
+import itertools
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageSequence
+from PIL import Image, ImageDraw, ImageFilter
 
 from fmolab import storage
+from fmolab.media import to_uint8
+from fmolab.media.video import FRAME_SUFFIXES, VIDEO_SUFFIXES, open_video
 from fmolab.shards import BACKGROUND_SCHEMA, MANIFEST, encode_webp, open_parquet, write_json_atomic, write_shard
 
-FRAME_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-VIDEO_SUFFIXES = {".gif", ".apng", ".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg"}  # Pillow: GIF/APNG only
 SEED_OFFSET = 7919  # background RNG stream differs from the objects' for the same seed
 
 
@@ -31,8 +33,9 @@ def check_source(source: str) -> None:
     if not Path(source).is_dir():
         raise FileNotFoundError(f"render.backgrounds.source = {source!r}: folder does not exist (want "
                                 f"VOT/OTB-style frame folders or videos, or 'procedural')")
-    if not list_sources(source)[0]:
-        raise FileNotFoundError(f"render.backgrounds.source = {source!r}: no frame folder or video inside")
+    if not any(list_sources(source)):
+        raise FileNotFoundError(f"render.backgrounds.source = {source!r}: no frame folder or video "
+                                f"({', '.join(sorted(VIDEO_SUFFIXES))}) inside")
 
 
 # ---------------------------------------------------------------- procedural
@@ -126,11 +129,18 @@ def folder_clip(folder: Path, start: int, frames: int, width: int, height: int) 
     return np.stack(out)
 
 
-def video_frames(path: Path, width: int, height: int, limit: int = 10000) -> np.ndarray:
-    """All frames of a Pillow-readable video; raises for formats Pillow cannot decode."""
-    with Image.open(path) as im:
-        out = [fit(f, width, height) for _, f in zip(range(limit), ImageSequence.Iterator(im))]
-    return np.stack(out)
+def video_clip(path: Path, rng: np.random.Generator, frames: int, width: int, height: int):
+    """``(start, clip)``: ``frames`` consecutive frames of a video from a random start, decoded only up
+    to them; None when the video is shorter. Raises (naming the file) when it cannot be decoded."""
+    total = open_video(path).count()
+    if total == 0:  # the container does not say: count by decoding
+        total = sum(1 for _ in open_video(path).frames())
+    if total < frames:
+        return None
+    start = int(rng.integers(total - frames + 1))
+    clip = [fit(Image.fromarray(to_uint8(f)), width, height)
+            for f in itertools.islice(open_video(path).frames(), start, start + frames)]
+    return (start, np.stack(clip)) if len(clip) == frames else None  # a container that overstated its length
 
 
 # ---------------------------------------------------------------- writing
@@ -158,13 +168,12 @@ def _clip_rows(cfg, indices: list[int], sources, counts: Counter) -> list[dict]:
                     start = int(rng.integers(n - F + 1))
                     clip = folder_clip(path, start, F, W, H)
                 else:
-                    allf = video_frames(path, W, H)
-                    if len(allf) < F:
+                    found = video_clip(path, rng, F, W, H)
+                    if found is None:
                         counts["too_short"] += 1
                         continue
-                    start = int(rng.integers(len(allf) - F + 1))
-                    clip = allf[start:start + F]
-            except Exception:  # unreadable frame or a video format Pillow cannot decode
+                    start, clip = found
+            except Exception:  # an unreadable frame, or a video that cannot be decoded
                 counts[f"unreadable_{kind}"] += 1
                 continue
             source, clip_id = rel, f"{rel}/{start}"
@@ -215,6 +224,8 @@ def write_backgrounds(cfg, out_dir: str) -> dict:
         "num_clips_requested": bg.num_clips, "frames_per_clip": bg.frames_per_clip,
         "width": render_cfg.width, "height": render_cfg.height, "webp_quality": render_cfg.webp_quality,
         "num_rows": sum(open_parquet(p).metadata.num_rows for p in shards),
+        "clips_per_source": dict(sorted(Counter(s for p in shards
+                                                for s in open_parquet(p).read(columns=["source"]).column(0).to_pylist()).items())),
         "skipped_this_run": dict(counts), "shards": [storage.basename(p) for p in shards],
         "columns": BACKGROUND_SCHEMA.names,
     }

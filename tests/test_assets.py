@@ -1,6 +1,7 @@
 """A user's own assets through the real pipeline: meshes Blender itself wrote (OBJ + MTL with UVs in
 ShapeNet's layout, binary glTF, PLY) render inside the Ray render actors (`fmolab render`, not a direct
-call), and a folder of unusable meshes stops the render in one line instead of finishing empty."""
+call) over background clips in three codecs (H.264 mp4, VP9 webm, MJPEG mov), and a folder of unusable
+meshes stops the render in one line instead of finishing empty."""
 from __future__ import annotations
 
 import json
@@ -31,6 +32,28 @@ def meshes(session_home) -> Path:
     return root
 
 
+CLIPS = {"a.mp4": ("libx264", "yuv420p"), "b.webm": ("libvpx-vp9", "yuv420p"), "c.mov": ("mjpeg", "yuvj420p")}
+
+
+@pytest.fixture(scope="module")
+def clips(session_home) -> Path:
+    """Short clips of a panning gradient, one per codec, written with PyAV."""
+    import av
+
+    root = session_home / "clips"
+    root.mkdir(exist_ok=True)
+    yy, xx = np.mgrid[0:72, 0:96]
+    for name, (codec, pix_fmt) in CLIPS.items():
+        with av.open(str(root / name), "w") as container:
+            stream = container.add_stream(codec, rate=10)
+            stream.width, stream.height, stream.pix_fmt = 96, 72, pix_fmt
+            for k in range(8):
+                rgb = np.stack([(xx * 2 + 9 * k) % 256, (yy * 3) % 256, np.full_like(xx, 40 * (ord(name[0]) - 96))], -1)
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb.astype(np.uint8), format="rgb24")))
+            container.mux(stream.encode())
+    return root
+
+
 def render(work: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "FMOLAB_HOME": str(work)}
     env.pop("RAY_ADDRESS", None)
@@ -55,14 +78,21 @@ def test_each_mesh_format_loads_normalized(meshes, tmp_path, make_config):
     scene.close()
 
 
-def test_meshes_render_in_the_ray_actors_and_unusable_ones_stop_the_render(meshes, work):
-    done = render(work, "render.name=meshes", f"render.objects={meshes}", "render.num_sequences=8")
+def test_meshes_render_in_the_ray_actors_over_video_clips_and_unusable_meshes_stop_the_render(meshes, clips, work):
+    done = render(work, "render.name=meshes", f"render.objects={meshes}", "render.num_sequences=8",
+                  f"render.backgrounds.source={clips}", "render.backgrounds.num_clips=3")
     assert done.returncode == 0, done.stderr[-3000:]
     data = work / "datasets" / "meshes"
     manifest = json.loads((data / "manifest.json").read_text())
     assert manifest["complete"] and manifest["num_rows"] >= 6 and not manifest["bad_assets"], manifest
     ids = [i for p in sorted(data.glob("part-*.parquet")) for i in pq.read_table(p).column("object_id").to_pylist()]
     assert set(ids) <= MESHES and len(set(ids)) >= 2, ids  # the rows name the files they show
+    backgrounds = json.loads((data / "backgrounds" / "manifest.json").read_text())
+    assert backgrounds["clips_per_source"] == {name: 1 for name in CLIPS}, backgrounds  # every codec decoded
+    assert backgrounds["skipped_this_run"] == {} and backgrounds["num_rows"] == 3
+    sources = [s for p in sorted((data / "backgrounds").glob("part-*.parquet"))
+               for s in pq.read_table(p).column("source").to_pylist()]
+    assert sorted(sources) == sorted(CLIPS)
 
     broken = work / "broken"
     (broken / "a").mkdir(parents=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fmolab.inference.video_io import detect_movers, with_background
+from fmolab.inference.movers import detect_movers, with_background
 
 
 def iou(a, b) -> float:

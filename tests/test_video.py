@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fmo_fakes import checkpoint_model
-from fmolab.inference.containers import decode, probe
+from fmolab.media.containers import decode, probe
 
 CODECS = {".mp4": "libx264", ".avi": "mpeg4", ".webm": "libvpx-vp9", ".mkv": "ffv1", ".mov": "mjpeg"}
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fmolab import storage
-from fmolab.inference.containers import SUFFIXES as CONTAINER_SUFFIXES
-from fmolab.inference.video_io import FRAME_SUFFIXES
+from fmolab.media.containers import SUFFIXES as CONTAINER_SUFFIXES
+from fmolab.media.video import FRAME_SUFFIXES
 
 VIDEO_SUFFIXES = (".gif", ".webp", ".png", ".apng", ".tif", ".tiff", *sorted(CONTAINER_SUFFIXES))
 

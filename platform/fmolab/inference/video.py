@@ -1,5 +1,5 @@
 """Temporal super-resolution of a whole video, streamed frame by frame (reading and detection:
-:mod:`fmolab.inference.video_io`; what is written: :mod:`fmolab.inference.video_outputs`)."""
+:mod:`fmolab.media.video` and :mod:`fmolab.inference.movers`; what is written: :mod:`fmolab.inference.video_outputs`)."""
 from __future__ import annotations
 
 import json
@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
+from fmolab import storage
 from fmolab.atomic import atomic_dir
 from fmolab.geometry import resize
+from fmolab.inference.movers import crops, detect_movers, with_background
 from fmolab.inference.predictor import DeblurError, Predictor
-from fmolab.inference.video_io import VideoError, crops, detect_movers, open_video, with_background
 from fmolab.inference.video_outputs import ANIMATIONS, Stages, VideoOutputs
+from fmolab.media.video import VideoError, open_video
 from fmolab.runtime import progress
 
 
@@ -31,7 +33,7 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
 
     * ``super_resolved.mp4``: every input frame's span split into ``num_frames`` equal parts at its own
       timestamp (variable frame rate kept), nominally ``num_frames`` times the input rate; the renders
-      are composited back into the full frame (H.264: :func:`fmolab.inference.containers.encoder`);
+      are composited back into the full frame (H.264: :func:`fmolab.media.containers.encoder`);
     * ``side_by_side.mp4`` (input | result) and ``trajectory.png`` (every track over the first frame);
     * ``super_resolved.webp`` / ``.gif`` for each of ``animations`` (longer videos in files of
       ``chunk_frames`` frames: ``super_resolved_000.webp`` ...);
@@ -48,7 +50,7 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
     except VideoError as exc:
         raise DeblurError(str(exc)) from exc
     n = int(num_frames)
-    out = Path(out_dir)
+    out = storage.normalize(out_dir)  # a folder or a URI (atomic_dir uploads the finished folder)
     rate = 1000.0 / source.frame_ms * n
     stages = Stages()
 
@@ -110,5 +112,5 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
                    "input_fps": round(rate / n, 6), "output_fps": round(rate, 6), "model": predictor.source,
                    **written, "seconds": stages.report()}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
-    return {"out_dir": str(out), "frames": frames, "frames_with_object": len(result.detections),
+    return {"out_dir": out, "frames": frames, "frames_with_object": len(result.detections),
             "tracks": len(written["tracks"]), "num_frames": n, "files": written["files"]}

@@ -16,7 +16,7 @@ from PIL import Image
 
 from fmolab.compose import composite
 from fmolab.geometry import union
-from fmolab.inference.containers import Mp4Writer
+from fmolab.media.containers import Mp4Writer
 from fmolab.inference.tracks import Tracker, centroid, draw_trajectory
 from fmolab.media import flatten_rgba, save_animation, save_gif, to_uint8
 from fmolab.shards import encode_webp
