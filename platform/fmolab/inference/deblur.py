@@ -1,7 +1,16 @@
 """``fmolab deblur``: one entry for frames, an image + background, or a video."""
 from __future__ import annotations
 
+from fmolab import storage
 from fmolab.config import ConfigError
+
+
+def local_input(path: str, option: str) -> str:
+    """``path`` itself when local; for a URI, this machine's copy of the file or frame folder."""
+    if not path or not storage.is_remote(path):
+        return path
+    storage.check_readable(path, f"{option} input")
+    return str(storage.local_tree(path) if storage.is_dir(path) else storage.local(path))
 
 
 def deblur(model: str, out: str, *, frames: list[str] | None = None, image: str = "", background: str = "",
@@ -28,11 +37,15 @@ def deblur(model: str, out: str, *, frames: list[str] | None = None, image: str 
                           f"{video_options.get('max_objects', 1)}: must be >= 1")
     if ensemble not in ENSEMBLES:
         raise ConfigError(f"--ensemble {ensemble}: one of {', '.join(map(str, ENSEMBLES))} (flips, then transposes)")
-    from fmolab import storage
-
     if storage.exists(out) and not overwrite:
         raise ConfigError(f"--out {out} exists (an earlier result?); give --overwrite to replace it, or another --out")
     cfg = work_config(work_dir)
+    # every input may be a URI: read from this machine's cached copy (checked before the model loads)
+    frames = [local_input(f, "--frames") for f in frames or []]
+    image, background = local_input(image, "--image"), local_input(background, "--background")
+    video = local_input(video, "--video")
+    if not videos:
+        storage.check_writable(out)
     if videos:
         storage.check_readable(videos, "--videos folder")
         storage.check_writable(out)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fmolab import storage
 from fmolab.atomic import atomic_dir
 from fmolab.compose import composite
 from fmolab.geometry import resize
@@ -36,7 +37,7 @@ def deblur_images(predictor: Predictor, images: list[str | Path], background: st
     radii on every side) goes through the network at the model's training size, as in training: memory
     does not grow with the frame. With a background the sub-frames are also pasted back into the full
     frame."""
-    from fmolab.inference.video_io import crops, detect_movers, detect_pair
+    from fmolab.inference.movers import crops, detect_movers, detect_pair
 
     fmt = predictor.input_format
     if len(images) != fmt.n_images or fmt.background_input != bool(background):
@@ -102,7 +103,7 @@ def write_outputs(objects: list[tuple[tuple, torch.Tensor]] | torch.Tensor, out_
     (written to a temp folder)."""
     if isinstance(objects, torch.Tensor):
         objects = [((0, 0, *objects.shape[-2:]), objects)]
-    out = Path(out_dir)
+    out = storage.normalize(out_dir)  # a folder or a URI (atomic_dir uploads the finished folder)
     with atomic_dir(out) as tmp:
         for j, (_, renders) in enumerate(objects):
             folder = tmp / f"object_{j}" if j else tmp
@@ -119,4 +120,4 @@ def write_outputs(objects: list[tuple[tuple, torch.Tensor]] | torch.Tensor, out_
                 full[:, :, y0:y1, x0:x1] = composite(renders, full[:, :, y0:y1, x0:x1])
             save_animation(tmp / "super_resolved.webp", full)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())  # the summary's list
-    return {"out_dir": str(out), "num_frames": int(objects[0][1].shape[0]), "objects": len(objects), "files": files}
+    return {"out_dir": out, "num_frames": int(objects[0][1].shape[0]), "objects": len(objects), "files": files}
