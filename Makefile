@@ -12,7 +12,7 @@ demo: setup  ## render -> train -> register -> deblur, on local Ray + SQLite MLf
 	$(BIN)/fmolab demo
 
 test: setup browser  ## the CI suite: fast tests + one real end-to-end run (slow tests excluded)
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q --durations=20
 
 browser:  ## headless Chromium for the report test (apt-get, when missing and run as root)
 	@bash scripts/browser.sh

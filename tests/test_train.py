@@ -172,6 +172,7 @@ def test_validation_with_fewer_items_than_workers(work, base, ray_local, make_co
     assert 0 <= metrics["val/tiou"] <= 1 and 0 < metrics["val/ssim"] <= 1
 
 
+@pytest.mark.slow  # ~46 s: CI keeps under 30 minutes (make test-all runs it)
 def test_ray_data_pipeline_feeds_the_workers(work, base, ray_local, make_config):
     """data.pipeline=ray_data: Ray Data actors make the items, each worker reads its dataset shard."""
     import mlflow
