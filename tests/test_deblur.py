@@ -171,8 +171,8 @@ def test_self_ensemble_averages_the_undone_flips(models, tmp_path):
     x = np.random.default_rng(0).random((1, 6, 48, 64), dtype=np.float32)
     t = p.times(5).numpy()
     with torch.no_grad():
-        direct = p.module(torch.from_numpy(x), torch.from_numpy(t)[None])["renders"].numpy()
-        mirror = p.module(torch.from_numpy(x[..., ::-1].copy()), torch.from_numpy(t)[None])["renders"].numpy()[..., ::-1]
+        direct = p.model(torch.from_numpy(x), torch.from_numpy(t)[None])["renders"].numpy()
+        mirror = p.model(torch.from_numpy(x[..., ::-1].copy()), torch.from_numpy(t)[None])["renders"].numpy()[..., ::-1]
     assert np.array_equal(p.render(x, t), direct)  # ensemble 1: the network itself
     p.ensemble = 2
     alpha = (direct[:, :, 3:] + mirror[:, :, 3:]) / 2
@@ -394,3 +394,22 @@ def test_every_deblur_input_and_output_may_be_an_s3_uri(models, tmp_path, monkey
     assert {"summary.json", "super_resolved.mp4"} <= written["folder"]
     assert "summary.json" in written["batch"] and "super_resolved.mp4" in nested, batch
     assert not (tmp_path / "s3:").exists() and not Path("s3:").exists()
+
+
+@pytest.mark.parametrize("command, option, fragment", [
+    ("deblur", ["--num-frames", "0"], "--num-frames = 0: must be >= 1"),
+    ("deblur", ["--max-objects", "0"], "--max-objects = 0: must be >= 1"),
+    ("deblur", ["--threshold", "0"], "--threshold = 0.0: must be > 0"),
+    ("evaluate", ["--size", "64by48"], "--size = '64by48': expected WIDTHxHEIGHT"),
+    ("evaluate", ["--max", "0"], "--max = 0: must be >= 1"),
+])
+def test_options_are_checked_once_before_the_model_loads(tmp_path, capsys, command, option, fragment):
+    """Bad options: one line naming the option, its value and what is allowed, exit 2, before anything
+    else (the model named here does not exist: it is never reached)."""
+    from fmolab.cli import main
+
+    where = ["--video", str(tmp_path / "v.gif"), "--out", str(tmp_path / "o")] if command == "deblur" else \
+        ["--data", str(tmp_path / "d")]
+    assert main([command, "--model", str(tmp_path / "no-model"), *where, *option, "--work-dir", str(tmp_path)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == f"fmolab {command}: error: {fragment}" or line.startswith(f"fmolab {command}: error: {fragment}"), line

@@ -23,7 +23,7 @@ def _register(cfg, name: str, alias: str, seed: int) -> int:
 
 
 def _weights(predictor) -> torch.Tensor:
-    return next(iter(predictor.module.state_dict().values())).clone()
+    return next(iter(predictor.model.state_dict().values())).clone()
 
 
 def test_a_second_deblur_reads_the_cached_model_without_mlflow(work, tmp_path):

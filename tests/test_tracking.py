@@ -87,7 +87,7 @@ def test_fmolab_loads_a_logged_model_without_its_stored_code(work, monkeypatch):
         return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
 
     out = load_with(f"from fmolab.inference.predictor import load_predictor; p = load_predictor({uri!r}); "
-                    "print(type(p.module).__name__)")
+                    "print(type(p.model).__name__)")
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("DeFMO") and not marker.exists()
     out = load_with(f"import mlflow; mlflow.pyfunc.load_model({uri!r})")

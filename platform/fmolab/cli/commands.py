@@ -67,13 +67,14 @@ def cmd_train(args) -> int:
 
 def cmd_deblur(args) -> int:
     from fmolab.inference.deblur import deblur
+    from fmolab.inference.options import DeblurOptions, VideoOptions
 
+    video = VideoOptions(window=args.window, threshold=args.threshold, min_area=args.min_area,
+                         max_objects=args.max_objects, chunk_frames=args.chunk_frames, animations=args.animations)
+    options = DeblurOptions(num_frames=args.num_frames, workers=args.workers, ensemble=args.ensemble, video=video)
     result = deblur(args.model, args.out, frames=args.frames, image=args.image, background=args.background,
-                    video=args.video, videos=args.videos, workers=args.workers, address=args.address,
-                    num_frames=args.num_frames, work_dir=args.work_dir, window=args.window,
-                    threshold=args.threshold, min_area=args.min_area, chunk_frames=args.chunk_frames,
-                    max_objects=args.max_objects, animations=args.animations,
-                    ensemble=args.ensemble, overwrite=args.overwrite)
+                    video=args.video, videos=args.videos, options=options, address=args.address,
+                    work_dir=args.work_dir, overwrite=args.overwrite)
     show({k: v for k, v in result.items() if k != "results"})
     return 0
 
@@ -131,11 +132,13 @@ def cmd_jobs(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from fmolab.evaluation.evaluate import format_summary, run_evaluation
+    from fmolab.inference.options import EvaluateOptions
 
-    summary = run_evaluation(args.model, args.data, args.out or "", work_dir=args.work_dir or "", size=args.size or "",
-                             experiment=args.experiment, log=not args.no_log, address=args.address, kind=args.kind,
-                             num_frames=args.num_frames, max_samples=args.max, sub_steps=args.sub_steps,
-                             sync=args.sync, workers=args.workers, ensemble=args.ensemble, protocol=args.protocol)
+    options = EvaluateOptions(kind=args.kind, num_frames=args.num_frames, max_samples=args.max,
+                              sub_steps=args.sub_steps, size=EvaluateOptions.parse_size(args.size or ""),
+                              sync=args.sync, workers=args.workers, protocol=args.protocol, ensemble=args.ensemble)
+    summary = run_evaluation(args.model, args.data, args.out or "", options, work_dir=args.work_dir or "",
+                             experiment=args.experiment, log=not args.no_log, address=args.address)
     print(format_summary(summary))
     show(summary, ("out_dir", "num_samples", "dataset_kind", "mlflow_run_id", "mlflow_ui"))
     return 0

@@ -5,6 +5,7 @@ import argparse
 
 from fmolab.cli import commands as c
 from fmolab.config import preset_names, scale_names
+from fmolab.inference.options import ENSEMBLES
 
 
 def _config_args(p: argparse.ArgumentParser, default_preset: str | None = None) -> None:
@@ -24,7 +25,7 @@ def _work_dir_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _ensemble_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ensemble", type=int, default=1, choices=(1, 2, 4, 8),
+    p.add_argument("--ensemble", type=int, default=1, choices=ENSEMBLES,
                    help="test-time self-ensemble: average the renders of 1 (off), 2, 4 or 8 flips/transposes of "
                         "the input, each undone")
 

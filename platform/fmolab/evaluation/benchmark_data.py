@@ -34,7 +34,7 @@ from typing import Iterator
 import numpy as np
 
 from fmolab.data.formats import InputFormat
-from fmolab.evaluation.metrics import equivalent_radius
+from fmolab.evaluation.metrics import difference_mask, equivalent_radius
 from fmolab.evaluation.samples import TIGHT_MARGIN, Sample
 from fmolab.geometry import Box, grow, largest_component, model_box, resize, scoring_crop, union
 from fmolab.media import read_rgb
@@ -199,7 +199,7 @@ def _object_boxes(seq: BenchmarkSequence, k: int, image: np.ndarray, bg: np.ndar
     """(tight scoring box, trajectory, radius) of frame ``k`` following the benchmark."""
     shape = image.shape[-2:]
     traj, radius = seq.gt_traj(k)
-    diff = np.abs(gt - bg).sum(-3) > 0.1 if gt is not None else None  # [N,H,W]
+    diff = difference_mask(gt, bg) if gt is not None else None  # [N,H,W]
     if traj is not None:
         filled = np.where(np.isnan(traj), np.nanmean(traj, 0), traj)
         y0, x0 = np.floor(filled[:, 1].min()), np.floor(filled[:, 0].min())

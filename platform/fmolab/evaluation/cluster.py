@@ -8,28 +8,17 @@ The actors score exactly what :func:`fmolab.evaluation.evaluate.evaluate` scores
 from __future__ import annotations
 
 from fmolab import storage
+from fmolab.inference.predictor import ModelActor
 
 
-class Scorer:
-    """One model per actor; a batch of sample indices -> their metric rows."""
+class Scorer(ModelActor):
+    """A batch of sample indices -> their metric rows."""
 
     def __init__(self, model: str, data: str, num_frames: int | None, sync: str, tracking_uri: str, env: dict,
                  ensemble: int = 1):
-        import os
-
-        import mlflow
-        import torch
-
         from fmolab.evaluation.samples import shard_dataset
-        from fmolab.inference.predictor import load_predictor
 
-        os.environ.update(env)  # the object store's endpoint and credentials
-        mlflow.set_tracking_uri(tracking_uri)  # the registry the driver loaded the model from
-        mlflow.set_registry_uri(tracking_uri)
-        self.predictor = load_predictor(model)
-        self.predictor.ensemble = ensemble
-        if torch.cuda.is_available():
-            self.predictor.module.to("cuda")
+        super().__init__(model, tracking_uri, env, ensemble)
         self.dataset = shard_dataset(self.predictor.config, data, num_frames)
         self.sync = sync
 

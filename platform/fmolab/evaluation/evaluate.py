@@ -23,6 +23,7 @@ import numpy as np
 
 from fmolab import storage
 from fmolab.atomic import atomic_dir
+from fmolab.inference.options import EvaluateOptions
 from fmolab.evaluation.benchmark_data import benchmark_samples, detect_kind
 from fmolab.evaluation.samples import Sample, shard_samples
 from fmolab.evaluation.scoring import METHODS, METRICS, by_sequence, score
@@ -177,41 +178,27 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def run_evaluation(model: str, data: str, out: str = "", *, work_dir: str = "", size: str = "",
-                   experiment: str = "fmolab-eval", log: bool = True, address: str = "", ensemble: int = 1,
-                   **options) -> dict:
-    """``fmolab evaluate``: check the arguments, load ``model``, evaluate it on ``data`` (``options``:
-    those of :func:`evaluate`), log the run; ``size`` is ``WIDTHxHEIGHT`` or empty. With
-    ``options["workers"]``, Ray starts (or joins ``address``) before the scoring."""
-    from fmolab.config import ConfigError
-    from fmolab.inference.predictor import ENSEMBLES, load_predictor
+def run_evaluation(model: str, data: str, out: str = "", options: EvaluateOptions = EvaluateOptions(), *,
+                   work_dir: str = "", experiment: str = "fmolab-eval", log: bool = True, address: str = "") -> dict:
+    """``fmolab evaluate``: check the inputs, load ``model``, evaluate it on ``data`` with ``options``
+    (checked when made), log the run. With ``options.workers``, Ray starts (or joins ``address``)
+    before the scoring."""
+    from fmolab.inference.predictor import load_predictor
     from fmolab.runtime import work_config
     from fmolab.tracking.store import setup_tracking
 
     cfg = work_config(work_dir)
-    if options.get("max_samples") is not None and options["max_samples"] < 1:
-        raise ConfigError(f"--max {options['max_samples']}: must be >= 1")
-    if size:
-        try:
-            w, h = (int(v) for v in size.lower().split("x"))
-        except ValueError:
-            raise ConfigError(f"--size {size!r}: expected WIDTHxHEIGHT, e.g. 320x240") from None
-        options["size"] = (h, w)
-    if options.get("workers", 0) < 0:
-        raise ConfigError(f"--workers {options['workers']}: must be >= 0")
-    if ensemble not in ENSEMBLES:
-        raise ConfigError(f"--ensemble {ensemble}: one of {', '.join(map(str, ENSEMBLES))} (flips, then transposes)")
     storage.check_readable(data, "evaluation data")
     out = out or cfg.output("eval", f"{storage.basename(data)}-{time.strftime('%Y%m%d-%H%M%S')}")
     storage.check_writable(storage.parent(out))
     setup_tracking(cfg)
     predictor = load_predictor(model)
-    predictor.ensemble = ensemble
-    if options.get("workers"):
+    predictor.ensemble = options.ensemble
+    if options.workers:
         from fmolab.runtime import init_ray
 
         init_ray(address, cfg.runtime.num_cpus, cfg.work_dir)
-    summary = evaluate(predictor, data, out, progress=True, **options)
+    summary = evaluate(predictor, data, out, progress=True, **options.evaluate_kwargs())
     if log:
         summary["mlflow_run_id"] = log_evaluation(cfg, summary, experiment)
         from fmolab.tracking.store import run_address

@@ -99,7 +99,7 @@ def object_box(gt: np.ndarray, bg: np.ndarray, box: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
     y0, x0, y1, x1 = box
-    moved = (np.abs(gt[..., y0:y1, x0:x1] - bg[:, y0:y1, x0:x1]).sum(1) > 0.1).any(0)
+    moved = metrics.difference_mask(gt[..., y0:y1, x0:x1], bg[:, y0:y1, x0:x1]).any(0)
     labels, n = ndimage.label(moved, structure=np.ones((3, 3)))
     if n == 0:
         return box

@@ -7,10 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from fmolab import storage
-from fmolab.media.containers import SUFFIXES as CONTAINER_SUFFIXES
-from fmolab.media.video import FRAME_SUFFIXES
+from fmolab.inference.predictor import ModelActor
+from fmolab.media.video import FRAME_SUFFIXES, VIDEO_SUFFIXES as ALWAYS_VIDEOS
 
-VIDEO_SUFFIXES = (".gif", ".webp", ".png", ".apng", ".tif", ".tiff", *sorted(CONTAINER_SUFFIXES))
+# in a folder of videos, a still-image kind that may be animated (WebP, PNG, TIFF) is taken as a video too
+VIDEO_SUFFIXES = ALWAYS_VIDEOS | {".webp", ".png", ".tif", ".tiff"}
 
 
 def list_videos(folder: str) -> list[str]:
@@ -19,25 +20,12 @@ def list_videos(folder: str) -> list[str]:
     return sorted(files + storage.list_dirs(folder))
 
 
-class VideoDeblurrer:
-    """One model per actor; a batch of videos -> one result row each (never an exception)."""
+class VideoDeblurrer(ModelActor):
+    """A batch of videos -> one result row each (never an exception)."""
 
     def __init__(self, model: str, out: str, tracking_uri: str, env: dict, options: dict):
-        import os
-
-        import mlflow
-        import torch
-
-        from fmolab.inference.predictor import load_predictor
-
-        os.environ.update(env)
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
-        self.predictor = load_predictor(model)
-        if torch.cuda.is_available():
-            self.predictor.module.to("cuda")
         options = dict(options)
-        self.predictor.ensemble = options.pop("ensemble", 1)
+        super().__init__(model, tracking_uri, env, options.pop("ensemble", 1))
         self.out, self.options = out, options
 
     def __call__(self, batch: dict) -> dict:

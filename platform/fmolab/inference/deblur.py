@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from fmolab import storage
 from fmolab.config import ConfigError
+from fmolab.inference.options import DeblurOptions
 
 
 def local_input(path: str, option: str) -> str:
@@ -14,15 +15,14 @@ def local_input(path: str, option: str) -> str:
 
 
 def deblur(model: str, out: str, *, frames: list[str] | None = None, image: str = "", background: str = "",
-           video: str = "", videos: str = "", workers: int = 1, address: str = "", num_frames: int = 8,
-           work_dir: str = "", ensemble: int = 1, overwrite: bool = False, **video_options) -> dict:
-    """Check the inputs (before any model is loaded), load ``model`` and deblur; ``video_options`` are
-    those of :func:`fmolab.inference.video.deblur_video` (window, threshold, min_area, max_objects,
-    chunk_frames, animations).
-    ``videos``: every video of a folder or URI prefix, by ``workers`` model actors on the Ray cluster.
-    An existing ``out`` is replaced only with ``overwrite`` (it is someone's earlier result)."""
+           video: str = "", videos: str = "", options: DeblurOptions = DeblurOptions(), address: str = "",
+           work_dir: str = "", overwrite: bool = False) -> dict:
+    """Check the inputs (before any model is loaded), load ``model`` and deblur with ``options``
+    (checked when made). ``videos``: every video of a folder or URI prefix, by ``options.workers``
+    model actors on the Ray cluster. An existing ``out`` is replaced only with ``overwrite`` (it is
+    someone's earlier result)."""
     from fmolab.inference.images import deblur_images
-    from fmolab.inference.predictor import ENSEMBLES, load_predictor
+    from fmolab.inference.predictor import load_predictor
     from fmolab.inference.video import deblur_video
     from fmolab.runtime import work_config
     from fmolab.tracking.store import setup_tracking
@@ -32,11 +32,6 @@ def deblur(model: str, out: str, *, frames: list[str] | None = None, image: str 
                           "--video PATH, or --videos FOLDER")
     if (video or videos) and background:
         raise ConfigError("--background goes with --image; a video's background is estimated from its frames")
-    if num_frames < 1 or workers < 1 or video_options.get("max_objects", 1) < 1:
-        raise ConfigError(f"--num-frames {num_frames} / --workers {workers} / --max-objects "
-                          f"{video_options.get('max_objects', 1)}: must be >= 1")
-    if ensemble not in ENSEMBLES:
-        raise ConfigError(f"--ensemble {ensemble}: one of {', '.join(map(str, ENSEMBLES))} (flips, then transposes)")
     if storage.exists(out) and not overwrite:
         raise ConfigError(f"--out {out} exists (an earlier result?); give --overwrite to replace it, or another --out")
     cfg = work_config(work_dir)
@@ -44,7 +39,7 @@ def deblur(model: str, out: str, *, frames: list[str] | None = None, image: str 
     frames = [local_input(f, "--frames") for f in frames or []]
     image, background = local_input(image, "--image"), local_input(background, "--background")
     video = local_input(video, "--video")
-    if not videos:
+    if storage.is_remote(out) and not videos:  # a missing bucket or credentials: now, not after the work
         storage.check_writable(out)
     if videos:
         storage.check_readable(videos, "--videos folder")
@@ -53,14 +48,16 @@ def deblur(model: str, out: str, *, frames: list[str] | None = None, image: str 
         setup_tracking(cfg)
     predictor = load_predictor(model, cache=cfg.work_dir / "cache" / "models", store=cfg.tracking_uri,
                                setup=lambda: setup_tracking(cfg))
-    predictor.ensemble = ensemble
+    predictor.ensemble = options.ensemble
+    n, video_options = options.num_frames, options.video.as_kwargs()
     if videos:
         from fmolab.inference.batch import deblur_folder
         from fmolab.runtime import init_ray
 
         init_ray(address, cfg.runtime.num_cpus, cfg.work_dir)
-        return deblur_folder(predictor, videos, out, workers, num_frames=num_frames, ensemble=ensemble, **video_options)
+        return deblur_folder(predictor, videos, out, options.workers, num_frames=n, ensemble=options.ensemble,
+                             **video_options)
     if video:
-        return deblur_video(predictor, video, out, num_frames=num_frames, **video_options)
-    found = {k: video_options[k] for k in ("threshold", "min_area", "max_objects") if k in video_options}  # as videos
-    return deblur_images(predictor, list(frames or [image]), background or None, out, num_frames=num_frames, **found)
+        return deblur_video(predictor, video, out, num_frames=n, **video_options)
+    found = {k: video_options[k] for k in ("threshold", "min_area", "max_objects")}  # as videos find movers
+    return deblur_images(predictor, list(frames or [image]), background or None, out, num_frames=n, **found)

@@ -76,7 +76,7 @@ def export_defmo(model_source: str, out: str, *, work_dir: str = "") -> dict:
     from fmolab.tracking.store import setup_tracking
 
     setup_tracking(work_config(work_dir))
-    encoder, rendering = official_state_dicts(load_predictor(model_source).module)
+    encoder, rendering = official_state_dicts(load_predictor(model_source).model)
     written = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, state in zip(FILES, (encoder, rendering)):

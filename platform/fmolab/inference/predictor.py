@@ -13,6 +13,7 @@ import torch
 from fmolab.config import Config, config_from_dict
 from fmolab.data.formats import InputFormat, build_format
 from fmolab.geometry import valid_size
+from fmolab.inference.options import ENSEMBLES
 
 
 class DeblurError(ValueError):
@@ -31,7 +32,6 @@ _FLIPS = (lambda x: x, _flip((-1,)), _flip((-2,)), _flip((-2, -1)))
 # The 8 symmetries of the square as (transform of the input, its inverse on the renders): identity,
 # the flips, then the same after a transpose; --ensemble N takes the first N.
 TRANSFORMS = [(f, f) for f in _FLIPS] + [_transposed(f) for f in _FLIPS]
-ENSEMBLES = (1, 2, 4, 8)
 
 
 @dataclass
@@ -57,20 +57,16 @@ class Predictor:
 
     def times(self, n: int) -> torch.Tensor:
         """``n`` equally spaced times of the exposure in the model's own convention."""
-        return self.module.times(n)
+        return self.model.times(n)
 
     def input_size(self, h: int, w: int) -> tuple[int, int]:
         """The size to feed an ``h x w`` input at: itself for a network that takes any size (the
         official DeFMO), else the nearest multiple of 16."""
-        return (h, w) if getattr(self.module, "any_size", False) else valid_size(h, w)
-
-    @property
-    def module(self) -> torch.nn.Module:
-        return self.model
+        return (h, w) if getattr(self.model, "any_size", False) else valid_size(h, w)
 
     def render(self, inputs: np.ndarray, times: np.ndarray) -> np.ndarray:
         """Renders ``[B,T,4,H,W]`` at arbitrary ``times [T]`` (or ``[B,T]``) of the exposure."""
-        device = next(self.module.parameters()).device  # an evaluation actor may have moved it to a GPU
+        device = next(self.model.parameters()).device  # an evaluation actor may have moved it to a GPU
         t = torch.as_tensor(np.asarray(times, dtype=np.float32), device=device)
         x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(device)
         if t.dim() == 1:
@@ -79,11 +75,11 @@ class Predictor:
             raise ValueError(f"--ensemble {self.ensemble}: one of {', '.join(map(str, ENSEMBLES))}")
         if self.ensemble == 1:
             with torch.no_grad():
-                return self.module(x, t)["renders"].float().cpu().numpy()
+                return self.model(x, t)["renders"].float().cpu().numpy()
         premultiplied = alpha = None
         with torch.no_grad():
             for forward, inverse in TRANSFORMS[: self.ensemble]:
-                r = inverse(self.module(forward(x), t)["renders"].float())
+                r = inverse(self.model(forward(x), t)["renders"].float())
                 rgb, a = r[:, :, :3] * r[:, :, 3:], r[:, :, 3:]
                 premultiplied = rgb if premultiplied is None else premultiplied + rgb
                 alpha = a if alpha is None else alpha + a
@@ -149,3 +145,21 @@ def load_network(cfg: Config, weights: str | Path) -> torch.nn.Module:
     model = build_model(cfg.model, build_format(cfg.data.format).in_channels)
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return model.eval()
+
+
+class ModelActor:
+    """A Ray actor holding one model (evaluation's scorers, batch deblurring): the driver's tracking
+    store and settings, the model loaded once, moved to the node's GPU when it has one."""
+
+    def __init__(self, model: str, tracking_uri: str, env: dict, ensemble: int = 1):
+        import os
+
+        import mlflow
+
+        os.environ.update(env)  # the object store's endpoint and region (worker_env)
+        mlflow.set_tracking_uri(tracking_uri)  # the registry the driver loaded the model from
+        mlflow.set_registry_uri(tracking_uri)
+        self.predictor = load_predictor(model)
+        self.predictor.ensemble = ensemble
+        if torch.cuda.is_available():
+            self.predictor.model.to("cuda")

@@ -12,7 +12,8 @@ from fmolab.atomic import atomic_dir
 from fmolab.geometry import resize
 from fmolab.inference.movers import crops, detect_movers, with_background
 from fmolab.inference.predictor import DeblurError, Predictor
-from fmolab.inference.video_outputs import ANIMATIONS, Stages, VideoOutputs
+from fmolab.inference.options import ANIMATIONS
+from fmolab.inference.video_outputs import Stages, VideoOutputs
 from fmolab.media.video import VideoError, open_video
 from fmolab.runtime import progress
 

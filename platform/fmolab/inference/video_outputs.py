@@ -21,7 +21,6 @@ from fmolab.inference.tracks import Tracker, centroid, draw_trajectory
 from fmolab.media import flatten_rgba, save_animation, save_gif, to_uint8
 from fmolab.shards import encode_webp
 
-ANIMATIONS = ("webp", "gif")  # on request, beside the mp4s
 
 
 class Stages:
