@@ -60,6 +60,7 @@ def ray_head(free_port):
 
 
 @pytest.mark.bpy
+@pytest.mark.slow  # ~110 s in CI with its teardown: CI keeps under 30 minutes (make test-all runs it)
 def test_submit_render_then_training_job_and_failing_job(ray_head, tmp_path, capsys, monkeypatch):
     pytest.importorskip("bpy")
     import mlflow

@@ -138,8 +138,9 @@ def test_training_record_over_rest_and_in_the_mlflow_ui(work, toy, ray_local, ml
                                                       "fmolab.end_reason"))
         viewer = browser.visit(f"{mlflow_server}/#/experiments/{exp_id}/runs/{rid}/artifacts/previews/latest.gif"
                                f"?{ML_VIEW}", until=("latest.gif", "best.gif"))
-        models = browser.visit(f"{mlflow_server}/#/experiments/{exp_id}/models?{ML_VIEW}", width=2600,
-                               until=("double_blur-timed", "Ready", "record-model", "val/"))
+        # wide enough that the table renders every metric column (it draws only the columns in view)
+        models = browser.visit(f"{mlflow_server}/#/experiments/{exp_id}/models?{ML_VIEW}", width=8000,
+                               until=("double_blur-timed", "Ready", "record-model", "val/tiou", "val/crop_psnr"))
     finally:
         browser.close()
     assert "/runs" in runs["url"] and not runs["missing"], runs["text"][:2000]  # the runs table lists the run

@@ -30,6 +30,7 @@ def _study(tmp_path, toy, work, **changes):
     return path
 
 
+@pytest.mark.slow  # ~108 s in CI: CI keeps under 30 minutes (make test-all runs it)
 def test_study_runs_arms_as_trials_and_reports_their_own_metrics(tmp_path, toy, work, ray_local, capsys):
     import mlflow
 
