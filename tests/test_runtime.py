@@ -60,3 +60,28 @@ def test_ray_train_errors_it_recovers_from_are_one_line_each_without_traceback()
                      "waiting for 2 workers.",
                      "Error in training function: RuntimeError: Read error [127.0.0.1]:416: Connection reset by peer",
                      "kept", "as it is"], lines
+
+
+def _link_after(barrier, work):
+    from fmolab.runtime import ray_temp_dir
+
+    barrier.wait()
+    return str(ray_temp_dir(work))
+
+
+def test_drivers_starting_at_once_share_the_short_ray_temp_link(tmp_path):
+    """Two renders of one dataset start together (issue 24): both make the /tmp link to a long work
+    folder's Ray temp dir at once; neither may fail with FileExistsError (a clean-clone CI run did)."""
+    import multiprocessing as mp
+    from functools import partial
+
+    work = tmp_path / ("a-work-folder-whose-path-is-too-long-for-ray-sockets-" * 2)
+    work.mkdir(parents=True)
+    ctx = mp.get_context("fork")
+    for _ in range(10):
+        with ctx.Manager() as manager:
+            barrier = manager.Barrier(12)
+            with ctx.Pool(12) as pool:
+                links = pool.map(partial(_link_after, barrier), [work] * 12)
+        assert len(set(links)) == 1 and os.readlink(links[0]) == str(work / "ray")
+        os.unlink(links[0])

@@ -144,9 +144,12 @@ def ray_temp_dir(work: Path) -> Path:
         return real
     link = Path("/tmp") / f"fmolab-ray-{hashlib.sha1(str(real).encode()).hexdigest()[:10]}"
     if not link.is_symlink() or os.readlink(link) != str(real):
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(real)
+        # made beside it, then renamed over it: two drivers starting at once (two users of one work
+        # folder) both succeed, where unlink + symlink left one with FileExistsError
+        tmp = link.with_name(f"{link.name}.{os.getpid()}.{threading.get_ident()}")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(real)
+        os.replace(tmp, link)
     return link
 
 
