@@ -57,3 +57,16 @@ def test_presets_are_read_from_their_folder():
     assert {"demo", "background_blur", "double_blur", "multi_object", "self_supervised"} <= set(names)
     with pytest.raises(Exception, match="unknown preset 'nope'; known: background_blur"):
         preset_path("nope")
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--trials", "0"], "--trials = 0: must be >= 1"),
+    (["--reduction-factor", "1"], "--reduction-factor = 1: must be >= 2"),
+    (["--grace-steps", "-5"], "--grace-steps = -5: must be >= 0"),
+    (["--study-storage", "optuna.db"], "--study-storage = 'optuna.db': must be a database URL"),
+])
+def test_bad_search_options_are_refused_before_anything_starts(tmp_path, capsys, flags, fragment):
+    # the space does not even exist: the options are checked first, in the config tree's style
+    assert main(["tune", "--space", str(tmp_path / "none.yaml"), "--work-dir", str(tmp_path), *flags]) == 2
+    assert fragment in capsys.readouterr().err
+    assert not (tmp_path / "ray").exists()

@@ -140,3 +140,25 @@ def test_a_scale_layer_on_any_preset(tmp_path):
     f.write_text("preset: [double_blur, smal]\n")
     with pytest.raises(ConfigError, match="unknown preset 'smal'.*scales: small"):
         load_config([f])
+
+
+def test_a_checked_tree_is_frozen_and_changed_only_through_a_checked_copy():
+    import dataclasses
+
+    from fmolab.config import derive
+
+    cfg = load_config([], ["train.steps=7"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.steps = 8
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.monitor.metric = "val/loss"
+    new = derive(cfg, {"train.steps": 8, "train.monitor.metric": "val/loss", "train.monitor.mode": "min"})
+    assert (new.train.steps, new.train.monitor.metric, new.train.monitor.mode) == (8, "val/loss", "min")
+    assert (cfg.train.steps, cfg.train.monitor.metric) == (7, "val/tiou")  # the original is untouched
+    # every change is checked as a loaded tree is: a search's monitor can no longer skip its rule
+    with pytest.raises(ConfigError, match=r"train.monitor.metric.*'loss'.*must be a validation metric"):
+        derive(cfg, {"train.monitor.metric": "loss"})
+    with pytest.raises(ConfigError, match=r"train.steps = 0: must be >= 1"):
+        derive(cfg, {"train.steps": 0})
+    with pytest.raises(ConfigError, match="unknown key 'train.stepz'"):
+        derive(cfg, {"train.stepz": 3})

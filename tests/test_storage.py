@@ -234,7 +234,7 @@ def test_a_search_keeps_its_state_checkpoints_and_results_in_the_bucket(s3, work
     files; the best model registered from the bucket's checkpoint; a resume reads it all back."""
     import ray
 
-    from fmolab.tune import run_search
+    from fmolab.tune import SearchOptions, run_search
 
     ray.shutdown()  # a Ray whose workers get this test's endpoint and credentials (init_ray passes them)
     local = write_synthetic_dataset(work / "toy", num_sequences=12, width=64, height=48, seed=3)
@@ -247,7 +247,7 @@ def test_a_search_keeps_its_state_checkpoints_and_results_in_the_bucket(s3, work
                        "train.val_samples": 2, "train.preview_samples": 0, "tracking.experiment": "tune-s3",
                        "tracking.register_as": "tune-s3", "tracking.alias": "best"})
     try:
-        out = run_search(cfg, space, trials=1, name="s3search", max_concurrent=1, verbose=0)
+        out = run_search(cfg, space, SearchOptions(trials=1, max_concurrent=1), name="s3search", verbose=0)
         assert out["table"] == "s3://fmo/tune-out/searches/s3search/trials.csv" and storage.exists(out["table"])
         assert storage.exists("s3://fmo/tune-out/searches/s3search/search.json")
         assert storage.list_dirs("s3://fmo/tune-out/ray_results/s3search")  # Tune's state and trial checkpoints

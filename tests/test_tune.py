@@ -137,7 +137,7 @@ def test_search_stops_bad_trials_tracks_children_and_registers_the_best(work, to
     import ray
 
     from fmolab.data import build_dataset
-    from fmolab.tune import run_search
+    from fmolab.tune import SearchOptions, run_search
 
     space = _write(tmp_path / "space.yaml", SEARCH)
     cfg = make_config({
@@ -147,7 +147,7 @@ def test_search_stops_bad_trials_tracks_children_and_registers_the_best(work, to
         "train.preview_samples": 1, "train.nan_policy": "skip", "train.max_failures": 0,
         "tracking.experiment": "tune-tests", "tracking.register_as": "tune-best", "tracking.alias": "champion",
     })
-    out = run_search(cfg, space, trials=4, name="search1", max_concurrent=2, verbose=0)
+    out = run_search(cfg, space, SearchOptions(trials=4, max_concurrent=2), name="search1", verbose=0)
 
     rows = out["trials"]
     assert len(rows) == 4 and not [r for r in rows if r["status"] == "error"], rows
@@ -241,7 +241,7 @@ def test_registered_weights_are_the_checkpoint_best_by_the_search_metric(work, t
     import ray.train
     import torch
 
-    from fmolab.tune import run_search
+    from fmolab.tune import SearchOptions, run_search
 
     space = _write(tmp_path / "monitored.yaml", MONITORED)
     cfg = make_config({"runtime.work_dir": work, "data.train": toy, "data.frames_per_sample": 4,
@@ -249,7 +249,7 @@ def test_registered_weights_are_the_checkpoint_best_by_the_search_metric(work, t
                        "train.batch_size": 2, "train.val_samples": 4, "train.preview_samples": 0,
                        "tracking.experiment": "tune-monitor", "tracking.register_as": "monitored",
                        "tracking.alias": "best", "train.monitor.animated_first": False})  # the metric alone
-    out = run_search(cfg, space, trials=1, name="monitored", max_concurrent=1, verbose=0)
+    out = run_search(cfg, space, SearchOptions(trials=1, max_concurrent=1), name="monitored", verbose=0)
     client = mlflow.MlflowClient()
     logged = client.get_metric_history(out["best_run_id"], "val/loss")
     history = {m.step: m.value for m in logged}

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from fmolab import storage
-from fmolab.config import Config
+from fmolab.config import Config, derive
 
 
 def _banner(text: str) -> None:
@@ -43,7 +43,7 @@ def run_demo(cfg: Config, fresh: bool = False) -> dict:
     from fmolab.train import train
 
     if not cfg.train.run_name:
-        cfg.train.run_name = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+        cfg = derive(cfg, {"train.run_name": f"demo-{time.strftime('%Y%m%d-%H%M%S')}"})
     result = train(cfg)
 
     for line in held_out_lines(result):

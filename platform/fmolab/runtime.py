@@ -12,7 +12,7 @@ import signal
 import threading
 from pathlib import Path
 
-from fmolab.config import Config, load_config, resolve_work_dir
+from fmolab.config import Config, derive, load_config, resolve_work_dir
 from fmolab.storage import CREDENTIAL_VARS, SETTING_VARS
 
 log = logging.getLogger("fmolab")
@@ -44,21 +44,21 @@ def use_work_dir(work_dir: str | os.PathLike) -> Path:
     return work
 
 
-def use_config(cfg: Config) -> Path:
-    """:func:`use_work_dir` for ``cfg``, pinned in it, plus its node cache bound (``runtime.cache_gb``,
-    which Ray workers get with the storage settings)."""
-    cfg.runtime.work_dir = str(use_work_dir(cfg.work_dir))
+def use_config(cfg: Config) -> Config:
+    """:func:`use_work_dir` for ``cfg`` plus its node cache bound (``runtime.cache_gb``, which Ray
+    workers get with the storage settings); returns ``cfg`` with that work folder pinned (workers on
+    other nodes must not guess it)."""
+    cfg = derive(cfg, {"runtime.work_dir": str(use_work_dir(cfg.work_dir))})
     if cfg.runtime.cache_gb:
         os.environ["FMOLAB_CACHE_GB"] = str(cfg.runtime.cache_gb)
-    return Path(cfg.runtime.work_dir)
+    return cfg
 
 
 def work_config(work_dir: str | os.PathLike | None = None) -> Config:
     """The default config with its work folder pinned (``work_dir``, else $FMOLAB_HOME, else
     ./fmolab-work) and the process pointed below it: what commands without a config tree start from."""
     cfg = load_config([], [f"runtime.work_dir={work_dir}"] if work_dir else [])
-    cfg.runtime.work_dir = str(use_work_dir(cfg.work_dir))
-    return cfg
+    return derive(cfg, {"runtime.work_dir": str(use_work_dir(cfg.work_dir))})
 
 
 # What a client of a server with MLflow's basic-auth app (mlflow/serve.sh AUTH=basic) sends; set from a

@@ -12,8 +12,7 @@ def load(args) -> Config:
 
     files = [preset_path(n) for n in (getattr(args, "preset", None), getattr(args, "scale", None)) if n] + args.config
     cfg = load_config(files, list(args.overrides) + ([f"runtime.work_dir={args.work_dir}"] if args.work_dir else []))
-    use_config(cfg)  # the work folder pinned (workers must not guess it), the cache bound
-    return cfg
+    return use_config(cfg)  # the work folder pinned (workers must not guess it), the cache bound
 
 
 def printed(args, cfg: Config) -> bool:
@@ -145,16 +144,17 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from fmolab.tune import run_search, start_search
+    from fmolab.tune import SearchOptions, run_search, start_search
 
     if args.resume:  # the saved search is looked up in runtime.storage (an override), else the work folder
         out = run_search(load(args), None, name=args.resume, resume=True)
     else:
         scale = [str(preset_path(args.scale))] if args.scale else []  # after the preset, before the files
-        out = start_search(args.space, scale + args.config, args.preset, args.overrides, work_dir=args.work_dir or "",
-                           metric=args.metric, mode=args.mode, print_space=args.print_space, trials=args.trials,
-                           name=args.name, max_concurrent=args.max_concurrent, study_storage=args.study_storage,
-                           seed=args.seed, grace_steps=args.grace_steps, reduction_factor=args.reduction_factor)
+        options = SearchOptions(trials=args.trials, max_concurrent=args.max_concurrent, study_storage=args.study_storage,
+                                seed=args.seed, grace_steps=args.grace_steps, reduction_factor=args.reduction_factor)
+        out = start_search(args.space, scale + args.config, args.preset, args.overrides, options, name=args.name,
+                           work_dir=args.work_dir or "", metric=args.metric, mode=args.mode,
+                           print_space=args.print_space)
         if isinstance(out, str):  # --print-space
             print(out)
             return 0
@@ -181,7 +181,7 @@ def cmd_study(args) -> int:
     study = load_study(args.study).subset(groups, args.seeds)
     extra = {**overrides, **({"runtime.work_dir": args.work_dir} if args.work_dir else {})}
     cfg = study.config(study.arms[0].name, 0, extra)
-    use_config(cfg)
+    cfg = use_config(cfg)
     setup_tracking(cfg)
     print(study_report(study, cfg, extra=extra)["markdown"])
     return 0

@@ -1,6 +1,7 @@
 """Loading the config tree: defaults <- YAML files (presets, job specs) <- ``section.key=value``
 overrides, every key and type checked against the dataclasses, then every section's ``check()``.
-The whole tree is saved with every run (``to_dict``) and rebuilt exactly (``config_from_dict``).
+The tree is frozen from then on (``derive`` makes a changed, re-checked copy). The whole tree is saved
+with every run (``to_dict``) and rebuilt exactly (``config_from_dict``).
 """
 from __future__ import annotations
 
@@ -242,6 +243,18 @@ def config_from_dict(data: dict) -> Config:
     cfg = _build(Config, data)
     _check_all(cfg)
     return cfg
+
+
+def derive(cfg: Config, changes: dict[str, Any]) -> Config:
+    """``cfg`` with ``{"section.key": value}`` changed, checked like a loaded tree: the tree is frozen
+    once checked, so a stage that needs another value (a run's name, a trial's seed) makes a new one."""
+    tree = to_dict(cfg)
+    for key, value in changes.items():
+        set_dotted(tree, key, value)
+    try:
+        return config_from_dict(tree)
+    except ConfigError as exc:
+        raise ConfigError(f"{', '.join(changes)}: {exc}") from exc
 
 
 def dump_yaml(cfg: Config) -> str:

@@ -7,7 +7,7 @@ from typing import Literal
 from fmolab.config.rules import require
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrajectoryConfig:
     """Thesis 3.1 step 3: start/end inside the camera frustum, bounded travel."""
 
@@ -30,7 +30,7 @@ class TrajectoryConfig:
                  "render.trajectory.object_size", self.object_size, "must be [min, max] with 0 < min <= max")
 
 
-@dataclass
+@dataclass(frozen=True)
 class BackgroundRenderConfig:
     """Background clips: procedural videos, or frames read from a VOT/OTB-style folder."""
 
@@ -44,7 +44,7 @@ class BackgroundRenderConfig:
                  "must be >= 2 (double blur needs consecutive frames)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RenderConfig:
     """Synthetic FMO dataset generation with Blender (thesis 3.1)."""
 

@@ -22,7 +22,7 @@ __all__ = ["BackgroundRenderConfig", "Config", "ConfigError", "DataConfig", "Los
 # ---------------------------------------------------------------- sections
 
 
-@dataclass
+@dataclass(frozen=True)
 class RuntimeConfig:
     """Where things run and where files go."""
 
@@ -50,7 +50,7 @@ class RuntimeConfig:
             require(ok, "FMOLAB_CACHE_GB (runtime.cache_gb)", env, "must be a number of GB >= 0 (0: half the free space)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     """What training reads and how an item is composed (thesis 3.2.1)."""
 
@@ -93,7 +93,7 @@ class DataConfig:
         require(self.loader_cpus > 0, "data.loader_cpus", self.loader_cpus, "must be > 0")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """Encoder/renderer by name (thesis ch. 2, 4.1)."""
 
@@ -106,7 +106,7 @@ class ModelConfig:
     time_convention: Literal["centers", "endpoints"] = "centers"
 
 
-@dataclass
+@dataclass(frozen=True)
 class LossConfig:
     """Loss specs ``"Name:weight=w,k=v"``; ``compare`` are logged, never back-propagated."""
 
@@ -117,7 +117,7 @@ class LossConfig:
         require(len(self.train) > 0, "loss.train", self.train, "needs at least one loss")
 
 
-@dataclass
+@dataclass(frozen=True)
 class MonitorConfig:
     """The validation metric that picks a run's best checkpoint (and so the weights it registers)."""
 
@@ -133,7 +133,7 @@ class MonitorConfig:
                  "must be a validation metric, e.g. val/loss or val/crop_psnr")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """Ray Train loop (thesis 3.2.3-3.2.4)."""
 
@@ -185,7 +185,7 @@ class TrainConfig:
         require(0 <= self.max_skip_fraction <= 1, "train.max_skip_fraction", self.max_skip_fraction, "must be in [0, 1]")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrackingConfig:
     """MLflow: where runs go and under which name models are registered."""
 
@@ -202,7 +202,7 @@ class TrackingConfig:
                 self.alias, "reserved by MLflow (models:/NAME/latest, vN name versions): choose another, e.g. newest")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     variant: str = "double_blur"
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)

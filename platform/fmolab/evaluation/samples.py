@@ -5,7 +5,6 @@ alike by :mod:`fmolab.evaluation.evaluate`.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -13,6 +12,7 @@ from typing import Iterator
 import numpy as np
 
 from fmolab import storage
+from fmolab.config import derive
 from fmolab.compose import composite, image_of_times
 from fmolab.evaluation.metrics import alpha_centroids, equivalent_radius
 from fmolab.geometry import Box, scoring_crop
@@ -49,12 +49,10 @@ def shard_dataset(cfg, data: str | Path, num_frames: int | None = None):
     format (``cfg`` is the model's config; ``data`` replaces its training data); split "all"."""
     from fmolab.data import build_dataset
 
-    cfg = copy.deepcopy(cfg)
-    cfg.data.train, cfg.data.val = storage.normalize(data), ""
     bgs = storage.join(data, "backgrounds")
-    cfg.data.backgrounds = bgs if storage.exists(bgs) else cfg.data.backgrounds
-    if num_frames:
-        cfg.data.frames_per_sample = int(num_frames)
+    cfg = derive(cfg, {"data.train": storage.normalize(data), "data.val": "",
+                       "data.backgrounds": bgs if storage.exists(bgs) else cfg.data.backgrounds,
+                       "data.frames_per_sample": int(num_frames or cfg.data.frames_per_sample)})
     return build_dataset(cfg, "all")
 
 

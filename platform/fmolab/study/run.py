@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 
 from fmolab import storage
-from fmolab.config import Config, to_dict
+from fmolab.config import Config, derive, to_dict
 from fmolab.study.spec import ARM_TAG, SEED_TAG, STUDY_TAG, Study, load_study, samples_per_step
 
 REPORTED = "val/animation_ratio"  # a key every validation report holds: what reaches Tune
@@ -33,10 +33,9 @@ def run_study_trial(params: dict, setup: dict) -> None:
 
     study: Study = setup["study"]
     arm, seed = params["trial"]["arm"], int(params["trial"]["seed"])
-    cfg = study.config(arm, seed, setup["extra"])
-    cfg.runtime.work_dir = setup["work_dir"]
-    cfg.train.run_name = trial_name(study.name, arm, seed)
-    cfg.tracking.register_as = ""
+    cfg = derive(study.config(arm, seed, setup["extra"]), {
+        "runtime.work_dir": setup["work_dir"], "train.run_name": trial_name(study.name, arm, seed),
+        "tracking.register_as": ""})
     uri = setup["tracking_uri"]
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -82,8 +81,7 @@ def run_study(name_or_path: str, overrides: dict | None = None, *, work_dir: str
 
     study = load_study(name_or_path).subset(groups, seeds)
     extra = {**(overrides or {}), **({"runtime.work_dir": work_dir} if work_dir else {})}
-    first = study.config(study.arms[0].name, 0, extra)
-    use_config(first)
+    first = use_config(study.config(study.arms[0].name, 0, extra))
     for arm in study.arms:  # every arm's model, losses and data are checked before Ray starts
         preflight(study.config(arm.name, 0, {**extra, "runtime.work_dir": first.runtime.work_dir}))
     uri = setup_tracking(first)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fmolab.config import Config, ConfigError, load_config, preset_path, read_yaml
+from fmolab.config import Config, ConfigError, derive, load_config, preset_path, read_yaml
 
 STUDY_TAG, ARM_TAG, SEED_TAG = "fmolab.study", "fmolab.study.arm", "fmolab.study.seed"  # on the MLflow runs
 TOP_KEYS = {"preset", "base", "budget_samples", "seeds", "groups", "description", "concurrency"}
@@ -87,10 +87,9 @@ class Study:
         overrides = [f"{k}={_yaml_value(v)}" for k, v in values.items()]
         cfg = load_config([preset_file(p) for p in (self.preset if isinstance(self.preset, list) else [self.preset])],
                           overrides)
-        cfg.train.seed = seed
-        cfg.train.steps = steps_for(cfg, self.budget_samples)
-        cfg.train.time_limit = 0.0  # the budget is in samples, never in seconds
-        return cfg
+        # the budget is in samples, never in seconds
+        return derive(cfg, {"train.seed": seed, "train.steps": steps_for(cfg, self.budget_samples),
+                            "train.time_limit": 0.0})
 
 
 def samples_per_step(cfg: Config) -> int:

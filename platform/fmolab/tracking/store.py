@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from fmolab.config import Config, flatten, to_dict
+from fmolab.config import Config, derive, flatten, to_dict
 from fmolab.runtime import MLFLOW_AUTH_VARS
 
 RUN_NAME_TAG = "fmolab.run_name"
@@ -242,11 +242,8 @@ def config_params(cfg: Config) -> dict[str, str]:
 def create_run(cfg: Config, experiment: str, run_name: str, tags: dict[str, str], command: str = "") -> str:
     """A new run in ``experiment`` (created where it does not exist; evaluations and comparisons go to
     experiments of their own, so the training experiments stay clean); returns its id."""
-    import copy
-
     import mlflow
 
-    cfg = copy.deepcopy(cfg)
-    cfg.tracking.experiment = experiment
+    cfg = derive(cfg, {"tracking.experiment": experiment})
     return mlflow.MlflowClient().create_run(ensure_experiment(cfg), run_name=run_name,
                                             tags={**source_tags(command), **tags}).info.run_id

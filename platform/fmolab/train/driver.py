@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from fmolab import storage
-from fmolab.config import Config
+from fmolab.config import Config, derive
 from fmolab.train.launch import dataset_tags, launch, open_run, run_dir
 from fmolab.train.preflight import preflight
 
@@ -30,9 +30,7 @@ def load_run_config(where: Config, run_name: str, overrides: list[str] = ()) -> 
     except FileNotFoundError:
         raise FileNotFoundError(f"no run {run_name!r} under {runs}: nothing to resume") from None
     cfg = load_config([], list(overrides), base=saved)
-    cfg.runtime.work_dir = str(use_work_dir(where.work_dir))
-    cfg.train.run_name = run_name
-    return cfg
+    return derive(cfg, {"runtime.work_dir": str(use_work_dir(where.work_dir)), "train.run_name": run_name})
 
 
 def train(cfg: Config, register: bool = True) -> dict:
@@ -41,7 +39,7 @@ def train(cfg: Config, register: bool = True) -> dict:
     from fmolab.tracking.ending import end_run, error_text, reason_of_error, reason_of_metrics
     from fmolab.tracking.store import run_address, setup_tracking, ui_command
 
-    cfg.runtime.work_dir = str(cfg.work_dir)  # pinned before the config travels to workers
+    cfg = derive(cfg, {"runtime.work_dir": str(cfg.work_dir)})  # pinned before the config travels to workers
     storage.check_readable(cfg.train_dir, "training data (data.train)")
     data = preflight(cfg)  # the losses, format, model, optimizer and data, before anything starts
     for shard, why in data["bad_shards"].items():  # skipped, never silently
@@ -49,7 +47,8 @@ def train(cfg: Config, register: bool = True) -> dict:
     uri = setup_tracking(cfg)  # fail fast on a dead server, before starting Ray
     storage.check_writable(cfg.storage_root)
     init_ray(cfg.runtime.address, cfg.runtime.num_cpus, cfg.work_dir)
-    cfg.train.run_name = run_name = resolve_run_name(cfg)
+    run_name = resolve_run_name(cfg)
+    cfg = derive(cfg, {"train.run_name": run_name})
     run_id = open_run(cfg)
     record_data(run_id, data)
     print(f"[train] run {run_name} (MLflow run {run_id}) on {cfg.train.workers} worker(s)", flush=True)

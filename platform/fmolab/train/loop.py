@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from fmolab.config import Config, config_from_dict
+from fmolab.config import Config, config_from_dict, derive
 from fmolab.train import checkpoint as ckpt
 from fmolab.train.callbacks import Callback, default_callbacks
 from fmolab.train.collective import Collective
@@ -211,14 +211,14 @@ def train_loop(loop_config: dict) -> None:
     from fmolab.train.optim import build_optimizer, build_scheduler
     from fmolab.train.streams import batch_stream, ray_batch_stream
 
-    cfg = config_from_dict(loop_config["config"])
-    train_cfg = cfg.train
     _quiet_ray_reports()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    cfg = config_from_dict(loop_config["config"])
     # Fewer workers than asked (elastic training after a lost node): accumulate more, so a step keeps
     # the global batch and the learning rate of train.workers (rounded up when it does not divide).
-    train_cfg.grad_accum = train_cfg.grad_accum * math.ceil(train_cfg.workers / world)
+    cfg = derive(cfg, {"train.grad_accum": cfg.train.grad_accum * math.ceil(cfg.train.workers / world)})
+    train_cfg = cfg.train
     torch.manual_seed(train_cfg.seed + rank)
     torch.set_num_threads(train_cfg.threads or max(1, (os.cpu_count() or 1) // max(1, ctx.get_local_world_size())))
     device = ray.train.torch.get_device()

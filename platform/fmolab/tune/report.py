@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fmolab import storage
-from fmolab.config import Config, to_dict
+from fmolab.config import Config, derive, to_dict
 from fmolab.train.launch import dataset_tags
 from fmolab.train.state import Monitor, first_animated
 from fmolab.tune.plots import plot_history, plot_importances, plot_parallel
@@ -176,8 +176,7 @@ def report(cfg: Config, space: SearchSpace, grid, name: str, parent_id: str, fol
         return out
     sign = 1 if space.mode == "max" else -1  # animated trials first, then the best metric
     best = max(done, key=lambda r: (r["animated"] and cfg.train.monitor.animated_first, sign * r["best"]))
-    best_cfg = space.build_config(cfg, best["params"], overrides=False)
-    best_cfg.train.run_name = best["run_name"]
+    best_cfg = derive(space.build_config(cfg, best["params"], overrides=False), {"train.run_name": best["run_name"]})
     out.update(best_trial=best["trial"], best_params=best["params"], metric=space.metric, best_value=best["best"],
                best_run_id=best["run_id"], best_config=to_dict(best_cfg))
     weights = folder / "best_model.pt"

@@ -19,15 +19,15 @@ import time
 from pathlib import Path
 
 from fmolab import storage
-from fmolab.config import Config, ConfigError, config_from_dict, to_dict
+from fmolab.config import Config, ConfigError, config_from_dict, derive, to_dict
 from fmolab.train.preflight import preflight
+from fmolab.tune.options import SearchOptions
 from fmolab.tune.space import SearchSpace
 from fmolab.tune.space_file import load_space, space_from_text
 
 # A trial's own actor only waits on its Train controller; Tune refuses an empty request, and any CPU share
 # (even 0.01) would stop two 1-CPU trials from packing on 2 CPUs: a token of Ray's logical memory instead.
 TRIAL_RESOURCES = {"CPU": 0, "memory": 64 * 2**20}
-OPTIONS = ("trials", "max_concurrent", "study_storage", "seed", "grace_steps", "reduction_factor")
 
 
 def search_dir(cfg: Config, name: str) -> str:
@@ -70,17 +70,17 @@ def load_search(where: Config, name: str) -> dict:
 
 
 def prepare(cfg: Config, space, overrides: list[str], name: str, resume: bool,
-            options: dict) -> tuple[Config, SearchSpace, str, dict]:
+            options: SearchOptions) -> tuple[Config, SearchSpace, str, SearchOptions]:
     """The search's base config, space, name and options (those saved with it when resuming); every
     trial's config is ``cfg`` <- the space's fixed overrides <- ``overrides`` <- the sampled values."""
     if resume:
         if not name:
             raise ConfigError("resuming needs the search's name")
         saved = load_search(cfg, name)
-        work_dir = cfg.runtime.work_dir
-        cfg = config_from_dict(saved["config"])
-        cfg.runtime.work_dir = work_dir  # this machine's, not the one the search started on
-        return cfg, space_from_text(saved["space_text"], saved["space_path"], cfg), name, saved["options"]
+        # this machine's work folder, not the one the search started on
+        cfg = derive(config_from_dict(saved["config"]), {"runtime.work_dir": cfg.runtime.work_dir})
+        space = space_from_text(saved["space_text"], saved["space_path"], cfg)
+        return cfg, space, name, SearchOptions.from_dict(saved["options"])
     if space is None:
         raise ConfigError("a search needs a space (a YAML file, see search_spaces/README.md)")
     if not isinstance(space, SearchSpace):
@@ -89,17 +89,13 @@ def prepare(cfg: Config, space, overrides: list[str], name: str, resume: bool,
                 if o.partition("=")[0].strip() in set(space.names) | set(space.templates)]
     if searched:
         raise ConfigError(f"{', '.join(searched)}: searched by {space.path}; drop the override or the parameter")
-    cfg = space.with_overrides(cfg, list(overrides))
-    cfg.train.monitor.metric, cfg.train.monitor.mode = space.metric, space.mode  # best checkpoint = ranking
-    cfg.runtime.work_dir = str(cfg.work_dir)
-    if options["trials"] < 1:
-        raise ConfigError(f"--trials {options['trials']}: must be >= 1")
-    if options["reduction_factor"] < 2:
-        raise ConfigError(f"reduction factor {options['reduction_factor']}: must be >= 2")
+    cfg = space.with_overrides(cfg, list(overrides))  # best checkpoint = ranking (a checked change)
+    cfg = derive(cfg, {"train.monitor.metric": space.metric, "train.monitor.mode": space.mode,
+                       "runtime.work_dir": str(cfg.work_dir)})
     return cfg, space, name or f"tune-{Path(space.path).stem}-{time.strftime('%Y%m%d-%H%M%S')}", options
 
 
-def open_parent_run(cfg: Config, space: SearchSpace, name: str, options: dict, concurrency: int,
+def open_parent_run(cfg: Config, space: SearchSpace, name: str, options: SearchOptions, concurrency: int,
                     folder: Path) -> str:
     """The search's MLflow run: its options and space as params, the space file as an artifact."""
     import mlflow
@@ -111,10 +107,10 @@ def open_parent_run(cfg: Config, space: SearchSpace, name: str, options: dict, c
                                                 "space": space.path, "git_commit": git_commit()}, command="tune")
     client = mlflow.MlflowClient()
     known = client.get_run(parent_id).data.params
-    extra = {"tune.trials": options["trials"], "tune.max_concurrent": concurrency, "tune.metric": space.metric,
-             "tune.mode": space.mode, "tune.grace_steps": options["grace_steps"] or cfg.train.val_every,
-             "tune.max_steps": cfg.train.steps, "tune.reduction_factor": options["reduction_factor"],
-             "tune.seed": options["seed"], "tune.space": space.path,
+    extra = {"tune.trials": options.trials, "tune.max_concurrent": concurrency, "tune.metric": space.metric,
+             "tune.mode": space.mode, "tune.grace_steps": options.grace(cfg.train.val_every),
+             "tune.max_steps": cfg.train.steps, "tune.reduction_factor": options.reduction_factor,
+             "tune.seed": options.seed, "tune.space": space.path,
              **{f"tune.space.{p.name}": p.describe() + (f" when {p.when}" if p.when else "") for p in space.params}}
     new = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in extra.items() if k not in known]
     for i in range(0, len(new), 90):  # MLflow caps a batch at 100 params
@@ -125,17 +121,17 @@ def open_parent_run(cfg: Config, space: SearchSpace, name: str, options: dict, c
     return parent_id
 
 
-def concurrency_for(cfg: Config, options: dict) -> int:
+def concurrency_for(cfg: Config, options: SearchOptions) -> int:
     fitting = max_fitting(cfg)
-    concurrency = options["max_concurrent"] or default_concurrency(cfg)
+    concurrency = options.max_concurrent or default_concurrency(cfg)
     if concurrency > fitting:
         print(f"[tune] --max-concurrent {concurrency}: only {fitting} trial(s) of {cfg.train.workers} worker(s) x "
               f"{cfg.train.cpus_per_worker} CPU fit at once; using {fitting}", flush=True)
         concurrency = fitting
-    return min(concurrency, options["trials"])
+    return min(concurrency, options.trials)
 
 
-def build_tuner(cfg: Config, space: SearchSpace, name: str, options: dict, setup: dict, concurrency: int,
+def build_tuner(cfg: Config, space: SearchSpace, name: str, options: SearchOptions, setup: dict, concurrency: int,
                 resume: bool, verbose: int):
     import optuna
     import ray.tune
@@ -155,27 +151,26 @@ def build_tuner(cfg: Config, space: SearchSpace, name: str, options: dict, setup
                                       resume_errored=True, storage_filesystem=fs)
     searcher = OptunaSearch(space=space, metric=space.metric, mode=space.mode,
                             points_to_evaluate=[dict(p) for p in space.points_to_evaluate] or None,
-                            sampler=optuna.samplers.TPESampler(seed=options["seed"]),
-                            study_name=name, storage=study_storage(options["study_storage"]))
-    grace = options["grace_steps"] or cfg.train.val_every
+                            sampler=optuna.samplers.TPESampler(seed=options.seed),
+                            study_name=name, storage=study_storage(options.study_storage))
+    grace = options.grace(cfg.train.val_every)
     scheduler = ASHAScheduler(time_attr="step", max_t=cfg.train.steps, grace_period=min(grace, cfg.train.steps),
-                              reduction_factor=options["reduction_factor"])
+                              reduction_factor=options.reduction_factor)
     return ray.tune.Tuner(
         trainable,
         tune_config=ray.tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=searcher, scheduler=scheduler,
-                                        num_samples=options["trials"], max_concurrent_trials=concurrency),
+                                        num_samples=options.trials, max_concurrent_trials=concurrency),
         run_config=ray.tune.RunConfig(name=name, **results, verbose=verbose,
                                       callbacks=[release_callback()],
                                       failure_config=ray.tune.FailureConfig(max_failures=0)),
     )
 
 
-def run_search(cfg: Config, space: SearchSpace | str | Path | None, trials: int = 8, *, overrides: list[str] = (),
-               name: str = "", max_concurrent: int = 0, resume: bool = False, study_storage: str = "",
-               seed: int = 0, grace_steps: int = 0, reduction_factor: int = 2, verbose: int = 1) -> dict:
-    """Search ``space`` around ``cfg`` with ``trials`` trials; returns the summary (best params, run ids,
-    model URI, registered name, table path, plots). ``resume=True`` continues search ``name`` with what
-    it saved (``cfg`` then only gives the work folder)."""
+def run_search(cfg: Config, space: SearchSpace | str | Path | None, options: SearchOptions = SearchOptions(), *,
+               overrides: list[str] = (), name: str = "", resume: bool = False, verbose: int = 1) -> dict:
+    """Search ``space`` around ``cfg`` as ``options`` say; returns the summary (best params, run ids,
+    model URI, registered name, table path, plots). ``resume=True`` continues search ``name`` with the
+    config, space and options it saved (``cfg`` then only gives the work folder and storage)."""
     import mlflow
 
     from fmolab.runtime import init_ray
@@ -183,25 +178,22 @@ def run_search(cfg: Config, space: SearchSpace | str | Path | None, trials: int 
     from fmolab.tracking.store import git_commit, setup_tracking
     from fmolab.tune.report import report
 
-    cfg.runtime.work_dir = str(cfg.work_dir)
-    options = dict(trials=trials, max_concurrent=max_concurrent, study_storage=study_storage, seed=seed,
-                   grace_steps=grace_steps, reduction_factor=reduction_factor)
+    cfg = derive(cfg, {"runtime.work_dir": str(cfg.work_dir)})
     cfg, space, name, options = prepare(cfg, space, list(overrides), name, resume, options)
     storage.check_readable(cfg.train_dir, "training data (data.train)")
     preflight(cfg)  # the base config builds and the data fits it (the space was checked when loaded)
     if not resume:
         storage.write_json(storage.join(search_dir(cfg, name), "search.json"),
                            {"name": name, "config": to_dict(cfg), "space_path": space.path,
-                            "space_text": space.text, "options": options})
+                            "space_text": space.text, "options": options.to_dict()})
     folder = Path(tempfile.mkdtemp(prefix=f"search-{name}-"))  # staged here, then copied to search_dir
     uri = setup_tracking(cfg)
     init_ray(cfg.runtime.address, cfg.runtime.num_cpus, cfg.work_dir)
     concurrency = concurrency_for(cfg, options)
     parent_id = open_parent_run(cfg, space, name, options, concurrency, folder)
-    grace = options["grace_steps"] or cfg.train.val_every
-    print(f"[tune] search {name} (MLflow parent run {parent_id}): {options['trials']} trial(s), {concurrency} at a "
-          f"time, ASHA on {space.metric} ({space.mode}; grace {grace} steps, max {cfg.train.steps}, "
-          f"reduction {options['reduction_factor']})", flush=True)
+    print(f"[tune] search {name} (MLflow parent run {parent_id}): {options.trials} trial(s), {concurrency} at a "
+          f"time, ASHA on {space.metric} ({space.mode}; grace {options.grace(cfg.train.val_every)} steps, max "
+          f"{cfg.train.steps}, reduction {options.reduction_factor})", flush=True)
     from fmolab.tracking.store import run_address
 
     print(f"[tune] MLflow UI: {run_address(parent_id)}", flush=True)
@@ -225,8 +217,9 @@ def run_search(cfg: Config, space: SearchSpace | str | Path | None, trials: int 
     return summary
 
 
-def start_search(space_path: str, files: list[str], preset: str, overrides: list[str], *, work_dir: str = "",
-                 metric: str = "", mode: str = "", print_space: bool = False, **options) -> dict | str:
+def start_search(space_path: str, files: list[str], preset: str, overrides: list[str],
+                 options: SearchOptions = SearchOptions(), *, name: str = "", work_dir: str = "", metric: str = "",
+                 mode: str = "", print_space: bool = False) -> dict | str:
     """``fmolab tune --space``: the config from the preset (the space's own ``preset`` unless one is
     given) and files, the space checked against it; ``print_space`` returns its description instead
     of searching. The command line's overrides win over the space's."""
@@ -242,9 +235,9 @@ def start_search(space_path: str, files: list[str], preset: str, overrides: list
             preset = ""
     cfg = load_config(([preset_path(preset)] if preset else []) + list(files),
                       [f"runtime.work_dir={work_dir}"] if work_dir else [])
-    cfg.runtime.work_dir = str(use_work_dir(cfg.work_dir))
+    cfg = derive(cfg, {"runtime.work_dir": str(use_work_dir(cfg.work_dir))})
     space = load_space(space_path, cfg)
     space.metric, space.mode = metric or space.metric, mode or space.mode
     if print_space:
         return space.describe()
-    return run_search(cfg, space, overrides=overrides, **options)
+    return run_search(cfg, space, options, overrides=overrides, name=name)

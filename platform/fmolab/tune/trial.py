@@ -4,6 +4,7 @@ MLflow run, and a Ray Train run started exactly as ``fmolab train`` starts one
 callback, so ASHA decides at the training step (``time_attr="step"``)."""
 from __future__ import annotations
 
+from fmolab.config import derive
 from fmolab.tune.placement import recorder_callbacks, with_placement_group
 from fmolab.tune.space import SearchSpace
 
@@ -40,10 +41,10 @@ def run_trial(params: dict, setup: dict) -> None:
     from fmolab.train.launch import launch, open_run
 
     space: SearchSpace = setup["space"]
-    cfg = space.build_config(setup["base"], params, overrides=False)  # train.monitor = the space's metric
     trial_id = ray.tune.get_context().get_trial_id()
-    cfg.train.run_name = trial_run_name(setup["name"], trial_id)
-    cfg.tracking.register_as = ""  # the driver registers the best trial only
+    # train.monitor = the space's metric; the driver registers the best trial only
+    cfg = derive(space.build_config(setup["base"], params, overrides=False),
+                 {"train.run_name": trial_run_name(setup["name"], trial_id), "tracking.register_as": ""})
     uri = setup["tracking_uri"]  # Train workers get it with their config
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
