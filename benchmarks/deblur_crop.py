@@ -74,7 +74,7 @@ def child(mode: str, model: str, image: str, background: str, out: str, threads:
         arrays = [read_rgb(p, ValueError) for p in (image, background)]
         h, w = arrays[0].shape[-2:]
         x = np.concatenate([resize(a, predictor.input_size(h, w)) for a in arrays])[None].astype(np.float32)
-        predictor(x, 8)
+        predictor.render(x, 8)
         box = [0, 0, h, w]
     seconds = time.perf_counter() - t
     return {"seconds": round(seconds, 3), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

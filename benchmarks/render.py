@@ -23,7 +23,8 @@ import numpy as np
 
 from fmolab.config import load_config
 from fmolab.runtime import use_work_dir
-from fmolab.shards import decode_webp, encode_webp, paste
+from fmolab.media.codecs import decode_webp, encode_webp
+from fmolab.shards import paste
 
 
 def cpu_seconds() -> float:

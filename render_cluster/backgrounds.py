@@ -9,9 +9,9 @@ container FFmpeg reads (mp4, webm, mov, mkv, avi, ...) and animated GIF/APNG, al
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import itertools
-from collections import Counter
+import math
+from collections import Counter, deque
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,8 @@ from PIL import Image, ImageDraw, ImageFilter
 from fmolab import storage
 from fmolab.media import to_uint8
 from fmolab.media.video import FRAME_SUFFIXES, VIDEO_SUFFIXES, open_video
-from fmolab.shards import BACKGROUND_SCHEMA, MANIFEST, encode_webp, open_parquet, write_json_atomic, write_shard
+from fmolab.media.codecs import encode_webp
+from fmolab.shards import BACKGROUND_SCHEMA, MANIFEST, open_parquet, write_json_atomic, write_shard
 
 SEED_OFFSET = 7919  # background RNG stream differs from the objects' for the same seed
 
@@ -130,17 +131,29 @@ def folder_clip(folder: Path, start: int, frames: int, width: int, height: int) 
 
 
 def video_clip(path: Path, rng: np.random.Generator, frames: int, width: int, height: int):
-    """``(start, clip)``: ``frames`` consecutive frames of a video from a random start, decoded only up
-    to them; None when the video is shorter. Raises (naming the file) when it cannot be decoded."""
-    total = open_video(path).count()
-    if total == 0:  # the container does not say: count by decoding
-        total = sum(1 for _ in open_video(path).frames())
-    if total < frames:
-        return None
-    start = int(rng.integers(total - frames + 1))
-    clip = [fit(Image.fromarray(to_uint8(f)), width, height)
-            for f in itertools.islice(open_video(path).frames(), start, start + frames)]
-    return (start, np.stack(clip)) if len(clip) == frames else None  # a container that overstated its length
+    """``(start, clip)``: ``frames`` consecutive frames of a video from a random start, the video opened
+    and decoded once (only up to the frames taken when it states its length); None when it is shorter.
+    Raises (naming the file) when it cannot be decoded."""
+    def fitted(frame):
+        return fit(Image.fromarray(to_uint8(frame)), width, height)
+
+    source = open_video(path)
+    total = source.count()
+    if total:
+        if total < frames:
+            return None
+        start = int(rng.integers(total - frames + 1))
+        clip = [fitted(f) for f in itertools.islice(source.frames(), start, start + frames)]
+        return (start, np.stack(clip)) if len(clip) == frames else None  # a container that overstated its length
+    # The file does not say: one pass keeping a uniformly drawn window (reservoir sampling over windows).
+    last: deque = deque(maxlen=frames)
+    chosen = None
+    for k, frame in enumerate(source.frames()):
+        last.append(fitted(frame))
+        j = k - frames + 1  # the window ending at frame k
+        if j >= 0 and rng.random() * (j + 1) < 1:
+            chosen = (j, np.stack(last))
+    return chosen
 
 
 # ---------------------------------------------------------------- writing

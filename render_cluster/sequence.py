@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from fmolab import storage
-from fmolab.shards import content_box, crop, encode_webp
+from fmolab.media.codecs import encode_webp
+from fmolab.shards import content_box, crop
 from render_cluster import objects, textures
 from render_cluster.trajectory import TAN_HALF_X, frame_times, project, sample_trajectory
 

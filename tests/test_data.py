@@ -11,9 +11,9 @@ import torch
 from fmolab.compose import composite, over
 from fmolab.data import (FORMATS, Augment, BackgroundAdder, FMOLoader, build_dataset, build_format, collate,
                          contrast, in_channels, to_device, write_synthetic_dataset)
+from fmolab.media.codecs import encode_webp
 from fmolab.registry import SpecError
-from fmolab.shards import (SEQUENCE_SCHEMA, ShardError, content_box, crop, decode_sequence, encode_webp,
-                           write_shard)
+from fmolab.shards import SEQUENCE_SCHEMA, ShardError, content_box, crop, decode_sequence, write_shard
 
 ALL_FORMATS = ["background_blur", "double_blur", "single_blur", "multi_object", "double_blur:contrastive=true"]
 

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from fmo_fakes import checkpoint_model, write_disc_gif
+from fmolab.config import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +175,7 @@ def test_self_ensemble_averages_the_undone_flips(models, tmp_path):
         direct = p.model(torch.from_numpy(x), torch.from_numpy(t)[None])["renders"].numpy()
         mirror = p.model(torch.from_numpy(x[..., ::-1].copy()), torch.from_numpy(t)[None])["renders"].numpy()[..., ::-1]
     assert np.array_equal(p.render(x, t), direct)  # ensemble 1: the network itself
+    assert np.array_equal(p.render(x, 5), direct)  # a count: that many instants in the model's convention
     p.ensemble = 2
     alpha = (direct[:, :, 3:] + mirror[:, :, 3:]) / 2
     rgb = (direct[:, :, :3] * direct[:, :, 3:] + mirror[:, :, :3] * mirror[:, :, 3:]) / 2 / np.maximum(alpha, 1e-6)
@@ -181,6 +183,9 @@ def test_self_ensemble_averages_the_undone_flips(models, tmp_path):
     p.ensemble = 8
     all8 = p.render(x, t)
     assert all8.shape == direct.shape and np.isfinite(all8).all() and not np.allclose(all8, direct)
+    p.ensemble = 3
+    with pytest.raises(ConfigError, match=r"--ensemble = 3: one of 1, 2, 4, 8"):
+        p.render(x, t)
     from fmolab.cli import main
 
     frames = []

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from fmolab.shards import BACKGROUND_SCHEMA, SEQUENCE_SCHEMA, ShardReader, content_box, decode_sequence, decode_webp
+from fmolab.media.codecs import decode_webp
+from fmolab.shards import BACKGROUND_SCHEMA, SEQUENCE_SCHEMA, ShardReader, content_box, decode_sequence
 from render_cluster import trajectory as T
 
 try:
@@ -133,6 +134,57 @@ def test_folder_backgrounds(tmp_path, make_config):
     assert m["num_rows"] == 2 and m["skipped_this_run"] == {"unreadable_video": 1}
     rows = ShardReader(tmp_path / "bg").column("source")
     assert sorted(rows) == ["otb_seq/img", "vot_seq"]
+
+
+def test_a_background_clip_is_decoded_in_one_opening_of_its_video(tmp_path, monkeypatch):
+    """A video that states its length (mp4) is probed once and decoded only up to the clip; one that does
+    not (webm) is decoded once, and the window it gives is a uniformly drawn one of them all."""
+    import av
+
+    import fmolab.media.video as media_video
+    from render_cluster.backgrounds import video_clip
+
+    def write(path, n=12):
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("libx264" if path.suffix == ".mp4" else "libvpx-vp9", rate=10)
+            stream.width, stream.height, stream.pix_fmt = 32, 16, "yuv420p"
+            for i in range(n):  # frame i is a flat grey of level 20 * i: its index is readable after decoding
+                frame = av.VideoFrame.from_ndarray(np.full((16, 32, 3), 20 * i, np.uint8), format="rgb24")
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        return path
+
+    probes, decoded = [], []
+    real_probe, real_decode = media_video.probe, media_video.decode
+    monkeypatch.setattr(media_video, "probe", lambda p: probes.append(p) or real_probe(p))
+
+    def counting_decode(p):
+        for item in real_decode(p):
+            decoded.append(p)
+            yield item
+
+    monkeypatch.setattr(media_video, "decode", counting_decode)
+    mp4, webm = write(tmp_path / "c.mp4"), write(tmp_path / "c.webm")
+    assert media_video.open_video(webm).count() == 0  # the premise: webm does not state its frames
+    probes.clear()
+
+    def index(clip):  # frame index of each fitted frame, from its grey level
+        return [int(round(float(f.mean()) / 20)) for f in clip]
+
+    starts = {".mp4": set(), ".webm": set()}
+    for seed in range(12):
+        for path in (mp4, webm):
+            probes.clear(), decoded.clear()
+            start, clip = video_clip(path, np.random.default_rng(seed), 4, 16, 8)
+            assert clip.shape == (4, 8, 16, 3) and index(clip) == list(range(start, start + 4))
+            assert len(probes) == 1  # opened once
+            assert len(decoded) == (start + 4 if path.suffix == ".mp4" else 12)  # mp4: only up to the clip
+            starts[path.suffix].add(start)
+    assert all(len(s) >= 4 and s <= set(range(9)) for s in starts.values()), starts
+    assert video_clip(mp4, np.random.default_rng(0), 13, 16, 8) is None  # shorter than the clip
+    assert video_clip(webm, np.random.default_rng(0), 13, 16, 8) is None
 
 
 # ---------------------------------------------------------------- bpy: loaders

@@ -5,6 +5,7 @@ import pyarrow as pa
 import pytest
 
 from fmolab import shards
+from fmolab.media import codecs
 
 
 def _frames(n=4, h=24, w=32, seed=0):
@@ -18,25 +19,32 @@ def _frames(n=4, h=24, w=32, seed=0):
 
 def test_webp_round_trip_animation_and_still():
     frames = _frames()
-    decoded = shards.decode_webp(shards.encode_webp(frames, lossless=True))
+    decoded = codecs.decode_webp(codecs.encode_webp(frames, lossless=True))
     assert decoded.shape == frames.shape
     np.testing.assert_array_equal(decoded[..., 3], frames[..., 3])
     np.testing.assert_array_equal(decoded[frames[..., 3] > 0], frames[frames[..., 3] > 0])
-    still = shards.decode_webp(shards.encode_webp(frames[0], quality=90))
+    still = codecs.decode_webp(codecs.encode_webp(frames[0], quality=90))
     assert still.shape == (1, 24, 32, 4)
     assert np.abs(still[0, ..., 3].astype(int) - frames[0, ..., 3]).max() <= 8
+    data = codecs.encode_webp(frames, lossless=True)  # only the frames asked for, in their order
+    np.testing.assert_array_equal(codecs.decode_webp(data, frames=[1, 3]), decoded[[1, 3]])
+    np.testing.assert_array_equal(codecs.decode_webp(data, "RGB", frames=[2, 0]), decoded[[2, 0], ..., :3])
+    with pytest.raises(ValueError, match=r"undecodable WebP .*frame 9 asked, the WebP holds 4"):
+        codecs.decode_webp(data, frames=[9])
 
 
-def test_decode_corrupt_names_size():
-    with pytest.raises(shards.ShardError, match="undecodable WebP"):
-        shards.decode_webp(b"RIFF....WEBPgarbage")
+def test_decode_corrupt_names_size_and_raises_the_callers_error():
+    with pytest.raises(ValueError, match=r"undecodable WebP \(19 bytes\)"):
+        codecs.decode_webp(b"RIFF....WEBPgarbage")
+    with pytest.raises(shards.ShardError, match="undecodable blur WebP"):
+        codecs.decode_webp(b"RIFF....WEBPgarbage", error=shards.ShardError, what="blur WebP")
 
 
 def _row(i):
     f = _frames(seed=i)
     return dict(seq_id=f"0-{i}", index=i, seed=0, object_id=f"obj/{i % 2}", texture_id="tex/0",
                 params=json.dumps({"i": i}), width=32, height=24, num_frames=4,
-                frames=shards.encode_webp(f), blurs=[shards.encode_webp(f.mean(0).astype(np.uint8))],
+                frames=codecs.encode_webp(f), blurs=[codecs.encode_webp(f.mean(0).astype(np.uint8))],
                 blur_names=["full"], blur_spans=[[0.0, 1.0]], blur_coverage=[0.2])
 
 
@@ -52,7 +60,7 @@ def test_write_read_shards_and_skip_bad_shard(tmp_path):
     assert reader.manifest == {"kind": "sequences"}
     row = reader.row(2)
     assert row["seq_id"] == "0-2" and row["_source"] == "part-00001.parquet#0"
-    assert shards.decode_webp(row["frames"]).shape == (4, 24, 32, 4)
+    assert codecs.decode_webp(row["frames"]).shape == (4, 24, 32, 4)
     assert sorted(reader.column("object_id")) == ["obj/0", "obj/0", "obj/1"]
 
 
@@ -82,7 +90,7 @@ def test_content_box_crop_paste_round_trip():
     np.testing.assert_array_equal(shards.paste(cropped, box, 24, 32), frames)  # zeros outside the box
     np.testing.assert_array_equal(shards.paste(shards.crop(blurs[0], box), box, 24, 32), blurs[0])
     # Through WebP (lossless): the stored crop pastes back to the original.
-    decoded = shards.decode_webp(shards.encode_webp(cropped, lossless=True))
+    decoded = codecs.decode_webp(codecs.encode_webp(cropped, lossless=True))
     np.testing.assert_array_equal(shards.paste(decoded, box, 24, 32), frames)
 
 
@@ -90,8 +98,8 @@ def test_content_box_of_empty_alpha_is_one_pixel():
     empty = np.zeros((3, 24, 32, 4), np.uint8)
     box = shards.content_box(empty, empty[:1])
     assert box == [0, 0, 1, 1]
-    data = shards.encode_webp(shards.crop(empty[0], box))  # a WebP cannot be 0x0
-    np.testing.assert_array_equal(shards.paste(shards.decode_webp(data), box, 24, 32), empty[:1])
+    data = codecs.encode_webp(shards.crop(empty[0], box))  # a WebP cannot be 0x0
+    np.testing.assert_array_equal(shards.paste(codecs.decode_webp(data), box, 24, 32), empty[:1])
     assert shards.content_box(empty, np.zeros((0, 24, 32, 4), np.uint8)) == [0, 0, 1, 1]  # no blurs
 
 
@@ -111,8 +119,8 @@ def test_box_column_is_optional_for_writers(tmp_path):
     assert "box" not in old  # a writer from before the column
     f = _frames(seed=1)
     box = shards.content_box(f, f[:1])
-    new.update(frames=shards.encode_webp(shards.crop(f, box)), box=box,
-               blurs=[shards.encode_webp(shards.crop(f.mean(0).astype(np.uint8), box))])
+    new.update(frames=codecs.encode_webp(shards.crop(f, box)), box=box,
+               blurs=[codecs.encode_webp(shards.crop(f.mean(0).astype(np.uint8), box))])
     shards.write_shard([old, new], tmp_path / "part-00000.parquet")
     reader = shards.ShardReader(tmp_path)
     assert reader.row(0)["box"] is None and reader.row(1)["box"] == box

@@ -106,7 +106,7 @@ def deblur_held_out(cfg: Config, model_uri: str) -> dict:
     predictor = load_predictor(model_uri)
     item = to_device(build_dataset(cfg, "val")[0])
     inputs = item["inputs"][None].numpy().astype(np.float32)
-    renders = torch.from_numpy(predictor(inputs, item["frames"].shape[0]))[0]
+    renders = torch.from_numpy(predictor.render(inputs, item["frames"].shape[0]))[0]
     out_dir = cfg.work_dir / "demo" / "deblurred"
     written = write_outputs(renders, out_dir, item["backgrounds"][0])
     preview = save_animation(cfg.work_dir / "demo" / "deblur_preview.webp",

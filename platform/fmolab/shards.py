@@ -36,7 +36,6 @@ half a shard and a rerun can tell finished work from unfinished work by the list
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
@@ -47,9 +46,9 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, ImageSequence
 
 from fmolab import storage
+from fmolab.media.codecs import decode_webp
 
 MANIFEST = "manifest.json"
 # Rows per Parquet row group: the unit a streaming reader fetches (one range request of ~2 MB at
@@ -92,41 +91,6 @@ BACKGROUND_SCHEMA = pa.schema(
 
 class ShardError(RuntimeError):
     """A dataset path or a row of it cannot be read; the message says which and why."""
-
-
-# ---------------------------------------------------------------- WebP encoding
-
-
-def encode_webp(images: np.ndarray, quality: int = 80, method: int = 4, lossless: bool = False,
-                frame_ms: int = 40) -> bytes:
-    """Encode ``[H,W,C]`` (one image) or ``[N,H,W,C]`` (animation, ``frame_ms`` per frame) uint8
-    RGB/RGBA as WebP bytes."""
-    images = np.asarray(images)
-    if images.dtype != np.uint8:
-        raise TypeError(f"encode_webp wants uint8 pixels, got {images.dtype}")
-    frames = images[None] if images.ndim == 3 else images
-    if frames.ndim != 4 or frames.shape[-1] not in (3, 4):
-        raise ValueError(f"encode_webp wants [H,W,3|4] or [N,H,W,3|4], got shape {images.shape}")
-    mode = "RGBA" if frames.shape[-1] == 4 else "RGB"
-    pil = [Image.fromarray(f, mode) for f in frames]
-    buf = io.BytesIO()
-    options: dict[str, Any] = dict(format="WEBP", quality=quality, method=method, lossless=lossless)
-    if len(pil) > 1:
-        # minimize_size off: keyframe search costs much time for little gain on short clips.
-        options.update(save_all=True, append_images=pil[1:], duration=max(1, round(frame_ms)), loop=0,
-                       minimize_size=False)
-    pil[0].save(buf, **options)
-    return buf.getvalue()
-
-
-def decode_webp(data: bytes, mode: str = "RGBA") -> np.ndarray:
-    """Decode WebP bytes into ``[N,H,W,C]`` uint8 (N = 1 for a still image)."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            frames = [np.asarray(f.convert(mode)) for f in ImageSequence.Iterator(img)]
-    except Exception as exc:  # PIL raises many types for corrupt data
-        raise ShardError(f"undecodable WebP ({len(data)} bytes): {exc}") from exc
-    return np.stack(frames)
 
 
 # ---------------------------------------------------------------- content box
@@ -180,8 +144,8 @@ def decode_sequence(row: dict) -> tuple[np.ndarray, np.ndarray]:
     """All sharp frames ``[N,H,W,4]`` and blurs ``[K,H,W,4]`` (uint8, full size) of a sequence row dict."""
     box, h, w = row.get("box"), int(row["height"]), int(row["width"])
     try:
-        frames = paste(decode_webp(row["frames"]), box, h, w)
-        blurs = [paste(decode_webp(b)[0], box, h, w) for b in row["blurs"]]
+        frames = paste(decode_webp(row["frames"], error=ShardError), box, h, w)
+        blurs = [paste(decode_webp(b, error=ShardError)[0], box, h, w) for b in row["blurs"]]
     except ValueError as exc:
         raise ShardError(f"{row.get('seq_id')}: {exc}") from exc
     return frames, np.stack(blurs) if blurs else np.zeros((0, h, w, 4), np.uint8)

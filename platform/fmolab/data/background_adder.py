@@ -15,7 +15,8 @@ from PIL import Image
 
 from fmolab import storage
 from fmolab.data.loader import val_objects
-from fmolab.shards import ShardError, ShardReader, decode_webp
+from fmolab.media.codecs import decode_webp
+from fmolab.shards import ShardError, ShardReader
 
 log = logging.getLogger("fmolab.data")
 
@@ -92,7 +93,7 @@ class BackgroundAdder:
         if source in self.skipped:
             return None
         try:
-            frames = cover(decode_webp(self.reader.row(c)["frames"], "RGB"), height, width)
+            frames = cover(decode_webp(self.reader.row(c)["frames"], "RGB", error=ShardError), height, width)
         except Exception as exc:
             log.warning("skipping background %s: %s", source, exc)
             self.skipped[source] = str(exc)

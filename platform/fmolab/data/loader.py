@@ -7,7 +7,6 @@ cropped to the row's ``box`` are pasted back into a full-size zero canvas after 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 from collections import OrderedDict
@@ -18,6 +17,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from fmolab import storage
+from fmolab.media.codecs import decode_webp
 from fmolab.shards import OPTIONAL_COLUMNS, SEQUENCE_SCHEMA, ShardError, ShardReader, paste
 
 log = logging.getLogger("fmolab.data")
@@ -68,23 +68,6 @@ def manifest_size(manifest: dict) -> tuple[int, int] | None:
     return (int(m["height"]), int(m["width"])) if isinstance(m, dict) and "width" in m and "height" in m else None
 
 
-def decode_frames(data: bytes, indices: Iterable[int], source: str = "") -> np.ndarray:
-    """Decode only frames ``indices`` of an animated RGBA WebP -> ``[len(indices),H,W,4]`` uint8."""
-    indices = list(indices)
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            n = getattr(img, "n_frames", 1)
-            if max(indices) >= n:
-                raise ValueError(f"frame {max(indices)} asked, the WebP holds {n}")
-            out = []
-            for k in indices:
-                img.seek(k)  # forward seeks only advance the decoder
-                out.append(np.asarray(img if img.mode == "RGBA" else img.convert("RGBA")))
-    except Exception as exc:
-        raise RowError(source, f"undecodable frames WebP ({len(data)} bytes): {exc}") from exc
-    return np.stack(out)
-
-
 class Sequence:
     """One sequence row, undecoded until asked. Images come back as uint8 ``[..., H, W, 4]``."""
 
@@ -131,19 +114,16 @@ class Sequence:
 
     def blur(self, name: str) -> np.ndarray:
         """RGBA blur ``[H,W,4]`` uint8."""
-        data = self._blurs[self._blur_pos(name)]
-        try:
-            with Image.open(io.BytesIO(data)) as img:  # one still: skip decode_webp's frame iteration
-                img.load()
-                arr = np.asarray(img if img.mode == "RGBA" else img.convert("RGBA"))
-        except Exception as exc:
-            raise RowError(self.source, f"undecodable blur {name!r} WebP ({len(data)} bytes): {exc}") from exc
+        arr = decode_webp(self._blurs[self._blur_pos(name)], error=self._error, what=f"blur {name!r} WebP")[0]
         return self._check(arr, f"blur {name!r}")
 
     def frames(self, indices: Iterable[int] | None = None) -> np.ndarray:
         """Sharp RGBA sub-frames ``[T,H,W,4]`` uint8 (all when ``indices`` is None)."""
-        indices = range(self.num_frames) if indices is None else indices
-        return self._check(decode_frames(self._frames, indices, self.source), "frames")
+        frames = decode_webp(self._frames, frames=indices, error=self._error, what="frames WebP")
+        return self._check(frames, "frames")
+
+    def _error(self, message: str) -> RowError:
+        return RowError(self.source, message)
 
     def pil(self) -> tuple[list[Image.Image], list[Image.Image]]:
         """(blurs, frames) as Pillow images, the thesis's loader interface."""

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fmolab.shards import BACKGROUND_SCHEMA, content_box, crop, encode_webp, write_json_atomic, write_shard
+from fmolab.media.codecs import encode_webp
+from fmolab.shards import BACKGROUND_SCHEMA, content_box, crop, write_json_atomic, write_shard
 
 BLUR_SPANS = {"full": (0.0, 1.0), "first": (0.0, 0.5), "second": (0.5, 1.0)}
 SUPERSAMPLE = 8  # positions per half span: enough for a smooth streak at test sizes

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fmolab import storage
+from fmolab.inference.options import DeblurOptions
 from fmolab.inference.predictor import ModelActor
 from fmolab.media.video import FRAME_SUFFIXES, VIDEO_SUFFIXES as ALWAYS_VIDEOS
 
@@ -23,9 +24,8 @@ def list_videos(folder: str) -> list[str]:
 class VideoDeblurrer(ModelActor):
     """A batch of videos -> one result row each (never an exception)."""
 
-    def __init__(self, model: str, out: str, tracking_uri: str, env: dict, options: dict):
-        options = dict(options)
-        super().__init__(model, tracking_uri, env, options.pop("ensemble", 1))
+    def __init__(self, model: str, out: str, tracking_uri: str, env: dict, options: DeblurOptions):
+        super().__init__(model, tracking_uri, env, options.ensemble)
         self.out, self.options = out, options
 
     def __call__(self, batch: dict) -> dict:
@@ -38,8 +38,8 @@ class VideoDeblurrer(ModelActor):
             row = {"video": video, "out": storage.join(self.out, name), "frames": 0, "frames_with_object": 0,
                    "error": ""}
             try:
-                local = storage.local_tree(video) if storage.is_dir(video) else storage.local(video)
-                done = deblur_video(self.predictor, local, row["out"], **self.options)
+                done = deblur_video(self.predictor, storage.local_copy(video), row["out"], self.options.num_frames,
+                                    self.options.video)
                 row.update(frames=done["frames"], frames_with_object=done["frames_with_object"])
             except (DeblurError, OSError, ValueError) as exc:  # a bad video is counted, the others go on
                 row["error"] = str(exc)[:500]
@@ -47,14 +47,15 @@ class VideoDeblurrer(ModelActor):
         return {k: [r[k] for r in rows] for k in rows[0]}
 
 
-def deblur_folder(predictor, folder: str, out: str, workers: int, **options) -> dict:
-    """Deblur every video of ``folder`` with ``workers`` actors (Ray initialised); returns the summary."""
+def deblur_folder(predictor, folder: str, out: str, options: DeblurOptions = DeblurOptions()) -> dict:
+    """Deblur every video of ``folder`` with ``options.workers`` actors (Ray initialised); returns the
+    summary."""
     import mlflow
     import ray
 
     from fmolab.runtime import progress, worker_env
 
-    videos = list_videos(folder)
+    videos, workers = list_videos(folder), options.workers
     if not videos:
         raise ValueError(f"{folder}: no videos (animated {', '.join(sorted(VIDEO_SUFFIXES))} or folders of "
                          f"{', '.join(sorted(FRAME_SUFFIXES))} frames)")

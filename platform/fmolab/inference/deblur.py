@@ -11,7 +11,7 @@ def local_input(path: str, option: str) -> str:
     if not path or not storage.is_remote(path):
         return path
     storage.check_readable(path, f"{option} input")
-    return str(storage.local_tree(path) if storage.is_dir(path) else storage.local(path))
+    return str(storage.local_copy(path))
 
 
 def deblur(model: str, out: str, *, frames: list[str] | None = None, image: str = "", background: str = "",
@@ -49,15 +49,14 @@ def deblur(model: str, out: str, *, frames: list[str] | None = None, image: str 
     predictor = load_predictor(model, cache=cfg.work_dir / "cache" / "models", store=cfg.tracking_uri,
                                setup=lambda: setup_tracking(cfg))
     predictor.ensemble = options.ensemble
-    n, video_options = options.num_frames, options.video.as_kwargs()
     if videos:
         from fmolab.inference.batch import deblur_folder
         from fmolab.runtime import init_ray
 
         init_ray(address, cfg.runtime.num_cpus, cfg.work_dir)
-        return deblur_folder(predictor, videos, out, options.workers, num_frames=n, ensemble=options.ensemble,
-                             **video_options)
+        return deblur_folder(predictor, videos, out, options)
     if video:
-        return deblur_video(predictor, video, out, num_frames=n, **video_options)
-    found = {k: video_options[k] for k in ("threshold", "min_area", "max_objects")}  # as videos find movers
-    return deblur_images(predictor, list(frames or [image]), background or None, out, num_frames=n, **found)
+        return deblur_video(predictor, video, out, options.num_frames, options.video)
+    v = options.video  # still inputs find their movers as videos do
+    return deblur_images(predictor, list(frames or [image]), background or None, out, num_frames=options.num_frames,
+                         threshold=v.threshold, min_area=v.min_area, max_objects=v.max_objects)

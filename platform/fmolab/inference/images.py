@@ -65,7 +65,7 @@ def deblur_images(predictor: Predictor, images: list[str | Path], background: st
     objects = []
     for y0, x0, y1, x1 in boxes:
         stacked = np.concatenate([resize(a[:, y0:y1, x0:x1], size) for a in arrays], axis=0)[None].astype(np.float32)
-        renders = resize(predictor(stacked, num_frames)[0], (y1 - y0, x1 - x0))  # [T,4,h,w] over the crop
+        renders = resize(predictor.render(stacked, num_frames)[0], (y1 - y0, x1 - x0))  # [T,4,h,w] over the crop
         objects.append(((y0, x0, y1, x1), torch.from_numpy(renders)))
     bg = torch.from_numpy(arrays[-1]) if background else None
     out = write_outputs(objects, out_dir, bg)

@@ -36,9 +36,6 @@ class VideoOptions:
         require(set(self.animations) <= set(ANIMATIONS), "--animations", list(self.animations),
                 f"each one of {', '.join(ANIMATIONS)}")
 
-    def as_kwargs(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
 class DeblurOptions:

@@ -13,7 +13,7 @@ import torch
 from fmolab.config import Config, config_from_dict
 from fmolab.data.formats import InputFormat, build_format
 from fmolab.geometry import valid_size
-from fmolab.inference.options import ENSEMBLES
+from fmolab.inference.options import check_ensemble
 
 
 class DeblurError(ValueError):
@@ -51,10 +51,6 @@ class Predictor:
         """The training input format: which frames (and background) the model takes."""
         return build_format(self.config.data.format, self.config.data)
 
-    def __call__(self, inputs: np.ndarray, num_frames: int) -> np.ndarray:
-        """Renders ``[B,T,4,H,W]`` of ``num_frames`` equally spaced times (the model's convention)."""
-        return self.render(inputs, self.times(num_frames).numpy())
-
     def times(self, n: int) -> torch.Tensor:
         """``n`` equally spaced times of the exposure in the model's own convention."""
         return self.model.times(n)
@@ -64,15 +60,17 @@ class Predictor:
         official DeFMO), else the nearest multiple of 16."""
         return (h, w) if getattr(self.model, "any_size", False) else valid_size(h, w)
 
-    def render(self, inputs: np.ndarray, times: np.ndarray) -> np.ndarray:
-        """Renders ``[B,T,4,H,W]`` at arbitrary ``times [T]`` (or ``[B,T]``) of the exposure."""
+    def render(self, inputs: np.ndarray, times: int | np.ndarray) -> np.ndarray:
+        """Renders ``[B,T,4,H,W]`` of the exposure: at ``times`` equally spaced instants in the model's
+        own convention (an int: what still images and videos ask for), or at arbitrary ``times [T]``
+        (or ``[B,T]``: what evaluation asks for, at the benchmark's instants)."""
         device = next(self.model.parameters()).device  # an evaluation actor may have moved it to a GPU
-        t = torch.as_tensor(np.asarray(times, dtype=np.float32), device=device)
+        times = self.times(times) if isinstance(times, (int, np.integer)) else np.asarray(times, dtype=np.float32)
+        t = torch.as_tensor(times, dtype=torch.float32, device=device)
         x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(device)
         if t.dim() == 1:
             t = t[None].expand(x.shape[0], -1)
-        if self.ensemble not in ENSEMBLES:
-            raise ValueError(f"--ensemble {self.ensemble}: one of {', '.join(map(str, ENSEMBLES))}")
+        check_ensemble(self.ensemble)
         if self.ensemble == 1:
             with torch.no_grad():
                 return self.model(x, t)["renders"].float().cpu().numpy()

@@ -11,21 +11,20 @@ from fmolab import storage
 from fmolab.atomic import atomic_dir
 from fmolab.geometry import resize
 from fmolab.inference.movers import crops, detect_movers, with_background
+from fmolab.inference.options import VideoOptions
 from fmolab.inference.predictor import DeblurError, Predictor
-from fmolab.inference.options import ANIMATIONS
 from fmolab.inference.video_outputs import Stages, VideoOutputs
 from fmolab.media.video import VideoError, open_video
 from fmolab.runtime import progress
 
 
 def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, num_frames: int = 8,
-                 window: int = 9, threshold: float = 0.1, min_area: int = 12, ext_factor: float = 2.0,
-                 chunk_frames: int = 240, max_objects: int = 4, animations=()) -> dict:
-    """Temporal super-resolution of a video, streamed: at most ``window`` input frames in memory (and,
-    with ``animations``, one file's ``chunk_frames`` output frames).
+                 options: VideoOptions = VideoOptions(), ext_factor: float = 2.0) -> dict:
+    """Temporal super-resolution of a video, streamed: at most ``options.window`` input frames in memory
+    (and, with ``options.animations``, one file's ``options.chunk_frames`` output frames).
 
     Each frame's background is the running median of ``window`` frames; the movers are the regions
-    differing from it (up to ``max_objects``). Around each a crop of the model's aspect ratio (grown by
+    differing from it by ``threshold`` over ``min_area`` pixels (up to ``max_objects``). Around each a crop of the model's aspect ratio (grown by
     ``ext_factor`` object radii on every side) is resized to the model's training size. Double-blur
     models see the crops of frames k-1 and k and render ``2 * num_frames`` sub-frames over both
     exposures (the second half is frame k's; the first frame takes the first half of its pair);
@@ -42,9 +41,6 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
       (RGBA) and ``..._alpha_<i>.png`` for every object of every frame;
     * ``summary.json``: frames, detections (boxes per frame), tracks, seconds per stage, files.
     """
-    unknown = sorted(set(animations) - set(ANIMATIONS))
-    if unknown:
-        raise DeblurError(f"--animations {' '.join(unknown)}: one of {', '.join(ANIMATIONS)}")
     fmt = predictor.input_format
     try:
         source = open_video(video)
@@ -58,26 +54,26 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
     def render(images: list[np.ndarray], found, count: int) -> list[tuple]:
         """``(box, renders [count,4,h,w])`` for every crop around ``found``."""
         objects = []
-        for box, _ in crops(found, ext_factor, predictor.size, images[0].shape[-2:], max_objects):
+        for box, _ in crops(found, ext_factor, predictor.size, images[0].shape[-2:], options.max_objects):
             y0, x0, y1, x1 = box
             batch = np.concatenate([resize(im[:, y0:y1, x0:x1], predictor.size) for im in images])[None]
             with stages("model"):
-                renders = predictor.render(batch.astype(np.float32), predictor.times(count).numpy())[0]
+                renders = predictor.render(batch.astype(np.float32), count)[0]
             objects.append((box, np.clip(resize(renders, (y1 - y0, x1 - x0)), 0, 1)))
         return objects
 
     frames = 0
     with atomic_dir(out) as tmp:
-        result = VideoOutputs(tmp, rate, n, chunk_frames, animations, stages)
+        result = VideoOutputs(tmp, rate, n, options.chunk_frames, options.animations, stages)
         try:
             prev = None  # double blur: (k, image, background, detections, objects of frame k or [])
             bar = progress(source.count(), "frame", f"deblur {Path(video).name}")
-            read = stages.timed(with_background(stages.timed(source.frames(), "decode"), window), "read")
+            read = stages.timed(with_background(stages.timed(source.frames(), "decode"), options.window), "read")
             for k, image, bg in read:
                 frames += 1
                 bar.update(1)
                 with stages("detect"):
-                    found = detect_movers(image, bg, threshold, min_area, max_objects)
+                    found = detect_movers(image, bg, options.threshold, options.min_area, options.max_objects)
                 if fmt.n_images == 2:
                     if prev is None:
                         prev = (k, image, bg, found, [])
@@ -100,7 +96,7 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
                 raise DeblurError(f"{video}: a double-blur model needs at least 2 frames, the video has 1")
             if not result.detections:
                 raise DeblurError(f"no moving object found in {video} ({frames} frames; nothing differs from "
-                                  f"the running-median background by more than {threshold} over {min_area} pixels): "
+                                  f"the running-median background by more than {options.threshold} over {options.min_area} pixels): "
                                   f"lower --threshold / --min-area, or give --frames A B")
             written = result.close()
         except VideoError as exc:

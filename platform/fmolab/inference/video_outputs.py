@@ -19,7 +19,7 @@ from fmolab.geometry import union
 from fmolab.media.containers import Mp4Writer
 from fmolab.inference.tracks import Tracker, centroid, draw_trajectory
 from fmolab.media import flatten_rgba, save_animation, save_gif, to_uint8
-from fmolab.shards import encode_webp
+from fmolab.media.codecs import encode_webp
 
 
 

@@ -1,18 +1,25 @@
-"""Pictures: reading images, animated previews (ground truth | prediction | alpha) as WebP and GIF."""
+"""Pictures: reading images, animated previews (ground truth | prediction | alpha) as WebP and GIF.
+
+The one home of pictures and video, below every stage: :mod:`fmolab.media.codecs` (WebP in and out),
+:mod:`fmolab.media.video` (every moving-picture reader), :mod:`fmolab.media.containers` (PyAV). Torch
+is imported only by the functions that take tensors: the render actors use this package without it.
+"""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
 
-from fmolab.shards import encode_webp
+from fmolab.media.codecs import encode_webp
+
+if TYPE_CHECKING:
+    import torch
 
 
 def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
     """Float ``[..., C, H, W]`` in [0,1] -> uint8 ``[..., H, W, C]``."""
-    x = images.detach().float().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    x = images.detach().float().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
     x = np.moveaxis(x, -3, -1)
     return (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
 
@@ -41,6 +48,8 @@ def checkerboard(h: int, w: int, cell: int = 8) -> np.ndarray:
 
 def flatten_rgba(rgba: torch.Tensor) -> torch.Tensor:
     """RGBA ``[...,4,H,W]`` composited over a checkerboard -> RGB ``[...,3,H,W]``."""
+    import torch
+
     h, w = rgba.shape[-2:]
     board = torch.from_numpy(checkerboard(h, w)).to(rgba)
     alpha = rgba[..., 3:4, :, :]
@@ -49,6 +58,8 @@ def flatten_rgba(rgba: torch.Tensor) -> torch.Tensor:
 
 def comparison_strip(columns: Sequence[torch.Tensor], gap: int = 2) -> torch.Tensor:
     """Animate columns side by side: each ``[T,3,H,W]`` (or ``[3,H,W]``, held still) -> ``[T,3,H,W']``."""
+    import torch
+
     t = max(c.shape[0] if c.dim() == 4 else 1 for c in columns)
     cols = [c if c.dim() == 4 else c[None].expand(t, -1, -1, -1) for c in columns]
     cols = [c if c.shape[0] == t else c[torch.linspace(0, c.shape[0] - 1, t).round().long()] for c in cols]
@@ -94,6 +105,8 @@ def save_gif(path: str | Path, frames: torch.Tensor | np.ndarray, frame_ms: int 
 
 def stack_rows(rows: Sequence[torch.Tensor], gap: int = 2) -> torch.Tensor:
     """Stack several ``[T,3,H,W]`` strips vertically (padded to the widest)."""
+    import torch
+
     width = max(r.shape[-1] for r in rows)
     padded = [torch.nn.functional.pad(r, (0, width - r.shape[-1]), value=1.0) for r in rows]
     out: list[torch.Tensor] = []

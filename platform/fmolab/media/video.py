@@ -1,9 +1,9 @@
 """Video and frame-sequence input, streamed: one reader for every kind of moving picture fmolab takes.
 
-Readable inputs (:data:`VIDEO_KINDS`): a folder of frames (sorted by name: png, jpg, jpeg, webp, bmp,
-tif, tiff), a multi-frame image Pillow reads (GIF, APNG, animated WebP, multi-page TIFF), or a video
-container FFmpeg reads (mp4, mov, avi, mkv, webm, ...: :mod:`fmolab.media.containers`, with each
-frame's timestamp). Everything is a generator over frames, so a long video is never held in memory.
+Readable inputs, told apart by one suffix table (:data:`FRAME_SUFFIXES`, :data:`ANIMATED_SUFFIXES`,
+:data:`VIDEO_SUFFIXES`): a folder of frames (sorted by name: png, jpg, jpeg, webp, bmp, tif, tiff), a
+multi-frame image Pillow reads (GIF, APNG, animated WebP, multi-page TIFF), or a video container FFmpeg
+reads (mp4, mov, avi, mkv, webm, ...: :mod:`fmolab.media.containers`, with each frame's timestamp). Everything is a generator over frames, so a long video is never held in memory.
 """
 from __future__ import annotations
 
@@ -33,10 +33,13 @@ class VideoSource:
     path: Path
     frame_ms: float  # duration of one input frame (the container's average rate)
     times: list[float] = field(default_factory=list)  # seconds of each frame read so far (containers)
+    stated: int | None = None  # frames the file says it has, read when it was opened (None: not read)
 
     def count(self) -> int:
         """Frames in the video as its container or file says (0 when it does not say)."""
         p = self.path
+        if self.stated is not None:
+            return self.stated
         if p.is_dir():
             return sum(f.suffix.lower() in FRAME_SUFFIXES for f in p.iterdir())
         if is_container(p):
@@ -108,7 +111,7 @@ def open_video(path: str | Path) -> VideoSource:
     p = Path(path)
     if not p.exists():
         raise VideoError(f"video {p} does not exist")
-    frame_ms = DEFAULT_FRAME_MS
+    frame_ms, stated = DEFAULT_FRAME_MS, None
     if p.is_file() and p.stat().st_size == 0:
         raise VideoError(f"video {p} is empty (0 bytes): was it copied or written completely?")
     if p.is_dir():
@@ -116,13 +119,15 @@ def open_video(path: str | Path) -> VideoSource:
             raise VideoError(f"{p}: no frames ({', '.join(sorted(FRAME_SUFFIXES))}) in this folder")
     elif is_container(p):
         try:
-            frame_ms = 1000.0 / probe(p)["fps"]
+            info = probe(p)
         except ValueError as exc:
             raise VideoError(str(exc)) from None
+        frame_ms, stated = 1000.0 / info["fps"], info["frames"]
     else:
         try:
             with Image.open(p) as im:
                 frame_ms = float(im.info.get("duration") or DEFAULT_FRAME_MS)
+                stated = int(getattr(im, "n_frames", 1))
         except Exception:
             pass  # errors surface, naming the file, when frames are read
-    return VideoSource(p, frame_ms)
+    return VideoSource(p, frame_ms, stated=stated)

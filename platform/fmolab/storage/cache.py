@@ -137,3 +137,9 @@ def local_tree(path: str | os.PathLike) -> Path:
     return target
 
 
+def local_copy(path: str | os.PathLike) -> Path:
+    """:func:`local_tree` of a folder, :func:`local` of a file: what a reader that takes either (a
+    video file or a folder of its frames) opens on this node."""
+    from fmolab.storage.files import is_dir
+
+    return local_tree(path) if is_remote(path) and is_dir(path) else local(path)

@@ -107,7 +107,7 @@ def publish(cfg: Config, run_id: str, checkpoint, metrics: dict, register: bool)
 
 def log_curves(cfg: Config, run_id: str, path: Path) -> Path:
     """This run's curves as a PNG artifact: losses (train and validation) in one panel, each validation
-    metric family (PSNR, SSIM, TIoU, animation) in its own (:func:`fmolab.media.plot_run_curves`)."""
+    metric family (PSNR, SSIM, TIoU, animation) in its own (:func:`fmolab.plots.plot_run_curves`)."""
     import mlflow
 
     from fmolab.plots import plot_run_curves
