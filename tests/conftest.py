@@ -61,8 +61,10 @@ def make_config():
     return make_config
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def ray_local(session_home):
+    """The session's local Ray, started again where an earlier test shut it down (a test file's own
+    cluster): a test must not depend on the order it runs in."""
     from fmolab.runtime import init_ray
 
     return init_ray("", 2, session_home)
