@@ -1,94 +1,170 @@
-"""Training throughput: samples/s per encoder preset and worker count, and the 1 -> 2 worker scaling.
+"""Training throughput against a bare PyTorch loop: how much of a step is fmolab's own cost.
 
-Runs fmolab's real Ray Train loop (DDP, gloo on CPU) on synthetic shards for a fixed wall time per
-configuration, side by side in one process, and reads the loop's own ``samples_per_s`` metric (measured
-inside the loop, so worker start-up is excluded). Writes ``benchmarks/results/train.json``.
+For each case, side by side in one run:
 
-    python benchmarks/train.py                      # tiny and resnet18, 1 and 2 workers, 320x240
-    python benchmarks/train.py --presets tiny --seconds 20 --size 128x96
-    python benchmarks/train.py --gpu --presets resnet50 --precision bf16   # on a GPU machine
-    python benchmarks/train.py --presets tiny --workers 2 --size 128x96 --pipelines torch,ray_data
+* **bare**: the same model, losses, optimizer, batch size, precision and torch thread count in a plain
+  ``for`` loop over batches made before the clock starts, in a fresh process (no Ray, no data);
+* **fmolab**: ``fmolab train`` itself (Ray Train, callbacks, compositing, collectives, data) at 1
+  worker with the same thread count, its ``samples_per_s`` read back from MLflow;
+* **as configured**: the case's own worker count (the demo: 2 workers of 1 thread), for its
+  ``data_wait_frac`` (the share of the loop spent waiting for batches).
 
-``--pipelines`` compares where items are made (``data.pipeline``: in the Train worker, or in Ray Data
-actors streaming to it); ``data_wait_frac`` is the share of the loop spent waiting for batches.
+Both rates count from the first step (warm-up included, as the loop's own metric does); the bare loop
+also reports its steady rate (after 3 steps). ``efficiency = fmolab / bare``. Synthetic shards at each
+case's size stand in for rendered data (the loop cannot tell them apart). Writes
+``benchmarks/results/train.json``.
+
+    python benchmarks/train.py                                  # demo + small double blur, 60 s each
+    python benchmarks/train.py --cases demo --seconds 30
+    python benchmarks/train.py --cases demo --set train.channels_last=true   # an option, measured
 """
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import platform
 import tempfile
 import time
 from pathlib import Path
 
+# name -> (preset files, extra overrides): the demo (background+blur at the small scale, 2 workers of
+# 1 thread) and the learning studies' scale (double blur, small: 1 worker)
+CASES = {
+    "demo": (["demo"], []),
+    "double_blur_small": (["double_blur", "small"], ["model.norm=group"]),
+}
+MEASURE = ["train.steps=1000000", "train.val_every=1000000", "train.ckpt_every=1000000", "train.log_every=10",
+           "train.val_samples=2", "train.preview_samples=0", "tracking.register_as=", "data.val_fraction=0.1"]
+
+
+def case_config(name: str, home: Path, data: Path, seconds: float, extra: list[str]):
+    from fmolab.config import load_config, preset_path
+
+    files, overrides = CASES[name]
+    return load_config([preset_path(f) for f in files], [
+        f"runtime.work_dir={home}", f"data.train={data}", *MEASURE, f"train.time_limit={seconds}",
+        "tracking.experiment=bench-train", *overrides, *extra])
+
+
+def bare(cfg_dict: dict, seconds: float, threads: int, queue) -> None:
+    """The plain loop (in its own process: thread count and memory are its own)."""
+    import torch
+
+    from fmolab.config import config_from_dict
+    from fmolab.data import build_dataset, build_format, collate, to_device
+    from fmolab.losses import LossSet
+    from fmolab.models import build_model
+    from fmolab.train.optim import build_optimizer
+
+    cfg = config_from_dict(cfg_dict)
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    t = cfg.train
+    model = build_model(cfg.model, build_format(cfg.data.format).in_channels)
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(t.optimizer, model.parameters(), t.lr)
+    losses = LossSet(cfg.loss.train, cfg.loss.compare)
+    ds = build_dataset(cfg, "train")
+    batches = []
+    for k in range(8):  # made before the clock starts; uint8 frames become floats as to_device does
+        batches.append(to_device(collate([ds[(k * t.batch_size + i) % len(ds)] for i in range(t.batch_size)]), "cpu"))
+    bf16 = t.precision == "bf16"
+    model.train()
+    steps, start, steady = 0, time.perf_counter(), None
+    while time.perf_counter() - start < seconds:
+        batch = batches[steps % len(batches)]
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(batch["inputs"], batch["times"], batch.get("contrast_inputs"))
+        total, _ = losses(batch, out, steps)
+        total.backward()
+        optimizer.step()
+        steps += 1
+        if steps == 3:
+            steady = (time.perf_counter(), steps)
+    wall = time.perf_counter() - start
+    rate = steps * t.batch_size / wall
+    steady_rate = (steps - steady[1]) * t.batch_size / (start + wall - steady[0]) if steady else rate
+    queue.put({"samples_per_s": rate, "steady_samples_per_s": steady_rate, "steps": steps, "threads": threads})
+
+
+def run_bare(cfg, seconds: float, threads: int) -> dict:
+    from fmolab.config import to_dict
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=bare, args=(to_dict(cfg), seconds, threads, queue))
+    proc.start()
+    out = queue.get(timeout=seconds + 600)
+    proc.join()
+    return out
+
+
+def run_fmolab(cfg) -> dict:
+    import mlflow
+
+    from fmolab.train import train
+
+    started = time.time()
+    out = train(cfg, register=False)
+    client = mlflow.MlflowClient()
+    history = client.get_metric_history(out["run_id"], "samples_per_s")
+    waits = [m.value for m in sorted(client.get_metric_history(out["run_id"], "data_wait_frac"), key=lambda m: m.step)]
+    return {"samples_per_s": history[-1].value if history else float("nan"),  # the last covers the whole loop
+            "data_wait_frac": sum(waits[1:]) / len(waits[1:]) if len(waits) > 1 else float("nan"),  # warm-up left out
+            "steps": out["metrics"].get("step"), "wall_s": round(time.time() - started, 1)}
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--presets", default="tiny,resnet18")
-    ap.add_argument("--workers", default="1,2")
-    ap.add_argument("--size", default="320x240")
-    ap.add_argument("--seconds", type=float, default=40.0, help="training wall time per configuration")
-    ap.add_argument("--batch-size", type=int, default=2)
-    ap.add_argument("--frames", type=int, default=8, help="sub-frames rendered per sample")
-    ap.add_argument("--gpu", action="store_true")
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    ap.add_argument("--pipelines", default="torch", help="data.pipeline values to compare: torch,ray_data")
+    ap.add_argument("--cases", default=",".join(CASES), help=f"of {', '.join(CASES)}")
+    ap.add_argument("--seconds", type=float, default=60.0, help="training wall time per measurement")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads at 1 worker (both loops)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for every case")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.json"))
     args = ap.parse_args()
 
-    import mlflow
-
-    from fmolab.config import load_config
     from fmolab.data.synthetic import write_synthetic_dataset
     from fmolab.runtime import init_ray
-    from fmolab.train import train
 
-    w, h = (int(x) for x in args.size.split("x"))
     home = Path(tempfile.mkdtemp(prefix="fmb-", dir="/tmp"))
     os.environ["FMOLAB_HOME"] = str(home)
-    init_ray("", 0, home)
-    data = write_synthetic_dataset(home / "data", num_sequences=32, width=w, height=h, num_frames=24,
-                                   num_objects=8, seed=0)
+    os.environ.setdefault("FMOLAB_PROGRESS", "0")
     rows = []
-    configs = [(p, int(w), pipe) for p in args.presets.split(",") for w in args.workers.split(",")
-               for pipe in args.pipelines.split(",")]
-    for preset, workers, pipeline in configs:
-        cfg = load_config([], [
-            f"runtime.work_dir={home}", f"data.train={data}", "data.val_fraction=0.2",
-            f"data.frames_per_sample={args.frames}", f"model.encoder={preset}", "model.norm=group",
-            "loss.train=[AlphaDice, 'RGBL1:mode=gt']", f"train.workers={workers}",
-            f"train.batch_size={args.batch_size}", "train.steps=100000", f"train.time_limit={args.seconds}",
-            "train.val_every=100000", "train.ckpt_every=100000", "train.log_every=5", "train.val_samples=2",
-            "train.preview_samples=0", f"train.use_gpu={str(args.gpu).lower()}",
-            f"train.precision={args.precision}", f"train.channels_last={str(args.gpu).lower()}",
-            f"train.run_name=bench-{preset}-{workers}w-{pipeline}", "tracking.experiment=bench",
-            f"data.pipeline={pipeline}",
-        ])
-        started = time.time()
-        out = train(cfg, register=False)
-        client = mlflow.MlflowClient()
-        history = client.get_metric_history(out["run_id"], "samples_per_s")
-        # the last report covers the whole timed loop (the first steps include warm-up)
-        rate = history[-1].value if history else float("nan")
-        waits = [m.value for m in client.get_metric_history(out["run_id"], "data_wait_frac")][1:]  # skip warm-up
-        wait = sum(waits) / len(waits) if waits else float("nan")
-        rows.append({"preset": preset, "workers": workers, "pipeline": pipeline, "samples_per_s": rate,
-                     "data_wait_frac": wait, "steps": out["metrics"].get("step"), "wall_s": time.time() - started})
-        print(f"{preset:10} workers={workers} {pipeline:9} {rate:7.2f} samples/s  data wait {100 * wait:.0f}%",
+    for name in args.cases.split(","):
+        base = case_config(name, home, home / "none", args.seconds, args.set)
+        data = write_synthetic_dataset(home / f"data-{name}", num_sequences=128, width=base.render.width,
+                                       height=base.render.height, num_frames=base.render.num_frames, num_objects=8,
+                                       num_clips=8, clip_frames=base.render.backgrounds.frames_per_clip)
+        one = case_config(name, home, data, args.seconds, [*args.set, "train.workers=1", "train.cpus_per_worker=1",
+                                                           f"train.threads={args.threads}",
+                                                           f"train.run_name=bench-{name}-1w"])
+        plain = run_bare(one, args.seconds, args.threads)
+        init_ray("", 0, home)
+        mine = run_fmolab(one)
+        configured = case_config(name, home, data, args.seconds, [*args.set, f"train.run_name=bench-{name}"])
+        as_configured = run_fmolab(configured)
+        row = {"case": name, "size": [base.render.width, base.render.height], "batch_size": one.train.batch_size,
+               "encoder": one.model.encoder, "format": one.data.format, "precision": one.train.precision,
+               "overrides": args.set, "bare": plain, "fmolab_1_worker": mine,
+               "efficiency": round(mine["samples_per_s"] / plain["samples_per_s"], 3),
+               "efficiency_vs_steady": round(mine["samples_per_s"] / plain["steady_samples_per_s"], 3),
+               "as_configured": {"workers": configured.train.workers, "threads": configured.train.threads,
+                                 "cpus_per_worker": configured.train.cpus_per_worker, **as_configured}}
+        rows.append(row)
+        print(f"{name:18} bare {plain['samples_per_s']:6.1f}/s (steady {plain['steady_samples_per_s']:.1f})  fmolab 1w "
+              f"{mine['samples_per_s']:6.1f}/s = {row['efficiency']:.2f} of bare, data wait "
+              f"{100 * mine['data_wait_frac']:.1f}%  |  as configured ({configured.train.workers} workers): "
+              f"{as_configured['samples_per_s']:.1f}/s, data wait {100 * as_configured['data_wait_frac']:.1f}%",
               flush=True)
-    scaling = {}
-    for preset in args.presets.split(","):
-        by_w = {r["workers"]: r["samples_per_s"] for r in rows if r["preset"] == preset and r["pipeline"] == "torch"}
-        if 1 in by_w and 2 in by_w:
-            scaling[preset] = by_w[2] / by_w[1]
-    result = {"size": args.size, "batch_size_per_worker": args.batch_size, "frames": args.frames,
-              "seconds_per_config": args.seconds, "device": "gpu" if args.gpu else "cpu",
-              "precision": args.precision, "cpus": os.cpu_count(), "machine": platform.machine(),
-              "runs": rows, "scaling_1_to_2_workers": scaling}
+    result = {"what": __doc__.split("\n\n")[0], "seconds_per_measurement": args.seconds, "threads": args.threads,
+              "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
+              "cases": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print(json.dumps({"scaling_1_to_2_workers": scaling}, indent=2))
 
 
 if __name__ == "__main__":
