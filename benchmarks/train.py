@@ -16,7 +16,11 @@ case's size stand in for rendered data (the loop cannot tell them apart). Writes
 
     python benchmarks/train.py                                  # demo + small double blur, 60 s each
     python benchmarks/train.py --cases demo --seconds 30
-    python benchmarks/train.py --cases demo --set train.channels_last=true   # an option, measured
+    python benchmarks/train.py --variants data.prefetch=0 data.prefetch=2   # options side by side
+    python benchmarks/train.py --variants "" train.channels_last=true
+
+Each variant (a space-free list of overrides joined by ``,``; "" = the defaults) is measured against
+the same bare loop (which takes the variant's model options too: channels_last).
 """
 from __future__ import annotations
 
@@ -124,12 +128,15 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0, help="training wall time per measurement")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads at 1 worker (both loops)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for every case")
+    ap.add_argument("--variants", nargs="*", default=[""], metavar="K=V[,K=V]",
+                    help="override sets measured side by side (\"\" = defaults)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.json"))
     args = ap.parse_args()
 
     from fmolab.data.synthetic import write_synthetic_dataset
-    from fmolab.runtime import init_ray
+    from fmolab.runtime import init_ray, quiet_third_party
 
+    quiet_third_party()  # our lines in the log, as the CLI's
     home = Path(tempfile.mkdtemp(prefix="fmb-", dir="/tmp"))
     os.environ["FMOLAB_HOME"] = str(home)
     os.environ.setdefault("FMOLAB_PROGRESS", "0")
@@ -139,27 +146,29 @@ def main() -> None:
         data = write_synthetic_dataset(home / f"data-{name}", num_sequences=128, width=base.render.width,
                                        height=base.render.height, num_frames=base.render.num_frames, num_objects=8,
                                        num_clips=8, clip_frames=base.render.backgrounds.frames_per_clip)
-        one = case_config(name, home, data, args.seconds, [*args.set, "train.workers=1", "train.cpus_per_worker=1",
-                                                           f"train.threads={args.threads}",
-                                                           f"train.run_name=bench-{name}-1w"])
-        plain = run_bare(one, args.seconds, args.threads)
-        init_ray("", 0, home)
-        mine = run_fmolab(one)
-        configured = case_config(name, home, data, args.seconds, [*args.set, f"train.run_name=bench-{name}"])
-        as_configured = run_fmolab(configured)
-        row = {"case": name, "size": [base.render.width, base.render.height], "batch_size": one.train.batch_size,
-               "encoder": one.model.encoder, "format": one.data.format, "precision": one.train.precision,
-               "overrides": args.set, "bare": plain, "fmolab_1_worker": mine,
-               "efficiency": round(mine["samples_per_s"] / plain["samples_per_s"], 3),
-               "efficiency_vs_steady": round(mine["samples_per_s"] / plain["steady_samples_per_s"], 3),
-               "as_configured": {"workers": configured.train.workers, "threads": configured.train.threads,
-                                 "cpus_per_worker": configured.train.cpus_per_worker, **as_configured}}
-        rows.append(row)
-        print(f"{name:18} bare {plain['samples_per_s']:6.1f}/s (steady {plain['steady_samples_per_s']:.1f})  fmolab 1w "
-              f"{mine['samples_per_s']:6.1f}/s = {row['efficiency']:.2f} of bare, data wait "
-              f"{100 * mine['data_wait_frac']:.1f}%  |  as configured ({configured.train.workers} workers): "
-              f"{as_configured['samples_per_s']:.1f}/s, data wait {100 * as_configured['data_wait_frac']:.1f}%",
-              flush=True)
+        for v, variant in enumerate(args.variants):
+            extra = [*args.set, *[o for o in variant.split(",") if o]]
+            one = case_config(name, home, data, args.seconds, [*extra, "train.workers=1", "train.cpus_per_worker=1",
+                                                               f"train.threads={args.threads}",
+                                                               f"train.run_name=bench-{name}-{v}-1w"])
+            plain = run_bare(one, args.seconds, args.threads)
+            init_ray("", 0, home)
+            mine = run_fmolab(one)
+            configured = case_config(name, home, data, args.seconds, [*extra, f"train.run_name=bench-{name}-{v}"])
+            as_configured = run_fmolab(configured)
+            row = {"case": name, "variant": variant, "size": [base.render.width, base.render.height],
+                   "batch_size": one.train.batch_size, "encoder": one.model.encoder, "format": one.data.format,
+                   "precision": one.train.precision, "overrides": extra, "bare": plain, "fmolab_1_worker": mine,
+                   "efficiency": round(mine["samples_per_s"] / plain["samples_per_s"], 3),
+                   "efficiency_vs_steady": round(mine["samples_per_s"] / plain["steady_samples_per_s"], 3),
+                   "as_configured": {"workers": configured.train.workers, "threads": configured.train.threads,
+                                     "cpus_per_worker": configured.train.cpus_per_worker, **as_configured}}
+            rows.append(row)
+            print(f"{name:18} {variant or 'defaults':24} bare {plain['samples_per_s']:6.1f}/s  fmolab 1w "
+                  f"{mine['samples_per_s']:6.1f}/s = {row['efficiency']:.2f} of bare, data wait "
+                  f"{100 * mine['data_wait_frac']:.1f}%  |  as configured ({configured.train.workers} workers): "
+                  f"{as_configured['samples_per_s']:.1f}/s, data wait {100 * as_configured['data_wait_frac']:.1f}%",
+                  flush=True)
     result = {"what": __doc__.split("\n\n")[0], "seconds_per_measurement": args.seconds, "threads": args.threads,
               "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
               "cases": rows}

@@ -159,12 +159,14 @@ def test_killed_worker_is_recovered_from_last_checkpoint(work, base, ray_local, 
 
 
 def test_validation_with_fewer_items_than_workers(work, base, ray_local, make_config):
-    """One rank has no validation item: metrics are still combined (no collective mismatch)."""
+    """One rank has no validation item: metrics are still combined (no collective mismatch). The
+    batches are made ahead on a thread (data.prefetch), a path no other test takes."""
     import mlflow
 
     from fmolab.train import train
 
-    cfg = make_config(base, {"train.steps": 2, "train.val_every": 2, "train.ckpt_every": 2, "train.val_samples": 1})
+    cfg = make_config(base, {"train.steps": 2, "train.val_every": 2, "train.ckpt_every": 2, "train.val_samples": 1,
+                             "data.prefetch": 2})
     out = train(cfg, register=False)
     metrics = mlflow.MlflowClient().get_run(out["run_id"]).data.metrics
     for key in ("val/loss", "val/psnr", "val/crop_psnr", "val/ssim", "val/tiou"):

@@ -78,6 +78,10 @@ class DataConfig:
     # "torch": each Train worker makes its own items; "ray_data": Ray Data actors make them (on any
     # node) and stream them to the workers (fmolab.data.ray_pipeline)
     pipeline: Literal["torch", "ray_data"] = "torch"
+    # torch pipeline: batches made ahead on a thread of the Train worker while the network computes; 0 =
+    # each batch made between two steps. Off by default: on CPU the thread takes Python's lock from the
+    # step's many small ops (benchmarks/train.py: the demo at 1 worker fell from 68 to 36 samples/s)
+    prefetch: int = 0
     loader_actors: int = 1  # ray_data: actors making items
     loader_cpus: float = 0.25  # ray_data: CPUs per actor/read task (fractional: Train must not starve)
 
@@ -90,6 +94,7 @@ class DataConfig:
         require(self.noise >= 0 and self.jitter >= 0, "data.noise/jitter", (self.noise, self.jitter), "must be >= 0")
         require(self.bg_cache_mb >= 0, "data.bg_cache_mb", self.bg_cache_mb, "must be >= 0")
         require(self.loader_actors >= 1, "data.loader_actors", self.loader_actors, "must be >= 1")
+        require(self.prefetch >= 0, "data.prefetch", self.prefetch, "must be >= 0 (0: no batches made ahead)")
         require(self.loader_cpus > 0, "data.loader_cpus", self.loader_cpus, "must be > 0")
 
 

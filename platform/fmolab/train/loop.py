@@ -48,7 +48,8 @@ class Trainer:
         shards, keyed by their path, are the driver's to report)."""
         if self.train_ds is None:
             return {}
-        return {k: v for k, v in self.train_ds.skipped.items() if "#" in k}
+        skipped = dict(self.train_ds.skipped)  # a copy: the prefetch thread may be adding to it
+        return {k: v for k, v in skipped.items() if "#" in k}
 
     def emit(self, hook: str, *args) -> None:
         for cb in self.callbacks:
@@ -208,6 +209,7 @@ def train_loop(loop_config: dict) -> None:
     from fmolab.data import build_dataset, build_format, collate
     from fmolab.losses import LossSet
     from fmolab.models import build_model
+    from fmolab.prefetch import prefetched
     from fmolab.train.optim import build_optimizer, build_scheduler
     from fmolab.train.streams import batch_stream, ray_batch_stream
 
@@ -242,4 +244,6 @@ def train_loop(loop_config: dict) -> None:
         stream = ray_batch_stream(ray.train.get_dataset_shard("train"), train_cfg.batch_size, seed)
     else:
         stream = batch_stream(train_ds, train_cfg.batch_size, rank, world, seed, collate)
+        if cfg.data.prefetch:  # the same batches in the same order, made while the network computes
+            stream = prefetched(stream, cfg.data.prefetch)
     trainer.fit(stream, resumed=bool(checkpoint))

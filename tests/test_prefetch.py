@@ -1,0 +1,62 @@
+"""Items made ahead on a thread (video frames, training batches): same items, same order, errors where
+they happened, at most ``depth`` ahead, and a consumer that stops early stops the producer."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from fmolab.prefetch import prefetched
+
+
+def test_same_items_in_order_and_bounded_ahead():
+    made = []
+
+    def items():
+        for i in range(50):
+            made.append(i)
+            yield i
+
+    seen = []
+    for i in prefetched(items(), depth=3):
+        time.sleep(0.002)
+        assert len(made) <= i + 1 + 3 + 1  # this one, the queue, and one in the producer's hands
+        seen.append(i)
+    assert seen == list(range(50))
+
+
+def test_an_error_is_raised_where_its_item_would_have_come():
+    def items():
+        yield 1
+        yield 2
+        raise ValueError("frame 3 is broken")
+
+    got = []
+    with pytest.raises(ValueError, match="frame 3 is broken"):
+        for i in prefetched(items()):
+            got.append(i)
+    assert got == [1, 2]
+
+
+def test_stopping_early_stops_the_producer_and_closes_its_generator():
+    closed = threading.Event()
+
+    def items():
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.set()
+
+    before = threading.active_count()
+    stream = prefetched(items(), depth=2)
+    assert [next(stream) for _ in range(5)] == [0, 1, 2, 3, 4]
+    stream.close()
+    assert closed.wait(5)
+    deadline = time.time() + 5
+    while threading.active_count() > before and time.time() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() == before
