@@ -18,9 +18,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from fmolab import storage
-from fmolab.media import to_uint8
-from fmolab.media.video import FRAME_SUFFIXES, VIDEO_SUFFIXES, open_video
 from fmolab.media.codecs import encode_webp
+from fmolab.media.video import FRAME_SUFFIXES, VIDEO_SUFFIXES, open_video
 from fmolab.shards import BACKGROUND_SCHEMA, MANIFEST, open_parquet, write_json_atomic, write_shard
 
 SEED_OFFSET = 7919  # background RNG stream differs from the objects' for the same seed
@@ -135,7 +134,7 @@ def video_clip(path: Path, rng: np.random.Generator, frames: int, width: int, he
     and decoded once (only up to the frames taken when it states its length); None when it is shorter.
     Raises (naming the file) when it cannot be decoded."""
     def fitted(frame):
-        return fit(Image.fromarray(to_uint8(frame)), width, height)
+        return fit(Image.fromarray(frame), width, height)
 
     source = open_video(path)
     total = source.count()
@@ -143,12 +142,12 @@ def video_clip(path: Path, rng: np.random.Generator, frames: int, width: int, he
         if total < frames:
             return None
         start = int(rng.integers(total - frames + 1))
-        clip = [fitted(f) for f in itertools.islice(source.frames(), start, start + frames)]
+        clip = [fitted(f) for f in itertools.islice(source.rgb(), start, start + frames)]
         return (start, np.stack(clip)) if len(clip) == frames else None  # a container that overstated its length
     # The file does not say: one pass keeping a uniformly drawn window (reservoir sampling over windows).
     last: deque = deque(maxlen=frames)
     chosen = None
-    for k, frame in enumerate(source.frames()):
+    for k, frame in enumerate(source.rgb()):
         last.append(fitted(frame))
         j = k - frames + 1  # the window ending at frame k
         if j >= 0 and rng.random() * (j + 1) < 1:

@@ -1,6 +1,13 @@
 """Fast movers in video and image pairs: the running-median background of a stream of frames, the
 moving mask, the detections and their crops, as deblurring and evaluation find objects to deblur.
-Frames come from :mod:`fmolab.media.video`."""
+Frames come from :mod:`fmolab.media.video`.
+
+A video's background is found where it is needed and at the resolution it is needed at: detection
+compares each frame with the median of its window on copies reduced to at most :data:`DETECT_SIDE`
+pixels (a box filter: 1080p by 3), in uint8; the full-resolution median is taken only inside the
+boxes of the objects (what the model and the output see). The median itself is a compare-exchange
+network of elementwise min/max over the window's layers (:func:`median_layers`), not ``np.median``
+over a stack."""
 from __future__ import annotations
 
 import itertools
@@ -14,33 +21,88 @@ import numpy as np
 from fmolab.geometry import Box, box_gap, grow, largest_components, model_box, union
 
 
-def with_background(frames: Iterator[np.ndarray], window: int = 9) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """``(index, frame, background)``: the background is the per-pixel median of the ``window`` frames
-    centred on the frame (fewer at the ends). Holds at most ``window`` frames."""
+DETECT_SIDE = 640  # the longest side detection works at (a larger frame is reduced by a whole factor)
+
+
+def median_layers(layers: list[np.ndarray]) -> np.ndarray:
+    """The per-pixel median of a few same-shaped arrays, as ``np.median`` over their stack gives it (an
+    even count: the mean of the two middle values, as float32), by odd-even transposition: rounds of
+    elementwise min/max between neighbours, which sort every pixel's values at once."""
+    xs = [np.array(layer) for layer in layers]
+    n = len(xs)
+    for r in range(n):
+        for i in range(r % 2, n - 1, 2):
+            low = np.minimum(xs[i], xs[i + 1])
+            np.maximum(xs[i], xs[i + 1], out=xs[i + 1])
+            xs[i] = low
+    mid = n // 2
+    return xs[mid] if n % 2 else (xs[mid - 1].astype(np.float32) + xs[mid]) / 2
+
+
+def reduced(frame: np.ndarray, scale: int) -> np.ndarray:
+    """``frame`` (uint8 ``[H,W,3]``) reduced by ``scale`` with a box filter (a partial block at the
+    right and bottom edges averages the pixels it has)."""
+    from PIL import Image
+
+    return frame if scale == 1 else np.asarray(Image.fromarray(frame).reduce(scale))
+
+
+def detect_scale(shape: tuple[int, ...], side: int = DETECT_SIDE) -> int:
+    return max(1, math.ceil(max(shape[:2]) / side))
+
+
+class Background:
+    """One video frame's background: the per-pixel median of the frames of its window. Detection reads
+    ``frame`` and ``median`` (the frame and the median reduced by ``scale``, float32 ``[3,h,w]`` in
+    [0, 1]); :meth:`region` is the full-resolution median over one box, float32 ``[3,h,w]``."""
+
+    def __init__(self, window: list[tuple[np.ndarray, np.ndarray]], frame_small: np.ndarray, scale: int):
+        self.window, self.scale = [full for full, _ in window], scale
+        self.frame = _float(frame_small)
+        self.median = _float(median_layers([small for _, small in window]))
+
+    def region(self, box) -> np.ndarray:
+        y0, x0, y1, x1 = box
+        return _float(median_layers([f[y0:y1, x0:x1] for f in self.window]))
+
+
+def _float(rgb: np.ndarray) -> np.ndarray:
+    """uint8 (or a median's float32 in 0..255) ``[H,W,3]`` -> float32 ``[3,H,W]`` in [0, 1]."""
+    return np.ascontiguousarray(np.moveaxis(rgb, -1, 0), dtype=np.float32) / np.float32(255)
+
+
+def crop_rgb(frame: np.ndarray, box) -> np.ndarray:
+    """A box of a uint8 ``[H,W,3]`` frame as float32 ``[3,h,w]`` in [0, 1] (what the model takes)."""
+    y0, x0, y1, x1 = box
+    return _float(frame[y0:y1, x0:x1])
+
+
+def with_background(frames: Iterator[np.ndarray], window: int = 9,
+                    side: int = DETECT_SIDE) -> Iterator[tuple[int, np.ndarray, Background]]:
+    """``(index, frame, background)`` for uint8 ``[H,W,3]`` frames: the background of the ``window``
+    frames centred on each (fewer at the ends). Holds at most ``window`` frames and their reduced
+    copies; each frame is reduced once."""
     half = max(1, window // 2)
-    buf: deque[tuple[int, np.ndarray]] = deque()
-    last = -1
+    buf: deque[tuple[int, np.ndarray, np.ndarray]] = deque()
+    last, scale = -1, 1
     for idx, f in enumerate(frames):
-        buf.append((idx, f))
+        if idx == 0:
+            scale = detect_scale(f.shape, side)
+        buf.append((idx, f, reduced(f, scale)))
         last = idx
         while buf[0][0] < idx - 2 * half:
             buf.popleft()
         out = idx - half
         if out >= 0:
-            yield out, _frame(buf, out), _median(buf, out - half, out + half)
+            yield _with(buf, out, half, scale)
     for out in range(max(0, last - half + 1), last + 1):
-        yield out, _frame(buf, out), _median(buf, out - half, out + half)
+        yield _with(buf, out, half, scale)
 
 
-def _frame(buf, i: int) -> np.ndarray:
-    for j, f in buf:
-        if j == i:
-            return f
-    raise KeyError(i)
-
-
-def _median(buf, lo: int, hi: int) -> np.ndarray:
-    return np.median(np.stack([f for j, f in buf if lo <= j <= hi]), axis=0).astype(np.float32)
+def _with(buf, out: int, half: int, scale: int) -> tuple[int, np.ndarray, Background]:
+    window = [(f, s) for j, f, s in buf if out - half <= j <= out + half]
+    frame, small = next((f, s) for j, f, s in buf if j == out)
+    return out, frame, Background(window, small, scale)
 
 
 @dataclass
@@ -48,6 +110,20 @@ class Detection:
     box: tuple[int, int, int, int]  # (y0, x0, y1, x1), end-exclusive
     area: int
     radius: float  # of the disc with the detected area
+
+
+def _square3(mask: np.ndarray, both) -> np.ndarray:
+    """``both`` (``&``: erosion, ``|``: dilation) over every 3x3 square, outside the image False: the
+    square is separable, so a row pass then a column pass of three shifted views each."""
+    p = np.pad(mask, 1)
+    rows = both(both(p[:, :-2], p[:, 1:-1]), p[:, 2:])
+    return both(both(rows[:-2], rows[1:-1]), rows[2:])
+
+
+def opening3(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_opening`` with a 3x3 square, exactly, in a few whole-array boolean
+    operations (scipy's generic structuring element is the slowest step of detection)."""
+    return _square3(_square3(mask, np.logical_and), np.logical_or)
 
 
 def moving_mask(difference: np.ndarray, threshold: float) -> np.ndarray:
@@ -58,8 +134,8 @@ def moving_mask(difference: np.ndarray, threshold: float) -> np.ndarray:
     from scipy import ndimage
 
     square = np.ones((3, 3))
-    strong = ndimage.binary_opening(difference > threshold, structure=square)
-    weak = ndimage.binary_opening(difference > threshold / 3, structure=square)
+    strong = opening3(difference > threshold)
+    weak = opening3(difference > threshold / 3)
     labels, n = ndimage.label(weak, structure=square)
     if n == 0:
         return strong
@@ -113,6 +189,18 @@ def detect_movers(frame: np.ndarray, background: np.ndarray, threshold: float = 
                   max_objects: int = 1) -> list[Detection]:
     """The movers where ``frame`` differs from ``background`` (:func:`moving_mask`, :func:`movers`)."""
     return movers(moving_mask(np.abs(frame - background).max(0), threshold), min_area, max_objects)
+
+
+def find_movers(frame: np.ndarray, background: Background, threshold: float = 0.1, min_area: int = 12,
+                max_objects: int = 1) -> list[Detection]:
+    """:func:`detect_movers` of a video frame (uint8 ``[H,W,3]``) on its reduced copy, the boxes,
+    areas and radii given back in the frame's own pixels (``min_area`` is in them too)."""
+    s = background.scale
+    found = detect_movers(background.frame, background.median, threshold, max(1, round(min_area / s ** 2)),
+                          max_objects)
+    h, w = frame.shape[:2]
+    return [Detection((y0 * s, x0 * s, min(h, y1 * s), min(w, x1 * s)), d.area * s * s, d.radius * s)
+            for d in found for y0, x0, y1, x1 in [d.box]]
 
 
 def crops(found: list[Detection], ext_factor: float, size: tuple[int, int], shape: tuple[int, int],

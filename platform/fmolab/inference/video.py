@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +12,28 @@ import numpy as np
 from fmolab import storage
 from fmolab.atomic import atomic_dir
 from fmolab.geometry import resize
-from fmolab.inference.movers import crops, detect_movers, with_background
+from fmolab.inference.movers import Background, crop_rgb, crops, find_movers, with_background
 from fmolab.inference.options import VideoOptions
 from fmolab.inference.predictor import DeblurError, Predictor
 from fmolab.inference.video_outputs import Stages, VideoOutputs
 from fmolab.media.video import VideoError, open_video
+from fmolab.prefetch import prefetched
 from fmolab.runtime import progress
+
+
+@contextmanager
+def torch_threads_beside_codecs():
+    """One core fewer for the model while a video is deblurred: decoding, the two encoders and the
+    crop writer run on threads of their own (benchmarks/deblur.py on 2 cores: 23.3 frames/s at
+    320x240 with 1 torch thread, 20.5 with 2). The caller's setting comes back afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, num_frames: int = 8,
@@ -51,29 +69,32 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
     rate = 1000.0 / source.frame_ms * n
     stages = Stages()
 
-    def render(images: list[np.ndarray], found, count: int) -> list[tuple]:
-        """``(box, renders [count,4,h,w])`` for every crop around ``found``."""
+    def render(images: list, found, count: int) -> list[tuple]:
+        """``(box, renders [count,4,h,w])`` for every crop around ``found``; ``images`` are frames
+        (uint8 ``[H,W,3]``) and backgrounds, each read only inside the crop."""
         objects = []
-        for box, _ in crops(found, ext_factor, predictor.size, images[0].shape[-2:], options.max_objects):
+        for box, _ in crops(found, ext_factor, predictor.size, images[0].shape[:2], options.max_objects):
             y0, x0, y1, x1 = box
-            batch = np.concatenate([resize(im[:, y0:y1, x0:x1], predictor.size) for im in images])[None]
+            pixels = [im.region(box) if isinstance(im, Background) else crop_rgb(im, box) for im in images]
+            batch = np.concatenate([resize(p, predictor.size) for p in pixels])[None]
             with stages("model"):
                 renders = predictor.render(batch.astype(np.float32), count)[0]
             objects.append((box, np.clip(resize(renders, (y1 - y0, x1 - x0)), 0, 1)))
         return objects
 
     frames = 0
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp, torch_threads_beside_codecs():
         result = VideoOutputs(tmp, rate, n, options.chunk_frames, options.animations, stages)
         try:
             prev = None  # double blur: (k, image, background, detections, objects of frame k or [])
             bar = progress(source.count(), "frame", f"deblur {Path(video).name}")
-            read = stages.timed(with_background(stages.timed(source.frames(), "decode"), options.window), "read")
+            decoded = stages.timed(prefetched(source.rgb()), "decode")  # decoding runs ahead on its own thread
+            read = stages.timed(with_background(decoded, options.window), "read")
             for k, image, bg in read:
                 frames += 1
                 bar.update(1)
                 with stages("detect"):
-                    found = detect_movers(image, bg, options.threshold, options.min_area, options.max_objects)
+                    found = find_movers(image, bg, options.threshold, options.min_area, options.max_objects)
                 if fmt.n_images == 2:
                     if prev is None:
                         prev = (k, image, bg, found, [])

@@ -4,8 +4,10 @@ in each stage."""
 from __future__ import annotations
 
 import functools
+import math
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -16,11 +18,13 @@ from PIL import Image
 
 from fmolab.compose import composite
 from fmolab.geometry import union
-from fmolab.media.containers import Mp4Writer
+from fmolab.inference.movers import crop_rgb, reduced
 from fmolab.inference.tracks import Tracker, centroid, draw_trajectory
 from fmolab.media import flatten_rgba, save_animation, save_gif, to_uint8
 from fmolab.media.codecs import encode_webp
+from fmolab.media.containers import Mp4Writer
 
+SIDE_WIDTH = 1920  # the side-by-side (input | result) is encoded at most this wide: a screen's width
 
 
 class Stages:
@@ -55,6 +59,33 @@ class Stages:
         return {k: round(v, 3) for k, v in s.items()}
 
 
+class SideView:
+    """The halves of the side-by-side, reduced by a whole factor so that both fit :data:`SIDE_WIDTH`
+    (a 1080p video is shown at 960x540 a half: a quarter of the pixels to encode). A result differs
+    from its input only inside the objects' box, so only that part of it is reduced again."""
+
+    def __init__(self):
+        self.scale = 0
+
+    def reduce(self, frame: np.ndarray, base: np.ndarray | None = None, box=None) -> np.ndarray:
+        """``frame`` reduced; with ``base`` (the reduced input) and ``box``, ``base`` with the box's
+        part of ``frame`` reduced into it (the box widened to whole blocks)."""
+        if not self.scale:
+            self.scale = max(1, math.ceil(2 * frame.shape[1] / SIDE_WIDTH))
+        s = self.scale
+        if s == 1:
+            return frame
+        if base is None:
+            return reduced(frame, s)
+        y0, x0, y1, x1 = box
+        y0, x0 = y0 // s * s, x0 // s * s
+        y1, x1 = min(frame.shape[0], -(-y1 // s) * s), min(frame.shape[1], -(-x1 // s) * s)
+        part = reduced(np.ascontiguousarray(frame[y0:y1, x0:x1]), s)
+        out = base.copy()
+        out[y0 // s:y0 // s + part.shape[0], x0 // s:x0 // s + part.shape[1]] = part
+        return out
+
+
 class VideoOutputs:
     """Writes the outputs into ``folder`` as frames come: ``emit`` one input frame with its objects."""
 
@@ -65,47 +96,57 @@ class VideoOutputs:
         self.animations = tuple(animations)
         self.stages = stages or Stages()
         (folder / "crops").mkdir()
-        self.mp4 = Mp4Writer(folder / "super_resolved.mp4", rate)
-        self.side = Mp4Writer(folder / "side_by_side.mp4", rate)
+        # each encoded on its own thread while the next frame is read, detected and composited
+        self.mp4 = Mp4Writer(folder / "super_resolved.mp4", rate, threaded=True)
+        self.side = Mp4Writer(folder / "side_by_side.mp4", rate, threaded=True)
+        self.side_view = SideView()
+        self.crop_writer = ThreadPoolExecutor(1, thread_name_prefix="crops")  # Pillow encodes without the GIL
+        self.crops_pending: deque = deque()
         self.tracker = Tracker()
         self.detections: dict[int, list[list[int]]] = {}
         self.chunk: list[np.ndarray] = []  # only with animations: one file's frames
         self.parts: list[str] = []
         self.still: np.ndarray | None = None  # the first frame, for the trajectory picture
 
-    def emit(self, k: int, image: np.ndarray, background: np.ndarray, objects, start: float, span: float) -> None:
-        """Frame ``k`` (``[3,H,W]``) as ``n`` sub-frames from ``start`` over ``span`` seconds: every
-        object ``(box, renders [n,4,h,w] over the box)`` composited over the background of its box."""
+    def emit(self, k: int, shown: np.ndarray, background, objects, start: float, span: float) -> None:
+        """Frame ``k`` (uint8 ``[H,W,3]``) as ``n`` sub-frames from ``start`` over ``span`` seconds:
+        every object ``(box, renders [n,4,h,w] over the box)`` composited over the background of its
+        box (``background.region``); only the union of the boxes is touched in float."""
         with self.stages("composite"):
-            shown = to_uint8(image)
             if self.still is None:
                 self.still = shown
-            base = image.copy() if objects else image
-            for (y0, x0, y1, x1), _ in objects:  # the blurred objects go: the renders replace them
-                base[:, y0:y1, x0:x1] = background[:, y0:y1, x0:x1]
+            if objects:
+                union_box = functools.reduce(union, [box for box, _ in objects])
+                uy0, ux0, uy1, ux1 = union_box
+                base = crop_rgb(shown, union_box)
+                for (y0, x0, y1, x1), _ in objects:  # the blurred objects go: the renders replace them
+                    base[:, y0 - uy0:y1 - uy0, x0 - ux0:x1 - ux0] = background.region((y0, x0, y1, x1))
             points = [self._points(box, renders, start, span) for box, renders in objects]
             ids = self.tracker.add(k, [(box, p) for (box, _), p in zip(objects, points)])
             if objects:
                 self.detections[k] = [[int(v) for v in box] for box, _ in objects]
-        with self.stages("crops"):
+        with self.stages("crops"):  # written on the crop thread; waited for only when it falls behind
             for (_, renders), track in zip(objects, ids):
-                self._crops(k, track, renders)
+                self.crops_pending.append(self.crop_writer.submit(self._crops, k, track, renders))
+            while len(self.crops_pending) > 8:
+                self.crops_pending.popleft().result()
+        side_input = self.side_view.reduce(shown)
         for j in range(self.n):
             with self.stages("composite"):
                 if objects:  # only the objects' region changes: composite there, in float, paste it in uint8
-                    uy0, ux0, uy1, ux1 = functools.reduce(union, [box for box, _ in objects])
-                    canvas = base[:, uy0:uy1, ux0:ux1].copy()
+                    canvas = base.copy()
                     for (y0, x0, y1, x1), renders in objects:
                         part = canvas[:, y0 - uy0:y1 - uy0, x0 - ux0:x1 - ux0]
                         canvas[:, y0 - uy0:y1 - uy0, x0 - ux0:x1 - ux0] = composite(renders[j], part)
                     result = shown.copy()
                     result[uy0:uy1, ux0:ux1] = to_uint8(canvas)
+                    side_result = self.side_view.reduce(result, side_input, union_box)
                 else:
-                    result = shown
+                    result, side_result = shown, side_input
             with self.stages("encode"):
                 at = start + j * span / self.n
                 self.mp4.write(result, at)
-                self.side.write(np.concatenate([shown, result], axis=1), at)  # input | result
+                self.side.write(np.concatenate([side_input, side_result], axis=1), at)  # input | result
                 if self.animations:
                     self.chunk.append(result)
                     if len(self.chunk) >= self.chunk_frames:
@@ -128,7 +169,7 @@ class VideoOutputs:
             # fast zlib: these are many small files per frame (level 6 took 0.7 s per 1080p frame)
             Image.fromarray(fr, "RGBA").save(f"{stem}_subframe_{i:03d}.png", compress_level=1)
             Image.fromarray(fr[..., 3], "L").save(f"{stem}_alpha_{i:03d}.png", compress_level=1)
-        save_animation(f"{stem}.webp", flatten_rgba(torch.from_numpy(renders)))
+        save_animation(f"{stem}.webp", flatten_rgba(torch.from_numpy(renders)), method=0)
 
     def flush(self, final: bool) -> None:
         """Write the chunk as one file per requested animation format."""
@@ -149,6 +190,10 @@ class VideoOutputs:
     def close(self) -> dict:
         """Finish every file; the outputs part of the summary."""
         self.flush(True)
+        with self.stages("crops"):
+            while self.crops_pending:
+                self.crops_pending.popleft().result()
+            self.crop_writer.shutdown()
         with self.stages("encode"):
             self.mp4.close()
             self.side.close()
@@ -162,5 +207,9 @@ class VideoOutputs:
                 "files": [self.mp4.path.name, self.side.path.name, "trajectory.png", *self.parts]}
 
     def abort(self) -> None:
-        self.mp4.close()
-        self.side.close()
+        self.crop_writer.shutdown(cancel_futures=True)
+        for writer in (self.mp4, self.side):  # both closed (their threads ended), whatever either says
+            try:
+                writer.close()
+            except Exception:
+                pass

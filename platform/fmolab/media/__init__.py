@@ -81,12 +81,13 @@ def prediction_animation(inputs_rgb: Sequence[torch.Tensor], frames: torch.Tenso
     return comparison_strip(cols)
 
 
-def save_animation(path: str | Path, frames: torch.Tensor | np.ndarray, quality: int = 85) -> Path:
-    """Write ``[T,3|4,H,W]`` floats (or ``[T,H,W,C]`` uint8) as an animated WebP."""
+def save_animation(path: str | Path, frames: torch.Tensor | np.ndarray, quality: int = 85, method: int = 4) -> Path:
+    """Write ``[T,3|4,H,W]`` floats (or ``[T,H,W,C]`` uint8) as an animated WebP (``method``: libwebp's
+    effort, 0 fastest .. 6 smallest)."""
     arr = frames if isinstance(frames, np.ndarray) and frames.dtype == np.uint8 else to_uint8(frames)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(encode_webp(arr, quality=quality))
+    path.write_bytes(encode_webp(arr, quality=quality, method=method))
     return path
 
 

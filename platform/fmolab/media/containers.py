@@ -67,11 +67,23 @@ def encoder() -> str:
 
 class Mp4Writer:
     """Frames with exact timestamps into an mp4: ``write(rgb uint8 [H,W,3], seconds)``; ``close()``
-    (or use as a context manager). Odd sizes are padded by one edge pixel (4:2:0 chroma needs even)."""
+    (or use as a context manager). Odd sizes are padded by one edge pixel (4:2:0 chroma needs even).
 
-    def __init__(self, path: str | Path, fps: float, crf: int = 20):
+    ``threaded``: frames are encoded on a thread of their own (FFmpeg runs without the GIL), at most
+    ``queue`` frames behind; a written frame must not be changed afterwards. An encoding error is
+    raised by the next ``write`` or by ``close``."""
+
+    def __init__(self, path: str | Path, fps: float, crf: int = 20, threaded: bool = False, queue: int = 16):
         import av
 
+        self._thread = None
+        if threaded:
+            import queue as queues
+            import threading
+
+            self._queue: queues.Queue = queues.Queue(maxsize=queue)
+            self._error: BaseException | None = None
+            self._thread = threading.Thread(target=self._drain, name=f"encode {Path(path).name}", daemon=True)
         self.path, self.fps = Path(path), fps
         self.container = av.open(str(path), "w")
         self.codec = encoder()
@@ -82,8 +94,28 @@ class Mp4Writer:
         if self.codec == "libx264":
             self.stream.options = {"crf": str(crf), "preset": "veryfast"}
         self.size, self.last_pts, self.frames = None, -1, 0
+        if self._thread is not None:
+            self._thread.start()
 
     def write(self, rgb: np.ndarray, seconds: float) -> None:
+        if self._thread is None:
+            return self._encode(rgb, seconds)
+        if self._error is not None:
+            raise self._error
+        self._queue.put((rgb, seconds))
+
+    def _drain(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None:  # after an error the rest is dropped (the writer is failing anyway)
+                try:
+                    self._encode(*item)
+                except BaseException as exc:
+                    self._error = exc
+
+    def _encode(self, rgb: np.ndarray, seconds: float) -> None:
         import av
 
         h, w = rgb.shape[:2]
@@ -101,6 +133,17 @@ class Mp4Writer:
         self.frames += 1
 
     def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+            if self._error is not None:
+                try:
+                    self.container.close()
+                except Exception:  # the encoding error says more
+                    pass
+                self.container = None
+                raise self._error
         if self.container is None:
             return
         try:

@@ -14,7 +14,6 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
-from fmolab.media import read_rgb
 from fmolab.media.containers import SUFFIXES as CONTAINER_SUFFIXES
 from fmolab.media.containers import decode, is_container, probe
 
@@ -62,13 +61,19 @@ class VideoSource:
 
     def frames(self) -> Iterator[np.ndarray]:
         """Frames as float32 ``[3,H,W]`` in [0,1], one at a time; every frame must have the first's size."""
+        for rgb in self.rgb():
+            yield _to_float(rgb)
+
+    def rgb(self) -> Iterator[np.ndarray]:
+        """Frames as decoded, uint8 ``[H,W,3]`` (what a pipeline that works on reduced copies and crops
+        reads: no full-frame conversion), one at a time; every frame must have the first's size."""
         size = None
         for i, frame in enumerate(self._raw()):
             if size is None:
                 size = frame.shape
             elif frame.shape != size:
-                raise VideoError(f"{self.path}: frame {i} is {frame.shape[2]}x{frame.shape[1]}, frame 0 is "
-                                 f"{size[2]}x{size[1]}; all frames of a video must have one size")
+                raise VideoError(f"{self.path}: frame {i} is {frame.shape[1]}x{frame.shape[0]}, frame 0 is "
+                                 f"{size[1]}x{size[0]}; all frames of a video must have one size")
             yield frame
 
     def _raw(self) -> Iterator[np.ndarray]:
@@ -76,13 +81,13 @@ class VideoSource:
         if p.is_dir():
             files = sorted(f for f in p.iterdir() if f.suffix.lower() in FRAME_SUFFIXES)
             for f in files:
-                yield read_rgb(f, VideoError)
+                yield read_rgb_u8(f)
             return
         if is_container(p):
             try:
                 for rgb, t in decode(p):
                     self.times.append(t)
-                    yield _to_float(rgb)
+                    yield rgb
             except ValueError as exc:
                 raise VideoError(str(exc)) from None
             return
@@ -95,7 +100,7 @@ class VideoSource:
         with img:
             try:
                 for frame in ImageSequence.Iterator(img):
-                    yield _to_float(np.asarray(frame.convert("RGB")))
+                    yield np.asarray(frame.convert("RGB"))
             except VideoError:
                 raise
             except Exception as exc:
@@ -104,6 +109,15 @@ class VideoSource:
 
 def _to_float(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(arr.astype(np.float32) / 255.0, -1, 0))
+
+
+def read_rgb_u8(path: Path) -> np.ndarray:
+    """One frame file as uint8 ``[H,W,3]`` (a missing or unreadable one: a VideoError naming it)."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except Exception as exc:
+        raise VideoError(f"cannot read image {path}: {exc}") from exc
 
 
 def open_video(path: str | Path) -> VideoSource:
@@ -131,3 +145,4 @@ def open_video(path: str | Path) -> VideoSource:
         except Exception:
             pass  # errors surface, naming the file, when frames are read
     return VideoSource(p, frame_ms, stated=stated)
+
