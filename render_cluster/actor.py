@@ -39,7 +39,10 @@ class RenderActor:
         self.out = out
         self.claims = Claims(storage.join(out, CLAIMS), owner or owner_id(), self.cfg.render.claim_lease_s)
         self.bpy_thread = ThreadPoolExecutor(1, thread_name_prefix="blender")
-        self.scene, self.blender = self.bpy_thread.submit(self._start_blender, threads).result()
+        if self.cfg.render.engine == "simulated":  # rows without Blender (render_cluster/simulated.py)
+            self.scene, self.blender = None, "simulated"
+        else:
+            self.scene, self.blender = self.bpy_thread.submit(self._start_blender, threads).result()
         import ray
 
         try:
@@ -61,6 +64,7 @@ class RenderActor:
 
     def __call__(self, batch: dict) -> dict:
         from render_cluster.sequence import render_block
+        from render_cluster.simulated import simulate_block
 
         render_cfg = self.cfg.render
         summaries = []
@@ -76,8 +80,11 @@ class RenderActor:
                 summaries.append({"block": block, "held": holder})
                 continue
             with renewing(self.claims, name):
-                rows, summary = self.bpy_thread.submit(render_block, self.scene, render_cfg, self.assets, block,
-                                                       render_cfg.num_sequences).result()
+                if self.scene is None:
+                    rows, summary = simulate_block(render_cfg, block, render_cfg.num_sequences)
+                else:
+                    rows, summary = self.bpy_thread.submit(render_block, self.scene, render_cfg, self.assets, block,
+                                                           render_cfg.num_sequences).result()
             summary.update(node=self.node, host=socket.gethostname(), blender=self.blender, file=name,
                            render=self.claims.owner)
             try:

@@ -63,7 +63,9 @@ class RenderConfig:
     # premultiplied mean instead of a third engine render (same integral, one render less); false =
     # every blur engine-rendered.
     full_from_halves: bool = True
-    engine: Literal["cycles", "eevee"] = "cycles"
+    # "simulated": rows without Blender (tiny valid images, the real schema) to run and measure the
+    # orchestration at scale (render_cluster/simulated.py, benchmarks/render_scale.py)
+    engine: Literal["cycles", "eevee", "simulated"] = "cycles"
     device: Literal["cpu", "gpu"] = "cpu"
     # Sample, bounce, denoise and WebP defaults were measured (benchmarks/render.py; docs/render.md).
     samples: int = 4  # blurs use max(samples, motion_blur_steps)
@@ -108,3 +110,5 @@ class RenderConfig:
             require(0 <= getattr(self, key) <= 6, f"render.{key}", getattr(self, key), "must be 0..6")
         require(self.shard_rows >= 1, "render.shard_rows", self.shard_rows, "must be >= 1")
         require(self.workers >= 0, "render.workers", self.workers, "must be >= 0")
+        require(self.engine != "simulated" or self.blurs == {"full": [0.0, 1.0], "first": [0.0, 0.5], "second": [0.5, 1.0]},
+                "render.blurs", self.blurs, "the simulated engine makes the default blurs (full, first, second) only")

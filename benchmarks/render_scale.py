@@ -1,0 +1,133 @@
+"""A render of many sequences, simulated: what the orchestration costs the driver and the storage.
+
+``render.engine=simulated`` makes rows without Blender (tiny valid images, the real schema), so the
+real Ray Data pipeline, claims, shard writer, manifest and resume run at sizes no CPU could render.
+Each size runs in a fresh driver process (its CPU time and peak memory are its own); reported:
+
+* the driver's CPU per sequence (user + system, Ray's own processes excluded) and its peak RSS;
+* the manifest's size and the time to build and write it again;
+* the time a rerun takes to find that every block is there (resume);
+* training start-up (``fmolab train``'s preflight) over the shards: seconds, and Parquet footers
+  opened (each shard's at most once is the goal).
+
+Writes ``benchmarks/results/render_scale.json``.
+
+    python benchmarks/render_scale.py                       # 10^4 sequences, a local folder
+    python benchmarks/render_scale.py --sizes 10000,100000 --storage s3   # on a moto S3 server too
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def child(n: int, work: str, storage_root: str) -> dict:
+    import pyarrow.parquet as pq
+
+    from fmolab.config import derive, load_config
+    from fmolab.runtime import quiet_third_party
+    from fmolab.train.preflight import preflight
+    from render_cluster.manifest import build_manifest
+    from render_cluster.pipeline import render_dataset
+
+    quiet_third_party()
+    cfg = load_config([], [f"runtime.work_dir={work}", f"runtime.storage={storage_root}", "render.engine=simulated",
+                           "render.width=16", "render.height=16", "render.num_frames=2", "render.shard_rows=64",
+                           f"render.num_sequences={n}", f"render.name=sim-{n}", "render.backgrounds.num_clips=4",
+                           "render.backgrounds.frames_per_clip=2", "data.frames_per_sample=2",
+                           "data.format=background_blur"])
+    c0, t0 = cpu_s(), time.perf_counter()
+    manifest = render_dataset(cfg, progress=False)
+    render_s, render_cpu = time.perf_counter() - t0, cpu_s() - c0
+    out = cfg.dataset_dir
+    n_blocks = manifest["num_shards"]
+    t0 = time.perf_counter()
+    again = build_manifest(cfg, out, n_blocks, 0.0, rendered=0)
+    from fmolab import storage
+    from fmolab.shards import write_json_atomic
+
+    write_json_atomic(again, storage.join(out, "manifest-copy.json"))
+    manifest_s = time.perf_counter() - t0
+    manifest_bytes = len(storage.read_bytes(storage.join(out, "manifest.json")))
+    c0, t0 = cpu_s(), time.perf_counter()
+    resumed = render_dataset(cfg, progress=False)
+    resume_s, resume_cpu = time.perf_counter() - t0, cpu_s() - c0
+    opened: list[str] = []
+    original = pq.ParquetFile.__init__
+
+    def counting(self, source, *args, **kwargs):
+        opened.append(str(getattr(source, "path", source)))
+        return original(self, source, *args, **kwargs)
+
+    pq.ParquetFile.__init__ = counting
+    t0 = time.perf_counter()
+    preflight(derive(cfg, {"data.train": out}))
+    startup_s = time.perf_counter() - t0
+    pq.ParquetFile.__init__ = original
+    return {"sequences": n, "shards": n_blocks, "rows": manifest["num_rows"], "complete": manifest["complete"],
+            "render_wall_s": round(render_s, 2), "driver_cpu_s": round(render_cpu, 2),
+            "driver_cpu_ms_per_sequence": round(1000 * render_cpu / n, 4),
+            "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "manifest_bytes": manifest_bytes, "manifest_build_write_s": round(manifest_s, 3),
+            "resume_s": round(resume_s, 2), "resume_cpu_s": round(resume_cpu, 2),
+            "resume_rendered_blocks": resumed["timing"]["blocks_rendered_this_run"],
+            "train_startup_s": round(startup_s, 2), "train_startup_footer_opens": len(opened),
+            "train_startup_distinct_footers": len(set(opened))}
+
+
+def run(n: int, storage_root: str, env: dict) -> dict:
+    with tempfile.TemporaryDirectory(prefix="fmrs-", dir="/tmp") as work:
+        cmd = [sys.executable, __file__, "--child", str(n), work, storage_root or f"{work}/out"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env, "FMOLAB_HOME": work,
+                                                                         "FMOLAB_PROGRESS": "0"})
+        if proc.returncode != 0:
+            raise SystemExit(proc.stderr[-4000:])
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="10000", help="numbers of sequences, comma-separated")
+    ap.add_argument("--storage", default="local", help="local, s3 (a moto server), or local,s3")
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        n, work, root = args.child
+        print(json.dumps(child(int(n), work, root)))
+        return
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    rows = []
+    for where in args.storage.split(","):
+        for n in (int(float(s)) for s in args.sizes.split(",")):
+            if where == "s3":
+                from cluster_fakes import s3_server
+
+                with s3_server() as variables:
+                    row = run(n, f"s3://fmo/scale-{n}", variables)
+            else:
+                row = run(n, "", {})
+            rows.append({"storage": where, **row})
+            print(json.dumps(rows[-1]), flush=True)
+    result = {"what": __doc__.split("\n\n")[0], "cpus": os.cpu_count(), "python": platform.python_version(),
+              "runs": rows}
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "render_scale.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
