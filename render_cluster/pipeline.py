@@ -137,12 +137,16 @@ def _render_all(cfg: Config, assets, out: str, n_blocks: int, progress: bool) ->
         return sum(min(render_cfg.num_sequences, (b + 1) * render_cfg.shard_rows) - b * render_cfg.shard_rows
                    for b in blocks)
 
-    todo = [b for b in range(n_blocks) if b not in finished_blocks(out)]  # listed again after each pass
+    def unfinished() -> list[int]:  # one listing of the dataset (a comprehension's condition listed per block)
+        done = finished_blocks(out)
+        return [b for b in range(n_blocks) if b not in done]
+
+    todo = unfinished()  # listed again after each pass
     rendered, cap, waited = 0, 1 << 30, False
     with progress_bar(rows_of(todo), "seq", "render", show=progress and bool(todo)) as bar:
         while True:
             if todo is None:  # after a pass or a wait; the first listing is the one above
-                todo = [b for b in range(n_blocks) if b not in finished_blocks(out)]
+                todo = unfinished()
             if not todo:
                 break
             held = {int(k[5:10]): v for k, v in claims.holders().items() if k[5:10].isdigit()}

@@ -38,8 +38,26 @@ def test_simulated_rows_go_through_the_pipeline_and_keep_the_shard_contract(work
     assert item["inputs"].shape[-2:] == (24, 32) and np.isfinite(item["inputs"].numpy()).all()
     summaries = json.loads((work / "datasets" / "sim" / "manifest.json").read_text())
     assert summaries["num_rows"] == 40
-    again = render_dataset(cfg, progress=False)  # resume: every block is there, nothing is made again
+    from fmolab import storage
+
+    listings = []
+    real_list = storage.list_files
+
+    def counting(folder, suffix=""):
+        listings.append((str(folder), suffix))
+        return real_list(folder, suffix)
+
+    import render_cluster.manifest as manifest_module
+
+    manifest_module.storage.list_files = counting
+    try:
+        again = render_dataset(cfg, progress=False)  # resume: every block is there, nothing is made again
+    finally:
+        manifest_module.storage.list_files = real_list
     assert again["timing"]["blocks_rendered_this_run"] == 0 and again["num_rows"] == 40
+    # the shards are listed a fixed number of times, not once per block (10^5 sequences took 41 s)
+    shard_listings = [f for f, suffix in listings if suffix == ".parquet" and f == str(cfg.dataset_dir)]
+    assert len(shard_listings) <= 3, listings
 
 
 def test_the_simulated_engine_makes_the_default_blurs_only(make_config, tmp_path):
