@@ -19,6 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from fmolab.geometry import Box, box_gap, grow, largest_components, model_box, union
+from fmolab.media import to_float
 
 
 DETECT_SIDE = 640  # the longest side detection works at (a larger frame is reduced by a whole factor)
@@ -58,23 +59,24 @@ class Background:
 
     def __init__(self, window: list[tuple[np.ndarray, np.ndarray]], frame_small: np.ndarray, scale: int):
         self.window, self.scale = [full for full, _ in window], scale
-        self.frame = _float(frame_small)
-        self.median = _float(median_layers([small for _, small in window]))
+        self.frame = to_float(frame_small)
+        self.median = to_float(median_layers([small for _, small in window]))
+        self._regions: dict[tuple, np.ndarray] = {}
 
     def region(self, box) -> np.ndarray:
-        y0, x0, y1, x1 = box
-        return _float(median_layers([f[y0:y1, x0:x1] for f in self.window]))
-
-
-def _float(rgb: np.ndarray) -> np.ndarray:
-    """uint8 (or a median's float32 in 0..255) ``[H,W,3]`` -> float32 ``[3,H,W]`` in [0, 1]."""
-    return np.ascontiguousarray(np.moveaxis(rgb, -1, 0), dtype=np.float32) / np.float32(255)
+        """The median over ``box``, computed once per box (the model's input and the output both ask
+        for it); shared: not to be changed."""
+        key = tuple(int(v) for v in box)
+        if key not in self._regions:
+            y0, x0, y1, x1 = key
+            self._regions[key] = to_float(median_layers([f[y0:y1, x0:x1] for f in self.window]))
+        return self._regions[key]
 
 
 def crop_rgb(frame: np.ndarray, box) -> np.ndarray:
     """A box of a uint8 ``[H,W,3]`` frame as float32 ``[3,h,w]`` in [0, 1] (what the model takes)."""
     y0, x0, y1, x1 = box
-    return _float(frame[y0:y1, x0:x1])
+    return to_float(frame[y0:y1, x0:x1])
 
 
 def with_background(frames: Iterator[np.ndarray], window: int = 9,

@@ -24,19 +24,28 @@ def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
     return (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def read_rgb(path: str | Path, error: type[Exception] = ValueError, dtype=np.float32) -> np.ndarray:
-    """RGB ``[3,H,W]`` in [0,1] as ``dtype`` (``uint8 / 255``; 16-bit PNGs are read at 8 bits); a missing
-    or unreadable file raises ``error`` naming it."""
+def read_rgb_u8(path: str | Path, error: type[Exception] = ValueError) -> np.ndarray:
+    """RGB uint8 ``[H,W,3]`` as stored (16-bit PNGs are read at 8 bits); a missing or unreadable file
+    raises ``error`` naming it."""
     from PIL import Image
 
     if not Path(path).exists():
         raise error(f"image {path} does not exist")
     try:
         with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=dtype) / dtype(255)
+            return np.asarray(im.convert("RGB"))
     except Exception as exc:
         raise error(f"cannot read image {path}: {exc}") from exc
-    return np.ascontiguousarray(np.moveaxis(arr, -1, 0))
+
+
+def to_float(rgb: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """uint8 ``[H,W,3]`` (or floats in 0..255, e.g. a median of such frames) -> ``[3,H,W]`` in [0, 1]."""
+    return np.ascontiguousarray(np.moveaxis(rgb, -1, 0), dtype=dtype) / dtype(255)
+
+
+def read_rgb(path: str | Path, error: type[Exception] = ValueError, dtype=np.float32) -> np.ndarray:
+    """RGB ``[3,H,W]`` in [0,1] as ``dtype`` (``uint8 / 255``): :func:`read_rgb_u8`, converted."""
+    return to_float(read_rgb_u8(path, error), dtype)
 
 
 def checkerboard(h: int, w: int, cell: int = 8) -> np.ndarray:

@@ -14,6 +14,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
+from fmolab.media import read_rgb_u8, to_float
 from fmolab.media.containers import SUFFIXES as CONTAINER_SUFFIXES
 from fmolab.media.containers import decode, is_container, probe
 
@@ -62,7 +63,7 @@ class VideoSource:
     def frames(self) -> Iterator[np.ndarray]:
         """Frames as float32 ``[3,H,W]`` in [0,1], one at a time; every frame must have the first's size."""
         for rgb in self.rgb():
-            yield _to_float(rgb)
+            yield to_float(rgb)
 
     def rgb(self) -> Iterator[np.ndarray]:
         """Frames as decoded, uint8 ``[H,W,3]`` (what a pipeline that works on reduced copies and crops
@@ -81,7 +82,7 @@ class VideoSource:
         if p.is_dir():
             files = sorted(f for f in p.iterdir() if f.suffix.lower() in FRAME_SUFFIXES)
             for f in files:
-                yield read_rgb_u8(f)
+                yield read_rgb_u8(f, VideoError)
             return
         if is_container(p):
             try:
@@ -105,19 +106,6 @@ class VideoSource:
                 raise
             except Exception as exc:
                 raise VideoError(f"cannot decode {p}: {exc}") from exc
-
-
-def _to_float(arr: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.moveaxis(arr.astype(np.float32) / 255.0, -1, 0))
-
-
-def read_rgb_u8(path: Path) -> np.ndarray:
-    """One frame file as uint8 ``[H,W,3]`` (a missing or unreadable one: a VideoError naming it)."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except Exception as exc:
-        raise VideoError(f"cannot read image {path}: {exc}") from exc
 
 
 def open_video(path: str | Path) -> VideoSource:
