@@ -133,6 +133,32 @@ def test_determinism_for_a_seed(root, make_config):
     assert not torch.equal(other_epoch[0]["inputs"], a[0]["inputs"])
 
 
+def test_row_cache_gives_the_same_items_and_decodes_once(root, make_config, monkeypatch):
+    import fmolab.data.loader as loader_mod
+
+    layer = {**data_of(root, "double_blur"), "data.noise": 0.02, "data.jitter": 0.1, "data.time_reverse": True}
+    cached = build_dataset(make_config(layer), "train")
+    plain = build_dataset(make_config({**layer, "data.row_cache_mb": 0}), "train")
+    assert cached.loader._rows is not None and plain.loader._rows is None
+    for epoch in (0, 1):  # epoch 1 takes every row and image from the cache
+        cached.set_epoch(epoch), plain.set_epoch(epoch)
+        for i in range(len(plain)):
+            x, y = cached[i], plain[i]
+            for key in ("inputs", "frames", "times", "blurs"):
+                assert torch.equal(x[key], y[key]), (epoch, i, key)
+    decodes = []
+    real = loader_mod.decode_webp
+    monkeypatch.setattr(loader_mod, "decode_webp", lambda *a, **k: decodes.append(1) or real(*a, **k))
+    assert [cached[i]["seq_id"] for i in range(len(cached))] and not decodes
+    seq = cached.loader.get(0)
+    seq.frames([0])[:] = 0  # a caller changing what it got does not change the cache
+    seq.blur(seq.blur_names[0])[:] = 0
+    assert seq.frames([0]).any() and seq.blur(seq.blur_names[0]).any()
+    tiny = FMOLoader(root, cache_mb=1e-6)  # a bound below one row keeps only the newest value
+    tiny.get(0).frames(), tiny.get(1)
+    assert len(tiny._rows) == 1 and 1 in tiny._rows
+
+
 def test_no_object_leaks_across_splits(root, make_config):
     cfg = make_config(data_of(root))
     train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")

@@ -224,3 +224,50 @@ def test_cosine_with_warm_restarts_known_values():
     want = [c(i, 4) for i in range(4)] + [c(i, 8) for i in range(8)] + [c(0, 16)]
     np.testing.assert_allclose(lrs, want, rtol=1e-6)
     assert lrs[4] == 1.0 and lrs[12] == 1.0  # the restarts
+
+
+FAULTS = """
+import resource, sys
+import numpy as np
+from fmolab.heap import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+def step():  # a step's big blocks, alive together, then all freed
+    live = [np.ones(mb << 18, np.float32) for mb in (3, 9, 5, 12, 1, 7)]
+for _ in range(3):
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc's malloc")
+def test_freed_memory_is_kept_and_not_faulted_in_again():
+    """train.keep_freed_memory: with glibc's defaults every step's freed blocks go back to the kernel
+    and each next step faults them in again; kept, the same steps fault (almost) nothing."""
+    import subprocess
+    import sys
+
+    def faults(mode: str) -> int:
+        return int(subprocess.run([sys.executable, "-c", FAULTS, mode], check=True, capture_output=True,
+                                  text=True).stdout.split()[-1])
+
+    default, kept = faults("default"), faults("keep")
+    assert default > 10_000 and kept < 100, (default, kept)
+
+
+def test_tuned_model_compiles_in_place_and_keeps_its_checkpoint_keys(make_config):
+    from fmolab.config import derive
+    from fmolab.models import build_model
+    from fmolab.train.loop import tuned
+
+    cfg = make_config(TINY_MODEL)
+    plain = build_model(cfg.model, 6)
+    keys = list(plain.state_dict())
+    model = tuned(build_model(cfg.model, 6), derive(cfg, {"train.compile": True, "train.channels_last": True}).train)
+    assert model._compiled_call_impl is not None and list(model.state_dict()) == keys
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert tuned(plain, cfg.train)._compiled_call_impl is None

@@ -75,6 +75,9 @@ class DataConfig:
     seed: int = 0
     # Decoded background clips are cached per process (decoding a clip costs more than an item).
     bg_cache_mb: float = 512.0
+    # Rows and their decoded images are cached per process up to this size (MB): a small dataset trained
+    # for many epochs is read and decoded once; 0 = decode every item (benchmarks/train.py measures it)
+    row_cache_mb: float = 512.0
     # "torch": each Train worker makes its own items; "ray_data": Ray Data actors make them (on any
     # node) and stream them to the workers (fmolab.data.ray_pipeline)
     pipeline: Literal["torch", "ray_data"] = "torch"
@@ -93,6 +96,7 @@ class DataConfig:
                  "data.objects_per_image", self.objects_per_image, "must be [min, max] with 1 <= min <= max")
         require(self.noise >= 0 and self.jitter >= 0, "data.noise/jitter", (self.noise, self.jitter), "must be >= 0")
         require(self.bg_cache_mb >= 0, "data.bg_cache_mb", self.bg_cache_mb, "must be >= 0")
+        require(self.row_cache_mb >= 0, "data.row_cache_mb", self.row_cache_mb, "must be >= 0 (0: no cache)")
         require(self.loader_actors >= 1, "data.loader_actors", self.loader_actors, "must be >= 1")
         require(self.prefetch >= 0, "data.prefetch", self.prefetch, "must be >= 0 (0: no batches made ahead)")
         require(self.loader_cpus > 0, "data.loader_cpus", self.loader_cpus, "must be > 0")
@@ -159,6 +163,12 @@ class TrainConfig:
     scheduler: str = "none"  # "none", "cosine", "step:step_size=1000,gamma=0.5"
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
+    # torch.compile the model: on 2 CPU cores ~+14% steady samples/s at the small scale after ~60 s of
+    # compiling (benchmarks/train.py), so it wins only in runs of many minutes; off by default
+    compile: bool = False
+    # Freed memory stays in the worker between steps (fmolab.heap: glibc's malloc otherwise unmaps and
+    # faults in a step's big blocks every step; benchmarks/train.py measures it on and off)
+    keep_freed_memory: bool = True
     val_every: int = 100
     ckpt_every: int = 100
     log_every: int = 10

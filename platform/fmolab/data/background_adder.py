@@ -8,13 +8,13 @@ thesis validated on OTB clips after training on VOT ones).
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 
 import numpy as np
 from PIL import Image
 
 from fmolab import storage
 from fmolab.data.loader import val_objects
+from fmolab.lru import ByteLRU
 from fmolab.media.codecs import decode_webp
 from fmolab.shards import ShardError, ShardReader
 
@@ -73,21 +73,20 @@ class BackgroundAdder:
             self.clips = sorted(i for i, c in clips.items() if (c in held) == (split == "val"))
         self.min_contrast = min_contrast
         self.max_tries = max(1, max_tries)
-        self.cache_bytes = cache_mb * 2**20
         self.skipped: dict[str, str] = dict(reader.bad_shards)
-        self._cache: OrderedDict = OrderedDict()
+        self._cache = ByteLRU(cache_mb * 2**20)
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_cache"] = OrderedDict()  # decoded pixels are rebuilt where the adder lands
+        state["_cache"] = self._cache.empty()  # decoded pixels are rebuilt where the adder lands
         return state
 
     def clip(self, c: int, height: int, width: int) -> np.ndarray | None:
         """Frames ``[F,H',W',3]`` uint8 of clip ``c`` covering ``height x width``; None if corrupt."""
         key = (c, height, width)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
+        frames = self._cache.get(key)
+        if frames is not None:
+            return frames
         ref = self.reader.refs[c]
         source = f"{storage.basename(ref.file)}#{ref.row}"
         if source in self.skipped:
@@ -98,9 +97,7 @@ class BackgroundAdder:
             log.warning("skipping background %s: %s", source, exc)
             self.skipped[source] = str(exc)
             return None
-        self._cache[key] = frames
-        while sum(v.nbytes for v in self._cache.values()) > self.cache_bytes and len(self._cache) > 1:
-            self._cache.popitem(last=False)
+        self._cache.put(key, frames, frames.nbytes)
         return frames
 
     def _draw(self, k: int, height: int, width: int, rng: np.random.Generator) -> np.ndarray | None:

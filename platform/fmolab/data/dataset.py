@@ -126,7 +126,7 @@ def build_dataset(cfg, split: str, epoch_seed: int = 0) -> FMODataset:
     """The dataset of ``split`` ("train", "val" or "all") for a :class:`fmolab.config.Config`."""
     d = cfg.data
     root, loader_split = split_args(cfg, split)
-    loader = FMOLoader(root, split=loader_split, val_fraction=d.val_fraction)
+    loader = FMOLoader(root, split=loader_split, val_fraction=d.val_fraction, cache_mb=d.row_cache_mb)
     if len(loader) == 0:
         log.warning("split %r of %s is empty (val_fraction=%s, %d objects)", split, root, d.val_fraction,
                     len(set(loader.object_ids)))

@@ -2,7 +2,9 @@
 
 A :class:`Sequence` holds a row's compressed bytes; WebP is decoded only when a blur or frames are
 asked for, and only up to the last frame needed (animated WebP decodes sequentially). Images stored
-cropped to the row's ``box`` are pasted back into a full-size zero canvas after decoding.
+cropped to the row's ``box`` are pasted back into a full-size zero canvas after decoding. With a row
+cache (``data.row_cache_mb``) rows and their decoded images are kept per process, least recently
+used out first: a small dataset trained for many epochs is read and decoded once.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from fmolab import storage
+from fmolab.lru import ByteLRU
 from fmolab.media.codecs import decode_webp
 from fmolab.shards import OPTIONAL_COLUMNS, SEQUENCE_SCHEMA, ShardError, ShardReader, paste
 
@@ -71,8 +74,9 @@ def manifest_size(manifest: dict) -> tuple[int, int] | None:
 class Sequence:
     """One sequence row, undecoded until asked. Images come back as uint8 ``[..., H, W, 4]``."""
 
-    def __init__(self, row: dict, source: str):
+    def __init__(self, row: dict, source: str, cache: ByteLRU | None = None, key=None):
         self.source = source
+        self._cache, self._key = cache, key  # decoded images are kept there, under (key, what)
         for col in COLUMNS:
             if row.get(col) is None:
                 raise RowError(source, f"missing value in column {col!r}")
@@ -112,15 +116,36 @@ class Sequence:
         except ValueError as exc:
             raise RowError(self.source, f"{what}: {exc}") from exc
 
+    @property
+    def nbytes(self) -> int:
+        return len(self._frames) + sum(len(b) for b in self._blurs)
+
+    def _decoded(self, what: str, decode) -> np.ndarray:
+        """``decode()`` once per cached row (callers get the cached array: they copy before changing it)."""
+        if self._cache is None:
+            return decode()
+        key = (self._key, what)
+        arr = self._cache.get(key)
+        if arr is None:
+            arr = decode()
+            self._cache.put(key, arr, arr.nbytes)
+        return arr
+
     def blur(self, name: str) -> np.ndarray:
         """RGBA blur ``[H,W,4]`` uint8."""
-        arr = decode_webp(self._blurs[self._blur_pos(name)], error=self._error, what=f"blur {name!r} WebP")[0]
-        return self._check(arr, f"blur {name!r}")
+        def decode():
+            arr = decode_webp(self._blurs[self._blur_pos(name)], error=self._error, what=f"blur {name!r} WebP")[0]
+            return self._check(arr, f"blur {name!r}")
+        return self._decoded(f"blur {name}", decode).copy()
 
     def frames(self, indices: Iterable[int] | None = None) -> np.ndarray:
         """Sharp RGBA sub-frames ``[T,H,W,4]`` uint8 (all when ``indices`` is None)."""
-        frames = decode_webp(self._frames, frames=indices, error=self._error, what="frames WebP")
-        return self._check(frames, "frames")
+        if self._cache is None:
+            frames = decode_webp(self._frames, frames=indices, error=self._error, what="frames WebP")
+            return self._check(frames, "frames")
+        every = self._decoded("frames", lambda: self._check(
+            decode_webp(self._frames, error=self._error, what="frames WebP"), "frames"))
+        return every.copy() if indices is None else every[np.asarray(list(indices), dtype=np.int64)]
 
     def _error(self, message: str) -> RowError:
         return RowError(self.source, message)
@@ -139,7 +164,7 @@ class FMOLoader:
     """
 
     def __init__(self, root, split: str = "all", val_fraction: float = 0.1,
-                 index_range: tuple[int, int] | None = None, cache_groups: int = 4):
+                 index_range: tuple[int, int] | None = None, cache_groups: int = 4, cache_mb: float = 0.0):
         if split not in SPLITS:
             raise ValueError(f"split {split!r}: must be one of {SPLITS}")
         self.root = storage.normalize(root)
@@ -186,6 +211,7 @@ class FMOLoader:
         self._cache_groups = cache_groups
         self._handles: dict[str, tuple[pq.ParquetFile, list[int]]] = {}
         self._groups: OrderedDict = OrderedDict()
+        self._rows = ByteLRU(cache_mb * 2**20) if cache_mb > 0 else None
 
     def _skip(self, source: str, reason: str) -> None:
         if source not in self.skipped:
@@ -199,6 +225,7 @@ class FMOLoader:
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_handles"], state["_groups"] = {}, OrderedDict()
+        state["_rows"] = self._rows.empty() if self._rows is not None else None
         return state
 
     def _group(self, f: str, row: int) -> tuple[object, int]:
@@ -219,6 +246,8 @@ class FMOLoader:
 
     def get(self, i: int) -> Sequence:
         """Row ``i`` of this (filtered) loader; raises :class:`RowError` for a corrupt row."""
+        if self._rows is not None and (hit := self._rows.get(i)) is not None:
+            return hit
         f, r = self.refs[i]
         source = f"{storage.basename(f)}#{r}"
         try:
@@ -228,9 +257,11 @@ class FMOLoader:
             raise  # this node's disk, not the row: skipping rows would only hide it
         except Exception as exc:
             raise RowError(source, f"unreadable row: {exc}") from exc
-        seq = Sequence(row, source)
+        seq = Sequence(row, source, self._rows, key=(f, r))
         if self.size is not None and (seq.height, seq.width) != self.size:
             raise RowError(source, f"row is {seq.width}x{seq.height}, the manifest says {self.size[1]}x{self.size[0]}")
+        if self._rows is not None:
+            self._rows.put(i, seq, seq.nbytes)
         return seq
 
     def __getitem__(self, i: int) -> Sequence:

@@ -191,6 +191,16 @@ class Trainer:
         self.emit("on_end", stopped)
 
 
+def tuned(model: torch.nn.Module, train_cfg) -> torch.nn.Module:
+    """The model in ``train.channels_last`` memory format and, with ``train.compile``, compiled in place
+    (its state_dict keys stay those of the plain model, so checkpoints load either way)."""
+    if train_cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if train_cfg.compile:
+        model.compile()
+    return model
+
+
 def _quiet_ray_reports() -> None:
     """Ray Train V2 logs each report's whole metrics dict at INFO on every rank (two screenfuls per
     validation); the loop's own ``[train]``/``[val]`` lines say it shorter."""
@@ -207,6 +217,7 @@ def train_loop(loop_config: dict) -> None:
     import ray.train
 
     from fmolab.data import build_dataset, build_format, collate
+    from fmolab.heap import keep_freed_memory
     from fmolab.losses import LossSet
     from fmolab.models import build_model
     from fmolab.prefetch import prefetched
@@ -221,14 +232,14 @@ def train_loop(loop_config: dict) -> None:
     # the global batch and the learning rate of train.workers (rounded up when it does not divide).
     cfg = derive(cfg, {"train.grad_accum": cfg.train.grad_accum * math.ceil(cfg.train.workers / world)})
     train_cfg = cfg.train
+    if train_cfg.keep_freed_memory:
+        keep_freed_memory()
     torch.manual_seed(train_cfg.seed + rank)
     torch.set_num_threads(train_cfg.threads or max(1, (os.cpu_count() or 1) // max(1, ctx.get_local_world_size())))
     device = ray.train.torch.get_device()
 
-    model = build_model(cfg.model, build_format(cfg.data.format).in_channels)
-    if train_cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model = ray.train.torch.prepare_model(model)
+    model = ray.train.torch.prepare_model(tuned(build_model(cfg.model, build_format(cfg.data.format).in_channels),
+                                                train_cfg))
     optimizer = build_optimizer(train_cfg.optimizer, model.parameters(), train_cfg.lr)
     train_ds = build_dataset(cfg, "train") if cfg.data.pipeline != "ray_data" else None  # Ray Data: in its actors
     trainer = Trainer(cfg, model, optimizer, build_scheduler(train_cfg.scheduler, optimizer, train_cfg.steps),
