@@ -163,8 +163,8 @@ class TrainConfig:
     scheduler: str = "none"  # "none", "cosine", "step:step_size=1000,gamma=0.5"
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
-    # torch.compile the model: on 2 CPU cores ~+14% steady samples/s at the small scale after ~60 s of
-    # compiling (benchmarks/train.py), so it wins only in runs of many minutes; off by default
+    # torch.compile the model in place: on 2 CPU cores ~60 s of compiling for no gain beyond the
+    # machine's noise at the small scale (benchmarks/train.py, docs/architecture.md); off by default
     compile: bool = False
     # Freed memory stays in the worker between steps (fmolab.heap: glibc's malloc otherwise unmaps and
     # faults in a step's big blocks every step; benchmarks/train.py measures it on and off)
