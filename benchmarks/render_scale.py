@@ -4,16 +4,19 @@
 real Ray Data pipeline, claims, shard writer, manifest and resume run at sizes no CPU could render.
 Each size runs in a fresh driver process (its CPU time and peak memory are its own); reported:
 
-* the driver's CPU per sequence (user + system, Ray's own processes excluded) and its peak RSS;
+* the driver's CPU per sequence (user + system, Ray's own processes excluded) and its peak RSS, by the
+  end of the render and by the end of every phase below;
 * the manifest's size and the time to build and write it again;
 * the time a rerun takes to find that every block is there (resume);
-* training start-up (``fmolab train``'s preflight) over the shards: seconds, and Parquet footers
-  opened (each shard's at most once is the goal).
+* training start-up (``fmolab train``'s preflight) and evaluation start-up (the dataset ``fmolab
+  evaluate`` and each training worker build) over the shards: seconds, and Parquet footers opened
+  (each shard's at most once is the goal).
 
-Writes ``benchmarks/results/render_scale.json``.
+Writes ``benchmarks/results/render_scale.json`` (``--out`` another file).
 
     python benchmarks/render_scale.py                       # 10^4 sequences, a local folder
     python benchmarks/render_scale.py --sizes 10000,100000 --storage s3   # on a moto S3 server too
+    python benchmarks/render_scale.py --sizes 640000 --storage s3-copied  # resume over 10^4 shards on moto
 """
 from __future__ import annotations
 
@@ -36,7 +39,23 @@ def cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def child(n: int, work: str, storage_root: str) -> dict:
+def copy_up(local_dir: str, remote_dir: str) -> float:
+    """Every file of a dataset rendered locally to object storage (16 at a time); seconds taken."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fmolab import storage
+
+    t0 = time.perf_counter()
+    files = [p for p in Path(local_dir).rglob("*") if p.is_file()]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda p: storage.upload(p, storage.join(remote_dir, *p.relative_to(local_dir).parts)), files))
+    return time.perf_counter() - t0
+
+
+def child(n: int, work: str, storage_root: str, copied: bool = False) -> dict:
+    """One size in this process. ``copied``: render to a local folder, copy the dataset to
+    ``storage_root`` (object storage), and measure everything after the render there: 10^4 shards
+    reach moto in a minute this way instead of the ~40 a render through moto's one server takes."""
     import pyarrow.parquet as pq
 
     from fmolab.config import derive, load_config
@@ -46,14 +65,17 @@ def child(n: int, work: str, storage_root: str) -> dict:
     from render_cluster.pipeline import render_dataset
 
     quiet_third_party()
-    cfg = load_config([], [f"runtime.work_dir={work}", f"runtime.storage={storage_root}", "render.engine=simulated",
-                           "render.width=16", "render.height=16", "render.num_frames=2", "render.shard_rows=64",
-                           f"render.num_sequences={n}", f"render.name=sim-{n}", "render.backgrounds.num_clips=4",
-                           "render.backgrounds.frames_per_clip=2", "data.frames_per_sample=2",
-                           "data.format=background_blur"])
+    settings = [f"runtime.work_dir={work}", "render.engine=simulated", "render.width=16", "render.height=16",
+                "render.num_frames=2", "render.shard_rows=64", f"render.num_sequences={n}", f"render.name=sim-{n}",
+                "render.backgrounds.num_clips=4", "render.backgrounds.frames_per_clip=2",
+                "data.frames_per_sample=2", "data.format=background_blur"]
+    cfg = load_config([], [*settings, f"runtime.storage={storage_root}"])
+    rendered_cfg = load_config([], [*settings, f"runtime.storage={work}/local"]) if copied else cfg
     c0, t0 = cpu_s(), time.perf_counter()
-    manifest = render_dataset(cfg, progress=False)
+    manifest = render_dataset(rendered_cfg, progress=False)
     render_s, render_cpu = time.perf_counter() - t0, cpu_s() - c0
+    render_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the phases below add theirs
+    copy_s = copy_up(rendered_cfg.dataset_dir, cfg.dataset_dir) if copied else None
     out = cfg.dataset_dir
     n_blocks = manifest["num_shards"]
     t0 = time.perf_counter()
@@ -78,22 +100,36 @@ def child(n: int, work: str, storage_root: str) -> dict:
     t0 = time.perf_counter()
     preflight(derive(cfg, {"data.train": out}))
     startup_s = time.perf_counter() - t0
+    train_opened = list(opened)
+    opened.clear()
+    from fmolab.data import build_dataset
+
+    t0 = time.perf_counter()
+    build_dataset(derive(cfg, {"data.train": out}), "all")  # what `fmolab evaluate` (and each worker) builds
+    eval_s = time.perf_counter() - t0
     pq.ParquetFile.__init__ = original
-    return {"sequences": n, "shards": n_blocks, "rows": manifest["num_rows"], "complete": manifest["complete"],
+    return {"sequences": n, "shards": n_blocks, "copied_up_s": copy_s and round(copy_s, 1), "rows": manifest["num_rows"], "complete": manifest["complete"],
             "render_wall_s": round(render_s, 2), "driver_cpu_s": round(render_cpu, 2),
             "driver_cpu_ms_per_sequence": round(1000 * render_cpu / n, 4),
+            "driver_peak_rss_mb_render": round(render_peak, 1),
             "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "manifest_bytes": manifest_bytes, "manifest_build_write_s": round(manifest_s, 3),
             "resume_s": round(resume_s, 2), "resume_cpu_s": round(resume_cpu, 2),
             "resume_rendered_blocks": resumed["timing"]["blocks_rendered_this_run"],
-            "train_startup_s": round(startup_s, 2), "train_startup_footer_opens": len(opened),
-            "train_startup_local_footers_opened_twice": len(opened) - len(set(opened)) if "a remote stream" not in
-            opened else None}
+            "train_startup_s": round(startup_s, 2), "train_startup_footer_opens": len(train_opened),
+            "train_startup_local_footers_opened_twice": twice(train_opened),
+            "eval_startup_s": round(eval_s, 2), "eval_startup_footer_opens": len(opened),
+            "eval_startup_local_footers_opened_twice": twice(opened)}
 
 
-def run(n: int, storage_root: str, env: dict) -> dict:
+def twice(opened: list[str]) -> int | None:
+    """Local footers opened more than once (None: remote opens are streams, not named)."""
+    return len(opened) - len(set(opened)) if "a remote stream" not in opened else None
+
+
+def run(n: int, storage_root: str, env: dict, copied: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="fmrs-", dir="/tmp") as work:
-        cmd = [sys.executable, __file__, "--child", str(n), work, storage_root or f"{work}/out"]
+        cmd = [sys.executable, __file__, "--child", str(n), work, storage_root or f"{work}/out", str(int(copied))]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env, "FMOLAB_HOME": work,
                                                                          "FMOLAB_PROGRESS": "0"})
         if proc.returncode != 0:
@@ -104,30 +140,33 @@ def run(n: int, storage_root: str, env: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="10000", help="numbers of sequences, comma-separated")
-    ap.add_argument("--storage", default="local", help="local, s3 (a moto server), or local,s3")
-    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--storage", default="local",
+                    help="local, s3 (rendered through a moto server), s3-copied (rendered locally, then copied to "
+                         "moto: resume and start-ups measured there), or several, comma-separated")
+    ap.add_argument("--out", default=str(HERE / "results" / "render_scale.json"))
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        n, work, root = args.child
-        print(json.dumps(child(int(n), work, root)))
+        n, work, root, copied = args.child
+        print(json.dumps(child(int(n), work, root, copied == "1")))
         return
     sys.path.insert(0, str(HERE.parent / "tests"))
     rows = []
     for where in args.storage.split(","):
         for n in (int(float(s)) for s in args.sizes.split(",")):
-            if where == "s3":
+            if where in ("s3", "s3-copied"):
                 from cluster_fakes import s3_server
 
                 with s3_server() as variables:
-                    row = run(n, f"s3://fmo/scale-{n}", variables)
+                    row = run(n, f"s3://fmo/scale-{n}", variables, copied=where == "s3-copied")
             else:
                 row = run(n, "", {})
             rows.append({"storage": where, **row})
             print(json.dumps(rows[-1]), flush=True)
     result = {"what": __doc__.split("\n\n")[0], "cpus": os.cpu_count(), "python": platform.python_version(),
               "runs": rows}
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "render_scale.json").write_text(json.dumps(result, indent=2))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -108,14 +108,14 @@ def render_dataset(cfg: Config, progress: bool = True) -> dict:
     n_blocks = math.ceil(render_cfg.num_sequences / render_cfg.shard_rows)
     t0 = time.time()
     try:
-        rendered = _render_all(cfg, assets, out, n_blocks, progress)
+        fresh = _render_all(cfg, assets, out, n_blocks, progress)
     except BadAssetsError as exc:  # the dataset is not usable: its manifest says so, then the one line
         manifest = build_manifest(cfg, out, n_blocks, time.time() - t0, rendered=0)
         write_json_atomic({**manifest, "complete": False, "error": str(exc)}, storage.join(out, MANIFEST))
         raise
     seconds = time.time() - t0
     render_backgrounds(cfg, storage.join(out, "backgrounds"))
-    manifest = build_manifest(cfg, out, n_blocks, seconds, rendered=rendered)
+    manifest = build_manifest(cfg, out, n_blocks, seconds, rendered=len(fresh), fresh=frozenset(fresh))
     try:
         check_assets(render_cfg, manifest["rejections"], manifest["bad_assets"], manifest["num_rows"], final=True)
     except BadAssetsError as exc:
@@ -126,8 +126,9 @@ def render_dataset(cfg: Config, progress: bool = True) -> dict:
     return manifest
 
 
-def _render_all(cfg: Config, assets, out: str, n_blocks: int, progress: bool) -> int:
-    """Render passes until every block is done (or held by another render that finishes it)."""
+def _render_all(cfg: Config, assets, out: str, n_blocks: int, progress: bool) -> set[int]:
+    """Render passes until every block is done (or held by another render that finishes it); returns
+    the blocks this render rendered."""
     from fmolab.runtime import progress as progress_bar
 
     render_cfg = cfg.render
@@ -142,7 +143,8 @@ def _render_all(cfg: Config, assets, out: str, n_blocks: int, progress: bool) ->
         return [b for b in range(n_blocks) if b not in done]
 
     todo = unfinished()  # listed again after each pass
-    rendered, cap, waited = 0, 1 << 30, False
+    rendered: set[int] = set()
+    cap, waited = 1 << 30, False
     with progress_bar(rows_of(todo), "seq", "render", show=progress and bool(todo)) as bar:
         while True:
             if todo is None:  # after a pass or a wait; the first listing is the one above
@@ -164,7 +166,7 @@ def _render_all(cfg: Config, assets, out: str, n_blocks: int, progress: bool) ->
             workers = max(1, min(render_cfg.workers or alive_cpus(), alive_cpus(), cap, len(free)))
             todo = None
             try:
-                rendered += _render_pass(cfg, assets, out, free, workers, claims.owner, bar)
+                rendered |= _render_pass(cfg, assets, out, free, workers, claims.owner, bar)
             except ActorStartTimeout as exc:
                 if workers == 1:  # not even one actor started: no node left can run one
                     raise ActorStartTimeout(f"{exc}; the cluster's {alive_cpus()} CPU(s) could not start one: check "
@@ -176,8 +178,8 @@ def _render_all(cfg: Config, assets, out: str, n_blocks: int, progress: bool) ->
     return rendered
 
 
-def _render_pass(cfg: Config, assets, out: str, blocks: list[int], workers: int, owner: str, bar) -> int:
-    """One Ray Data pass of ``workers`` render actors over ``blocks``; returns the blocks rendered."""
+def _render_pass(cfg: Config, assets, out: str, blocks: list[int], workers: int, owner: str, bar) -> set[int]:
+    """One Ray Data pass of ``workers`` render actors over ``blocks``; returns the blocks it rendered."""
     import ray
 
     render_cfg = cfg.render
@@ -192,7 +194,7 @@ def _render_pass(cfg: Config, assets, out: str, blocks: list[int], workers: int,
         compute=ray.data.ActorPoolStrategy(size=workers),
         batch_size=1, num_cpus=1, num_gpus=gpus,
     )
-    rejected, bad, rows, failed_write, rendered, timed_out = Counter(), Counter(), 0, "", 0, False
+    rejected, bad, rows, failed_write, rendered, timed_out = Counter(), Counter(), 0, "", set(), False
     try:
         with _quiet("ray.data.exceptions"):  # Ray Data logs a whole traceback of what is raised here anyway
             for row in ds.iter_rows():
@@ -202,7 +204,7 @@ def _render_pass(cfg: Config, assets, out: str, blocks: list[int], workers: int,
                     break  # ends the dataset: the other actors' writes would fail the same way
                 if s.get("skipped") or s.get("held"):
                     continue
-                rendered += 1
+                rendered.add(int(s["block"]))
                 rejected.update(s["rejections"])
                 bad.update(s.get("bad_assets", {}))
                 rows += s["rows"]

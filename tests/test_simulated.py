@@ -49,15 +49,37 @@ def test_simulated_rows_go_through_the_pipeline_and_keep_the_shard_contract(work
 
     import render_cluster.manifest as manifest_module
 
+    reads, footers = [], []
+    real_json, real_footer = storage.read_json, manifest_module.open_parquet
     manifest_module.storage.list_files = counting
+    manifest_module.storage.read_json = lambda p: reads.append(str(p)) or real_json(p)
+    manifest_module.open_parquet = lambda p: footers.append(str(p)) or real_footer(p)
     try:
         again = render_dataset(cfg, progress=False)  # resume: every block is there, nothing is made again
+        assert again["timing"]["blocks_rendered_this_run"] == 0 and again["num_rows"] == 40
+        # the shards are listed a fixed number of times, not once per block (10^5 sequences took 41 s)
+        shard_listings = [f for f, suffix in listings if suffix == ".parquet" and f == str(cfg.dataset_dir)]
+        assert len(shard_listings) <= 3, listings
+        # the last manifest's entries stand for their shards: no summary and no footer is read again
+        assert not [r for r in reads if "/.render/part-" in r] and not footers, (reads, footers)
+        assert again["shards"] == manifest["shards"] and again["rejections"] == manifest["rejections"]
+        storage.remove(storage.join(cfg.dataset_dir, "part-00002.parquet"))
+        reads.clear()
+        third = render_dataset(cfg, progress=False)  # the block made again is read from its new summary
+        assert third["timing"]["blocks_rendered_this_run"] == 1 and third["num_rows"] == 40
+        assert [r.rsplit("/", 1)[-1] for r in reads if "/.render/part-" in r] == ["part-00002.json"] and not footers
+        assert [e for e in third["shards"] if e["block"] != 2] == [e for e in manifest["shards"] if e["block"] != 2]
+        old = json.loads((work / "datasets" / "sim" / "manifest.json").read_text())
+        for e in old["shards"]:  # a manifest of an older version (no per-shard counts): every entry is read
+            del e["rejections"]
+        (work / "datasets" / "sim" / "manifest.json").write_text(json.dumps(old))
+        reads.clear()
+        fourth = render_dataset(cfg, progress=False)
+        assert len([r for r in reads if "/.render/part-" in r]) == 5 and fourth["shards"] == third["shards"]
     finally:
         manifest_module.storage.list_files = real_list
-    assert again["timing"]["blocks_rendered_this_run"] == 0 and again["num_rows"] == 40
-    # the shards are listed a fixed number of times, not once per block (10^5 sequences took 41 s)
-    shard_listings = [f for f, suffix in listings if suffix == ".parquet" and f == str(cfg.dataset_dir)]
-    assert len(shard_listings) <= 3, listings
+        manifest_module.storage.read_json = real_json
+        manifest_module.open_parquet = real_footer
 
 
 def test_the_simulated_engine_makes_the_default_blurs_only(make_config, tmp_path):
