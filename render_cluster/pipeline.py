@@ -93,7 +93,8 @@ def alive_cpus() -> int:
 def render_dataset(cfg: Config, progress: bool = True) -> dict:
     """Render ``cfg.render.num_sequences`` sequences + background clips into ``cfg.dataset_dir``.
 
-    Passes of a Ray Data actor pool until every block is done: a pass whose actors cannot start in
+    Passes of a Ray Data actor pool (each over at most ``render.blocks_per_pass`` blocks: the driver's
+    memory grows with a pass's blocks) until every block is done: a pass whose actors cannot start in
     ``render.start_timeout_s`` (a node lost) is followed by one sized to the nodes left; blocks another
     render holds are waited for until they are done or their claims expire."""
     from fmolab.runtime import init_ray
@@ -163,6 +164,7 @@ def _render_all(cfg: Config, assets, out: str, n_blocks: int, progress: bool) ->
                 time.sleep(min(2.0, render_cfg.claim_lease_s / 10))
                 todo = None
                 continue
+            free = free[:render_cfg.blocks_per_pass]  # bounds the driver's memory; the rest in the next pass
             workers = max(1, min(render_cfg.workers or alive_cpus(), alive_cpus(), cap, len(free)))
             todo = None
             try:

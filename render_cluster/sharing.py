@@ -18,7 +18,7 @@ from fmolab.storage.claims import create_exclusive
 SETTINGS = ".render/settings.json"
 CLAIMS = ".render/claims"
 # How a dataset is rendered, not what it holds: these may differ between renders of one dataset.
-NOT_IDENTITY = ("out", "name", "workers", "num_sequences", "claim_lease_s", "start_timeout_s")
+NOT_IDENTITY = ("out", "name", "workers", "num_sequences", "claim_lease_s", "start_timeout_s", "blocks_per_pass")
 
 
 class DatasetWriteError(RuntimeError):

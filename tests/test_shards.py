@@ -64,6 +64,28 @@ def test_write_read_shards_and_skip_bad_shard(tmp_path):
     assert sorted(reader.column("object_id")) == ["obj/0", "obj/0", "obj/1"]
 
 
+def test_each_footer_is_read_once_and_few_stay_open(tmp_path, monkeypatch):
+    """Start-up reads each shard's footer once (the loader's own per-shard reads included); then only
+    ShardReader.OPEN_FILES stay open (10^4 open footers held GBs) and rows of the others still read."""
+    from fmolab.data import FMOLoader
+
+    for k in range(5):
+        shards.write_shard([_row(2 * k), _row(2 * k + 1)], tmp_path / f"part-{k:05d}.parquet")
+    opened = []
+    real = shards.open_parquet
+    monkeypatch.setattr(shards, "open_parquet", lambda f, *a, **kw: opened.append(f) or real(f, *a, **kw))
+    monkeypatch.setattr(shards.ShardReader, "OPEN_FILES", 2)
+    reader = shards.ShardReader(tmp_path)
+    assert len(opened) == 5 == len(set(opened)) and len(reader._open) == 2
+    assert [reader.refs[i].row for i in range(10)] == [0, 1] * 5 and len(list(reader.refs)) == 10
+    assert [reader.row(i)["seq_id"] for i in range(10)] == [f"0-{i}" for i in range(10)]  # closed ones reopen
+    assert len(reader._open) == 2
+    opened.clear()
+    loader = FMOLoader(tmp_path)
+    assert sorted(opened) == sorted(set(opened)) and len(opened) == 5
+    assert [loader.get(i).seq_id for i in range(len(loader))] == [f"0-{i}" for i in range(10)]
+
+
 def test_write_shard_is_atomic_on_failure(tmp_path):
     bad = _row(0)
     bad["index"] = "not an int"

@@ -82,6 +82,23 @@ def test_simulated_rows_go_through_the_pipeline_and_keep_the_shard_contract(work
         manifest_module.open_parquet = real_footer
 
 
+def test_a_render_runs_in_passes_of_blocks_per_pass(work, ray_local, make_config, monkeypatch):
+    import render_cluster.pipeline as pipeline
+
+    passes = []
+    real = pipeline._render_pass
+
+    def counting(cfg, assets, out, blocks, *args):
+        passes.append(list(blocks))
+        return real(cfg, assets, out, blocks, *args)
+
+    monkeypatch.setattr(pipeline, "_render_pass", counting)
+    cfg = make_config({"runtime.work_dir": work}, SIMULATED, ["render.name=passes", "render.blocks_per_pass=2"])
+    manifest = pipeline.render_dataset(cfg, progress=False)
+    assert passes == [[0, 1], [2, 3], [4]] and manifest["complete"] and manifest["num_rows"] == 40
+    assert manifest["timing"]["blocks_rendered_this_run"] == 5
+
+
 def test_the_simulated_engine_makes_the_default_blurs_only(make_config, tmp_path):
     with pytest.raises(ConfigError, match="render.blurs.*simulated engine makes the default blurs"):
         make_config({"runtime.work_dir": tmp_path}, SIMULATED, ["render.blurs={full: [0, 1]}"])

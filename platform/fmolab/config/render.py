@@ -85,6 +85,9 @@ class RenderConfig:
     workers: int = 0  # render actors; 0 = one per CPU
     start_timeout_s: float = 120.0  # render actors not started by then: a smaller pool (a node lost)
     claim_lease_s: float = 120.0  # a block's claim lasts this long after its last renewal (sharing.py)
+    # Blocks per Ray Data pass: the driver's memory grows with a pass's blocks (~7 KB each), so a render
+    # of 10^6 sequences runs in passes of this many (each starts its actors again: seconds per pass)
+    blocks_per_pass: int = 2048
     trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
     backgrounds: BackgroundRenderConfig = field(default_factory=BackgroundRenderConfig)
 
@@ -99,6 +102,7 @@ class RenderConfig:
                      "must be [start, end] with 0 <= start < end <= 1")
         require(self.samples >= 1, "render.samples", self.samples, "must be >= 1")
         require(self.start_timeout_s > 0, "render.start_timeout_s", self.start_timeout_s, "must be > 0 (seconds)")
+        require(self.blocks_per_pass >= 1, "render.blocks_per_pass", self.blocks_per_pass, "must be >= 1")
         require(self.claim_lease_s >= 5, "render.claim_lease_s", self.claim_lease_s, "must be >= 5 (seconds)")
         require(0 <= self.min_coverage < 1, "render.min_coverage", self.min_coverage, "must be in [0, 1)")
         require(self.max_tries >= 1, "render.max_tries", self.max_tries, "must be >= 1")

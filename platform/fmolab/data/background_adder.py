@@ -55,7 +55,7 @@ class BackgroundAdder:
         except ShardError as exc:
             raise ShardError(f"no background dataset at {self.root} ({exc}); {HOW_TO}") from exc
         ids: dict[str, list] = {}
-        for f in {r.file for r in reader.refs}:
+        for f in reader.files:
             pf = reader.parquet(f)
             if "clip_id" in pf.schema_arrow.names:
                 ids[f] = pf.read(columns=["clip_id"]).column("clip_id").to_pylist()

@@ -30,6 +30,7 @@ COLUMNS = ["seq_id", "index", "object_id", "texture_id", "params", "width", "hei
 # Read when the shard has it (older shards do not: their images are full size).
 OPTIONAL = list(OPTIONAL_COLUMNS)
 SPLITS = ("all", "train", "val")
+OPEN_FILES = 256  # shards kept open per loader (a shuffled epoch over more opens them again)
 
 
 class RowError(ShardError):
@@ -168,32 +169,32 @@ class FMOLoader:
         if split not in SPLITS:
             raise ValueError(f"split {split!r}: must be one of {SPLITS}")
         self.root = storage.normalize(root)
-        reader = ShardReader(self.root)  # raises ShardError for a missing or wholly unreadable path
-        self.manifest = reader.manifest
-        # A cropped image cannot show that its row's width/height is wrong: the manifest can.
-        self.size = manifest_size(self.manifest)
-        self.skipped: dict[str, str] = dict(reader.bad_shards)
+        self.skipped: dict[str, str] = {}
         self.files: list[str] = []  # paths or URIs
-        files: dict[str, list[int]] = {}
-        for ref in reader.refs:
-            files.setdefault(ref.file, []).append(ref.row)
         refs, objects, indices = [], [], []
-        for f, rows in files.items():
-            pf = reader.parquet(f)
+
+        def visit(f: str, pf: pq.ParquetFile) -> None:  # each shard once, while the reader scans them
             names = set(pf.schema_arrow.names)
+            rows = range(pf.metadata.num_rows)
             if "clip_id" in names and "blurs" not in names:
-                continue  # a background dataset nested under the sequences (data.backgrounds default)
+                return  # a background dataset nested under the sequences (data.backgrounds default)
             missing = [c for c in COLUMNS if c not in names]
             if missing:
                 for r in rows:
                     self._skip(f"{storage.basename(f)}#{r}", f"shard lacks columns {missing}")
-                continue
+                return
             meta = pf.read(columns=["object_id", "index"])
             self.files.append(f)
             for r, oid, idx in zip(rows, meta.column("object_id").to_pylist(), meta.column("index").to_pylist()):
                 refs.append((f, r))
                 objects.append(oid or "")
                 indices.append(idx if idx is not None else -1)
+
+        reader = ShardReader(self.root, visit=visit)  # raises ShardError for a missing or wholly unreadable path
+        self.manifest = reader.manifest
+        # A cropped image cannot show that its row's width/height is wrong: the manifest can.
+        self.size = manifest_size(self.manifest)
+        self.skipped.update(reader.bad_shards)
         if not refs:
             raise ShardError(f"{self.root} holds no readable sequence rows (schema {SEQUENCE_SCHEMA.names}); "
                              f"skipped: {self.skipped}")
@@ -209,7 +210,7 @@ class FMOLoader:
         self.object_ids = [objects[k] for k in keep]
         self.split = split
         self._cache_groups = cache_groups
-        self._handles: dict[str, tuple[pq.ParquetFile, list[int]]] = {}
+        self._handles: OrderedDict[str, tuple[pq.ParquetFile, list[int]]] = OrderedDict()  # at most OPEN_FILES
         self._groups: OrderedDict = OrderedDict()
         self._rows = ByteLRU(cache_mb * 2**20) if cache_mb > 0 else None
 
@@ -224,7 +225,7 @@ class FMOLoader:
     # Open files and cached row groups do not travel to DataLoader workers / Ray actors.
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_handles"], state["_groups"] = {}, OrderedDict()
+        state["_handles"], state["_groups"] = OrderedDict(), OrderedDict()
         state["_rows"] = self._rows.empty() if self._rows is not None else None
         return state
 
@@ -234,6 +235,9 @@ class FMOLoader:
             pf = pq.ParquetFile(storage.local(f), memory_map=True)
             starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)])
             self._handles[f] = (pf, list(starts))
+            if len(self._handles) > OPEN_FILES:  # an open footer holds ~60 KB: 10^4 shards held GBs
+                self._handles.popitem(last=False)
+        self._handles.move_to_end(f)
         pf, starts = self._handles[f]
         g = int(np.searchsorted(starts, row, side="right") - 1)
         key = (f, g)
