@@ -236,6 +236,28 @@ class RowRef:
     row: int
 
 
+def _opened(files: list[str], visit=None, chunk: int = 256) -> Iterator[tuple[str, Any, Any]]:
+    """``(file, its open Parquet file or the error, visit's value)`` in order; object-store footers are
+    fetched (and visited) 16 at a time (each a round trip or two: 10^4 shards one by one took minutes),
+    a chunk at a time so that few are held at once."""
+    def attempt(f: str):
+        try:
+            pf = open_parquet(f)
+        except Exception as exc:  # the caller names the shard
+            return exc, None
+        return pf, visit(f, pf) if visit is not None else None
+
+    if not files or not storage.is_remote(files[0]):  # local footers: a file read each, no round trip
+        yield from ((f, *attempt(f)) for f in files)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(16) as pool:
+        for i in range(0, len(files), chunk):
+            part = files[i:i + chunk]
+            yield from ((f, *got) for f, got in zip(part, pool.map(attempt, part)))
+
+
 class RowRefs:
     """Every row of a reader's shards as :class:`RowRef`, made when asked for (a list of 10^6 of them
     held ~100 MB): files and their row counts only."""
@@ -262,9 +284,10 @@ class RowRefs:
 class ShardReader:
     """Random access to the rows of a dataset, reading one row's columns at a time.
 
-    Each shard's footer is read once while the shards are scanned (``visit(file, parquet_file)`` sees
-    every readable one then); afterwards at most :attr:`OPEN_FILES` stay open (an open footer holds
-    ~60 KB: 10^4 shards held 1.9 GB), the others are opened again when a row of theirs is read.
+    Each shard's footer is read once while the shards are scanned; ``visit(file, parquet_file)`` runs
+    then, beside the read (on a reader thread for object storage), and its values are ``visits``, in
+    the order of ``files``. Afterwards the first :attr:`OPEN_FILES` shards stay open (an open footer
+    holds ~60 KB: 10^4 of them held GBs), and a row of another opens its shard again.
     Unreadable shards are skipped and counted in ``bad_shards`` (named with the error); a dataset
     with no readable shard at all raises :class:`ShardError`.
     """
@@ -272,25 +295,23 @@ class ShardReader:
     OPEN_FILES = 64
 
     def __init__(self, root: str | os.PathLike, columns: Iterable[str] | None = None,
-                 visit: Callable[[str, pq.ParquetFile], None] | None = None):
+                 visit: Callable[[str, pq.ParquetFile], Any] | None = None):
         self.root = storage.normalize(root)
         files = shard_files(self.root)
         self.manifest = read_manifest(self.root) if files != [self.root] else {}
         self.columns = list(columns) if columns else None
         self.bad_shards: dict[str, str] = {}
         self._open: OrderedDict[str, pq.ParquetFile] = OrderedDict()
-        readable, rows = [], []
-        for f in files:
-            try:
-                pf = open_parquet(f)
-            except Exception as exc:
-                self.bad_shards[str(f)] = str(exc)
+        readable, rows, self.visits = [], [], []
+        for f, pf, seen in _opened(files, visit):
+            if isinstance(pf, Exception):
+                self.bad_shards[str(f)] = str(pf)
                 continue
             readable.append(f)
             rows.append(pf.metadata.num_rows)
-            if visit is not None:
-                visit(f, pf)
-            self._keep(f, pf)
+            self.visits.append(seen)
+            if len(self._open) < self.OPEN_FILES:  # the first ones: preflight reads row 0 next
+                self._open[f] = pf
         if not readable:
             raise ShardError(f"no readable shard under {self.root}: {self.bad_shards}")
         self.refs = RowRefs(readable, rows)

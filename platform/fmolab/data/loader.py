@@ -171,26 +171,34 @@ class FMOLoader:
         self.root = storage.normalize(root)
         self.skipped: dict[str, str] = {}
         self.files: list[str] = []  # paths or URIs
+        self.row_groups: dict[str, int] = {}  # per file (Ray Data reads by row group)
         refs, objects, indices = [], [], []
 
-        def visit(f: str, pf: pq.ParquetFile) -> None:  # each shard once, while the reader scans them
+        def visit(f: str, pf: pq.ParquetFile):  # beside each footer's read: the schema and two small columns
             names = set(pf.schema_arrow.names)
-            rows = range(pf.metadata.num_rows)
             if "clip_id" in names and "blurs" not in names:
-                return  # a background dataset nested under the sequences (data.backgrounds default)
+                return None  # a background dataset nested under the sequences (data.backgrounds default)
             missing = [c for c in COLUMNS if c not in names]
             if missing:
-                for r in rows:
-                    self._skip(f"{storage.basename(f)}#{r}", f"shard lacks columns {missing}")
-                return
+                return missing, pf.metadata.num_rows
             meta = pf.read(columns=["object_id", "index"])
+            return meta.column("object_id").to_pylist(), meta.column("index").to_pylist(), pf.metadata.num_row_groups
+
+        reader = ShardReader(self.root, visit=visit)  # raises ShardError for a missing or wholly unreadable path
+        for f, seen in zip(reader.files, reader.visits):
+            if seen is None:
+                continue
+            if len(seen) == 2:
+                missing, n = seen
+                for r in range(n):
+                    self._skip(f"{storage.basename(f)}#{r}", f"shard lacks columns {missing}")
+                continue
+            oids, idxs, self.row_groups[f] = seen
             self.files.append(f)
-            for r, oid, idx in zip(rows, meta.column("object_id").to_pylist(), meta.column("index").to_pylist()):
+            for r, (oid, idx) in enumerate(zip(oids, idxs)):
                 refs.append((f, r))
                 objects.append(oid or "")
                 indices.append(idx if idx is not None else -1)
-
-        reader = ShardReader(self.root, visit=visit)  # raises ShardError for a missing or wholly unreadable path
         self.manifest = reader.manifest
         # A cropped image cannot show that its row's width/height is wrong: the manifest can.
         self.size = manifest_size(self.manifest)

@@ -138,7 +138,7 @@ def ray_dataset(cfg, split: str, epoch_seed: int = 0, batch_size: int = 16, epoc
     d = cfg.data
     root, loader_split = split_args(cfg, split)
     loader = FMOLoader(root, split="all", val_fraction=d.val_fraction)  # shard list + held-out objects
-    groups = [(f, g) for f in loader.files for g in range(open_parquet(f).metadata.num_row_groups)]
+    groups = [(f, g) for f in loader.files for g in range(loader.row_groups[f])]  # footers read once, above
     if samples > 0:
         held = loader.val_objects
         rows = sum((o in held) == (loader_split == "val") or loader_split == "all" for o in loader.object_ids)
