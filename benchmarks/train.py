@@ -70,7 +70,7 @@ def bare(cfg_dict: dict, seconds: float, threads: int, queue) -> None:
 
     cfg = config_from_dict(cfg_dict)
     if cfg.train.keep_freed_memory:  # the variant's malloc setting too: the ratio is fmolab's own cost
-        from fmolab.heap import keep_freed_memory
+        from fmolab.train.heap import keep_freed_memory
 
         keep_freed_memory()
     torch.set_num_threads(threads)

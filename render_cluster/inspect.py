@@ -12,7 +12,8 @@ from PIL import Image, ImageDraw
 
 from fmolab import storage
 from fmolab.media import checkerboard
-from fmolab.shards import ShardReader, decode_sequence, read_manifest
+from fmolab.shard_reader import ShardReader
+from fmolab.shards import decode_sequence, read_manifest
 
 
 def over_checker(rgba: np.ndarray) -> np.ndarray:

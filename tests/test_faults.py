@@ -199,7 +199,7 @@ def test_a_full_disk_during_a_render_is_one_clear_error_no_partial_shard_and_the
         work, small_disk, ray_local, capsys, monkeypatch):
     pytest.importorskip("bpy")
     from fmolab.cli import main
-    from fmolab.shards import ShardReader
+    from fmolab.shard_reader import ShardReader
 
     out = small_disk / "fmo"
     out.mkdir()

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from fmolab.prefetch import prefetched
+from fmolab.data.prefetch import prefetched
 
 
 def test_same_items_in_order_and_bounded_ahead():

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from fmolab.media.codecs import decode_webp
-from fmolab.shards import BACKGROUND_SCHEMA, SEQUENCE_SCHEMA, ShardReader, content_box, decode_sequence
+from fmolab.shard_reader import ShardReader
+from fmolab.shards import BACKGROUND_SCHEMA, SEQUENCE_SCHEMA, content_box, decode_sequence
 from render_cluster import trajectory as T
 
 try:

@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from fmolab import shards
+from fmolab import shard_reader, shards
 from fmolab.media import codecs
 
 
@@ -54,7 +54,7 @@ def test_write_read_shards_and_skip_bad_shard(tmp_path):
     (tmp_path / "part-00002.parquet").write_bytes(b"not parquet")  # a damaged shard
     (tmp_path / ".part-00003.parquet.abc.tmp").write_bytes(b"half written")  # never listed
     shards.write_json_atomic({"kind": "sequences"}, tmp_path / shards.MANIFEST)
-    reader = shards.ShardReader(tmp_path)
+    reader = shard_reader.ShardReader(tmp_path)
     assert len(reader) == 3
     assert list(reader.bad_shards) == [str(tmp_path / "part-00002.parquet")]
     assert reader.manifest == {"kind": "sequences"}
@@ -73,9 +73,9 @@ def test_each_footer_is_read_once_and_few_stay_open(tmp_path, monkeypatch):
         shards.write_shard([_row(2 * k), _row(2 * k + 1)], tmp_path / f"part-{k:05d}.parquet")
     opened = []
     real = shards.open_parquet
-    monkeypatch.setattr(shards, "open_parquet", lambda f, *a, **kw: opened.append(f) or real(f, *a, **kw))
-    monkeypatch.setattr(shards.ShardReader, "OPEN_FILES", 2)
-    reader = shards.ShardReader(tmp_path)
+    monkeypatch.setattr(shard_reader, "open_parquet", lambda f, *a, **kw: opened.append(f) or real(f, *a, **kw))
+    monkeypatch.setattr(shard_reader.ShardReader, "OPEN_FILES", 2)
+    reader = shard_reader.ShardReader(tmp_path)
     assert len(opened) == 5 == len(set(opened)) and len(reader._open) == 2
     assert [reader.refs[i].row for i in range(10)] == [0, 1] * 5 and len(list(reader.refs)) == 10
     assert [reader.row(i)["seq_id"] for i in range(10)] == [f"0-{i}" for i in range(10)]  # closed ones reopen
@@ -96,9 +96,9 @@ def test_write_shard_is_atomic_on_failure(tmp_path):
 
 def test_missing_or_empty_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(shards.ShardError, match="does not exist"):
-        shards.ShardReader(tmp_path / "nope")
+        shard_reader.ShardReader(tmp_path / "nope")
     with pytest.raises(shards.ShardError, match="no .parquet"):
-        shards.ShardReader(tmp_path)
+        shard_reader.ShardReader(tmp_path)
 
 
 def test_content_box_crop_paste_round_trip():
@@ -144,7 +144,7 @@ def test_box_column_is_optional_for_writers(tmp_path):
     new.update(frames=codecs.encode_webp(shards.crop(f, box)), box=box,
                blurs=[codecs.encode_webp(shards.crop(f.mean(0).astype(np.uint8), box))])
     shards.write_shard([old, new], tmp_path / "part-00000.parquet")
-    reader = shards.ShardReader(tmp_path)
+    reader = shard_reader.ShardReader(tmp_path)
     assert reader.row(0)["box"] is None and reader.row(1)["box"] == box
     for i in range(2):
         frames, blurs = shards.decode_sequence(reader.row(i))

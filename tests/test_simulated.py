@@ -19,7 +19,8 @@ def test_simulated_rows_go_through_the_pipeline_and_keep_the_shard_contract(work
     import pyarrow.parquet as pq
 
     from fmolab.data import build_dataset, to_device
-    from fmolab.shards import SEQUENCE_SCHEMA, ShardReader, decode_sequence, shard_files
+    from fmolab.shard_reader import ShardReader
+    from fmolab.shards import SEQUENCE_SCHEMA, decode_sequence, shard_files
     from render_cluster.pipeline import render_dataset
 
     cfg = make_config({"runtime.work_dir": work}, SIMULATED)

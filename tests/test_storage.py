@@ -197,7 +197,7 @@ def test_asset_folders_in_the_bucket_are_read_from_a_node_local_copy(s3, work, m
     """A background-clips folder at a URI: fetched once into this node's cache, then used as a folder."""
     from PIL import Image
 
-    from fmolab.shards import ShardReader
+    from fmolab.shard_reader import ShardReader
     from render_cluster.backgrounds import write_backgrounds
 
     rng = np.random.default_rng(0)

@@ -229,7 +229,7 @@ def test_cosine_with_warm_restarts_known_values():
 FAULTS = """
 import resource, sys
 import numpy as np
-from fmolab.heap import keep_freed_memory
+from fmolab.train.heap import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 def step():  # a step's big blocks, alive together, then all freed

@@ -166,7 +166,7 @@ class TrainConfig:
     # torch.compile the model in place: on 2 CPU cores ~60 s of compiling for no gain beyond the
     # machine's noise at the small scale (benchmarks/train.py, docs/architecture.md); off by default
     compile: bool = False
-    # Freed memory stays in the worker between steps (fmolab.heap: glibc's malloc otherwise unmaps and
+    # Freed memory stays in the worker between steps (fmolab.train.heap: glibc's malloc otherwise unmaps and
     # faults in a step's big blocks every step; benchmarks/train.py measures it on and off)
     keep_freed_memory: bool = True
     val_every: int = 100

@@ -14,9 +14,10 @@ from PIL import Image
 
 from fmolab import storage
 from fmolab.data.loader import val_objects
-from fmolab.lru import ByteLRU
+from fmolab.data.lru import ByteLRU
 from fmolab.media.codecs import decode_webp
-from fmolab.shards import ShardError, ShardReader
+from fmolab.shard_reader import ShardReader
+from fmolab.shards import ShardError
 
 log = logging.getLogger("fmolab.data")
 

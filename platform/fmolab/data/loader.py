@@ -19,9 +19,10 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from fmolab import storage
-from fmolab.lru import ByteLRU
+from fmolab.data.lru import ByteLRU
 from fmolab.media.codecs import decode_webp
-from fmolab.shards import OPTIONAL_COLUMNS, SEQUENCE_SCHEMA, ShardError, ShardReader, paste
+from fmolab.shard_reader import ShardReader
+from fmolab.shards import OPTIONAL_COLUMNS, SEQUENCE_SCHEMA, ShardError, paste
 
 log = logging.getLogger("fmolab.data")
 

@@ -17,7 +17,7 @@ from fmolab.inference.options import VideoOptions
 from fmolab.inference.predictor import DeblurError, Predictor
 from fmolab.inference.video_outputs import Stages, VideoOutputs
 from fmolab.media.video import VideoError, open_video
-from fmolab.prefetch import prefetched
+from fmolab.data.prefetch import prefetched
 from fmolab.runtime import progress
 
 

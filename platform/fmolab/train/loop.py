@@ -217,10 +217,10 @@ def train_loop(loop_config: dict) -> None:
     import ray.train
 
     from fmolab.data import build_dataset, build_format, collate
-    from fmolab.heap import keep_freed_memory
+    from fmolab.train.heap import keep_freed_memory
     from fmolab.losses import LossSet
     from fmolab.models import build_model
-    from fmolab.prefetch import prefetched
+    from fmolab.data.prefetch import prefetched
     from fmolab.train.optim import build_optimizer, build_scheduler
     from fmolab.train.streams import batch_stream, ray_batch_stream
 

@@ -60,7 +60,8 @@ def _built(where: str, build):
 def check_data(cfg: Config, fmt) -> dict:
     """Rows, size and blur names of ``data.train`` from the Parquet footers and one row's small columns."""
     from fmolab.data.loader import manifest_size
-    from fmolab.shards import ShardError, ShardReader
+    from fmolab.shard_reader import ShardReader
+    from fmolab.shards import ShardError
 
     where = f"data.train={cfg.train_dir}"
     try:
