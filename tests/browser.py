@@ -106,10 +106,13 @@ class Browser:
                   or (e.get("method") == "Log.entryAdded" and e["params"]["entry"].get("level") == "error")]
         return {"images": images, "text": text, "screenshot": shot, "errors": errors}
 
-    def visit(self, url: str, until=(), seconds: float = 60, width: int = 1400, height: int = 1000) -> dict:
+    def visit(self, url: str, until=(), seconds: float = 60, width: int = 1400, height: int = 1000,
+              images=()) -> dict:
         """Open ``url`` (a live page: a single-page app fills itself in after its load event) and wait
-        until its text holds every string of ``until``; returns its text, images (alt or src, decoded
-        size), screenshot and errors as :meth:`load` does, and ``url``: where the page ended up."""
+        until its text holds every string of ``until`` and every image named in ``images`` (alt or
+        src) has loaded (a viewer lists a file before it inserts its picture); returns its text, images
+        (alt or src, decoded size), screenshot and errors as :meth:`load` does, and ``url``: where the
+        page ended up."""
         self.events = []
         target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         s = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
@@ -126,7 +129,9 @@ class Browser:
         deadline, text = time.time() + seconds, ""
         while time.time() < deadline:
             text = value("document.body ? document.body.innerText : ''") or ""
-            if all(u in text for u in until):
+            loaded = value("[...document.images].filter(i => i.complete && i.naturalWidth > 0)"
+                           ".map(i => i.alt || i.src)") or [] if images else []
+            if all(u in text for u in until) and all(i in loaded for i in images):
                 break
             time.sleep(0.5)
         images = value("Promise.all([...document.images].map(i => i.decode().then(() => [i.alt || i.src, "

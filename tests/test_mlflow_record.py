@@ -137,7 +137,7 @@ def test_training_record_over_rest_and_in_the_mlflow_ui(work, toy, ray_local, ml
         page = browser.visit(out["mlflow_ui"], until=("Ended: stopped at its time limit", f"{toy.name} (", "record-model", "v1",
                                                       "fmolab.end_reason"))
         viewer = browser.visit(f"{mlflow_server}/#/experiments/{exp_id}/runs/{rid}/artifacts/previews/latest.gif"
-                               f"?{ML_VIEW}", until=("latest.gif", "best.gif"))
+                               f"?{ML_VIEW}", until=("latest.gif", "best.gif"), images=("previews/latest.gif",))
         # wide enough that the table renders every metric column (it draws only the columns in view)
         models = browser.visit(f"{mlflow_server}/#/experiments/{exp_id}/models?{ML_VIEW}", width=8000,
                                until=("double_blur-timed", "Ready", "record-model", "val/tiou", "val/crop_psnr"))
