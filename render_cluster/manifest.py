@@ -31,10 +31,11 @@ def _previous(out: str, render_cfg) -> tuple[dict[int, dict], str]:
         blender = old.get("software", {}).get("blender", "unknown")
     except Exception:  # missing, partial or from an older version: every entry is read again
         return {}, "unknown"
-    return {b: e for b, e in entries.items() if e.get("indices") == _indices(render_cfg, b)}, blender
+    return {b: e for b, e in entries.items() if e.get("indices") == block_indices(render_cfg, b)}, blender
 
 
-def _indices(render_cfg, b: int) -> list[int]:
+def block_indices(render_cfg, b: int) -> list[int]:
+    """``[first, end)`` of the sequence indices block ``b`` holds."""
     return [b * render_cfg.shard_rows, min(render_cfg.num_sequences, (b + 1) * render_cfg.shard_rows)]
 
 
@@ -46,7 +47,7 @@ def _read_entry(out: str, render_cfg, b: int, summary: str | None) -> dict:
         open_parquet(shard_path(out, b)).metadata.num_rows
     entry = {"file": name, "block": b, "rows": rows, "node": s.get("node"), "host": s.get("host"),
              "render": s.get("render"), "seconds": round(s.get("seconds", 0.0), 3),
-             "indices": _indices(render_cfg, b), "rejections": s.get("rejections", {})}
+             "indices": block_indices(render_cfg, b), "rejections": s.get("rejections", {})}
     entry.update({k: s[k] for k in ("bad_assets", "failed") if s.get(k)})
     if s.get("blender"):
         entry["blender"] = s["blender"]

@@ -23,7 +23,7 @@ from fmolab.config import Config, to_dict
 from fmolab.shards import MANIFEST, write_json_atomic
 from fmolab.storage.claims import Claims, owner_id
 from render_cluster.actor import RenderActor
-from render_cluster.manifest import build_manifest, finished_blocks
+from render_cluster.manifest import block_indices, build_manifest, finished_blocks
 from render_cluster.sharing import CLAIMS, check_settings
 
 
@@ -136,8 +136,7 @@ def _render_all(cfg: Config, assets, out: str, n_blocks: int, progress: bool) ->
     claims = Claims(storage.join(out, CLAIMS), owner_id(), render_cfg.claim_lease_s)
 
     def rows_of(blocks):
-        return sum(min(render_cfg.num_sequences, (b + 1) * render_cfg.shard_rows) - b * render_cfg.shard_rows
-                   for b in blocks)
+        return sum(hi - lo for lo, hi in (block_indices(render_cfg, b) for b in blocks))
 
     def unfinished() -> list[int]:  # one listing of the dataset (a comprehension's condition listed per block)
         done = finished_blocks(out)
