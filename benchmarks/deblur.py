@@ -1,12 +1,12 @@
 """``fmolab deblur --video`` throughput and memory: frames/s, seconds per stage (decode, running-median
 background, detection, model, compositing, crops, encoding) and peak RSS, on a 320x240 and a 1920x1080
 H.264 video, and the same 1080p video at two lengths side by side (streaming: peak memory must not
-grow with the length). The model is the demo's (`presets/demo.yaml`: tiny encoder, double blur at
+grow with the length); the 320x240 case again with each further ``--crops`` choice (the PNG crops' cost). The model is the demo's (`presets/demo.yaml`: tiny encoder, double blur at
 128x96), randomly initialised (its cost does not depend on the weights). Each case runs in its own
 process (peak RSS is per process); the videos are written first, not timed. Writes
 benchmarks/results/deblur.json.
 
-    .venv/bin/python benchmarks/deblur.py [--small 120] [--hd 30,120] [--num-frames 8] [--threads 2]
+    .venv/bin/python benchmarks/deblur.py [--small 120] [--hd 30,120] [--num-frames 8] [--threads 2] [--crops webp,png]
 """
 from __future__ import annotations
 
@@ -72,27 +72,32 @@ def make_video(path: Path, w: int, h: int, frames: int, fps: int = 30) -> Path:
     return path
 
 
-def child(model: str, video: str, out: str, num_frames: int, threads: int) -> dict:
+def child(model: str, video: str, out: str, num_frames: int, threads: int, crops: str) -> dict:
     import torch
 
+    from fmolab.inference.options import VideoOptions
     from fmolab.inference.predictor import load_predictor
     from fmolab.inference.video import deblur_video
 
     torch.set_num_threads(threads)
     predictor = load_predictor(model)
-    start = time.perf_counter()
-    result = deblur_video(predictor, video, out, num_frames=num_frames)
+    start, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+    result = deblur_video(predictor, video, out, num_frames=num_frames, options=VideoOptions(crops=crops))
     wall = time.perf_counter() - start
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_s = used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
     summary = json.loads((Path(out) / "summary.json").read_text())
     return {"frames": result["frames"], "frames_with_object": result["frames_with_object"], "wall_s": round(wall, 2),
-            "frames_per_s": round(result["frames"] / wall, 2), "stage_s": summary["seconds"],
+            "frames_per_s": round(result["frames"] / wall, 2), "crops": crops,
+            "cpu_ms_per_frame": round(1000 * cpu_s / result["frames"], 1), "cores_busy": round(cpu_s / wall, 2),
+            "stage_s": summary["seconds"],
             "stage_ms_per_frame": {k: round(1000 * v / result["frames"], 1) for k, v in summary["seconds"].items()},
             "output_frames": summary["mp4"]["frames"],
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
-def run_case(model: Path, video: Path, out: Path, num_frames: int, threads: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", str(model), str(video), str(out), str(num_frames), str(threads)]
+def run_case(model: Path, video: Path, out: Path, num_frames: int, threads: int, crops: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", str(model), str(video), str(out), str(num_frames), str(threads), crops]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "FMOLAB_PROGRESS": "0"})
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-3000:])
@@ -105,22 +110,27 @@ def main() -> None:
     ap.add_argument("--hd", default="30,120", help="frames of the 1920x1080 videos (two lengths: memory vs length)")
     ap.add_argument("--num-frames", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--crops", default="webp,png", help="--crops choices: every case with the first, 320x240 with each")
+    ap.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        model, video, out, n, threads = args.child
-        print(json.dumps(child(model, video, out, int(n), int(threads))))
+        model, video, out, n, threads, crops = args.child
+        print(json.dumps(child(model, video, out, int(n), int(threads), crops)))
         return
+    crops = args.crops.split(",")
     hd = [int(v) for v in args.hd.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-deblur-") as tmp:
         root = Path(tmp)
         model = make_model(root / "model")
-        cases = [("320x240", 320, 240, args.small)] + [(f"1920x1080_{n}", 1920, 1080, n) for n in hd]
+        cases = [("320x240", 320, 240, args.small, crops[0])] + [(f"1920x1080_{n}", 1920, 1080, n, crops[0]) for n in hd]
+        cases += [(f"320x240_crops_{c}", 320, 240, args.small, c) for c in crops[1:]]
         results = {}
-        for name, w, h, n in cases:
-            video = make_video(root / f"{name}.mp4", w, h, n)
+        for name, w, h, n, crop in cases:
+            video = root / f"{w}x{h}_{n}.mp4"
+            if not video.exists():
+                make_video(video, w, h, n)
             results[name] = {"size": [w, h], "input_frames": n, "video_mb": round(video.stat().st_size / 2**20, 2),
-                             **run_case(model, video, root / f"out-{name}", args.num_frames, args.threads)}
+                             **run_case(model, video, root / f"out-{name}", args.num_frames, args.threads, crop)}
             print(name, json.dumps(results[name]), flush=True)
     short, long = (results[f"1920x1080_{n}"] for n in hd[:2]) if len(hd) > 1 else (None, None)
     report = {

@@ -45,10 +45,10 @@ def test_deblur_video_gif(models, tmp_path, capsys):
     from fmolab.cli import main
 
     gif = write_disc_gif(tmp_path / "disc.gif", n=8)
-    for kind in ("double", "bb"):
+    for kind, crops in (("double", "png"), ("bb", "webp")):
         out = tmp_path / f"video-{kind}"
         assert main(["deblur", "--model", models[kind], "--video", str(gif), "--out", str(out), "--num-frames", "4",
-                     "--animations", "webp", "--work-dir", str(tmp_path)]) == 0
+                     "--animations", "webp", "--crops", crops, "--work-dir", str(tmp_path)]) == 0
         summary = json.loads((out / "summary.json").read_text())
         assert summary["frames"] == 8 and len(summary["detections"]) >= 6
         # 4x the frame rate, full frames (libwebp merges identical consecutive frames into longer ones,
@@ -56,12 +56,18 @@ def test_deblur_video_gif(models, tmp_path, capsys):
         assert _webp_duration(out / "super_resolved.webp") == (480, (64, 48))
         k = sorted(summary["detections"])[2]
         assert (out / "crops" / f"{int(k):06d}_t0.webp").exists()
-        alpha = np.asarray(Image.open(out / "crops" / f"{int(k):06d}_t0_alpha_000.png"))
-        assert alpha.ndim == 2
-    # long videos are split into chunks (bounded memory)
+        pngs = sorted((out / "crops").glob("*.png"))
+        if crops == "png":  # each object's sub-frames and alphas, at its box's size (smaller than the model's)
+            y0, x0, y1, x1 = summary["detections"][k][0]
+            alpha = np.asarray(Image.open(out / "crops" / f"{int(k):06d}_t0_alpha_000.png"))
+            assert alpha.shape == (y1 - y0, x1 - x0) and len(pngs) == 2 * 4 * len(summary["detections"])
+        else:
+            assert pngs == []
+    # long videos are split into chunks (bounded memory); no crops on request
     out = tmp_path / "chunked"
     assert main(["deblur", "--model", models["bb"], "--video", str(gif), "--out", str(out), "--num-frames", "4",
-                 "--chunk-frames", "12", "--animations", "webp", "--work-dir", str(tmp_path)]) == 0
+                 "--chunk-frames", "12", "--animations", "webp", "--crops", "none", "--work-dir", str(tmp_path)]) == 0
+    assert not (out / "crops").exists()
     names = json.loads((out / "summary.json").read_text())["files"]
     assert names == ["super_resolved.mp4", "side_by_side.mp4", "trajectory.png", "super_resolved_000.webp",
                      "super_resolved_001.webp", "super_resolved_002.webp"]

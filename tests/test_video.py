@@ -218,3 +218,46 @@ def test_bad_video_is_one_line_and_leaves_no_output(case, bb_model, tmp_path, ca
     if case == "no_motion_mp4":
         assert "no moving object" in err
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("size", [(240, 320), (241, 317)])
+def test_a_sub_frame_converts_only_its_part_and_encodes_as_the_whole_frame_would(size, tmp_path):
+    """An Overlay's planes are exactly the whole frame's yuv420p conversion (odd sizes, parts on every
+    edge, one pixel, the whole frame), so its mp4 is byte for byte the one written from full frames."""
+    from fmolab.media.containers import Mp4Writer, Overlay, yuv420
+
+    rng = np.random.default_rng(0)
+    H, W = size
+    base = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    places = [(3, 5, 30, 41), (H - 30, W - 41, 30, 41), (0, 0, 7, 9), (10, 11, 1, 1), (0, 0, H, W)]
+    places += [(int(rng.integers(0, H - h)), int(rng.integers(0, W - w)), h, w) for h, w in rng.integers(1, 60, (20, 2))]
+    overlays = [Overlay(base, y, x, rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for y, x, h, w in places]
+    probe_writer = Mp4Writer(tmp_path / "probe.mp4", 24)
+    probe_writer.size = (H + H % 2, W + W % 2)
+    for ov in overlays:
+        whole = np.pad(ov.rgb(), ((0, H % 2), (0, W % 2), (0, 0)), mode="edge")
+        got = [np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width]
+               for p in probe_writer._overlaid(ov).planes]
+        assert all(np.array_equal(g, want) for g, want in zip(got, yuv420(whole))), (ov.y, ov.x, ov.part.shape)
+    with Mp4Writer(tmp_path / "parts.mp4", 24, threaded=True) as parts, Mp4Writer(tmp_path / "whole.mp4", 24, threads=1) as whole:
+        for k, ov in enumerate(overlays + [Overlay(base)]):
+            parts.write(ov, k / 24)
+            whole.write(ov.rgb(), k / 24)
+    assert (tmp_path / "parts.mp4").read_bytes() == (tmp_path / "whole.mp4").read_bytes()
+
+
+def test_the_side_by_side_reduces_only_the_part_and_shows_input_beside_result():
+    from fmolab.inference.movers import reduced
+    from fmolab.inference.video_outputs import SideView
+
+    rng = np.random.default_rng(1)
+    frame = rng.integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
+    view = SideView()
+    pair = view.pair(frame)
+    assert view.scale == 2 and pair.shape == (540, 1920, 3)
+    for y, x, h, w in [(101, 333, 57, 91), (0, 0, 1080, 1920), (1079, 1919, 1, 1), (200, 400, 64, 64)]:
+        part = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        result = frame.copy()
+        result[y:y + h, x:x + w] = part
+        want = np.concatenate([reduced(frame, 2), reduced(result, 2)], axis=1)
+        assert np.array_equal(view.overlay(pair, frame, y, x, part).rgb(), want), (y, x, h, w)

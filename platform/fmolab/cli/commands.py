@@ -69,7 +69,8 @@ def cmd_deblur(args) -> int:
     from fmolab.inference.options import DeblurOptions, VideoOptions
 
     video = VideoOptions(window=args.window, threshold=args.threshold, min_area=args.min_area,
-                         max_objects=args.max_objects, chunk_frames=args.chunk_frames, animations=args.animations)
+                         max_objects=args.max_objects, chunk_frames=args.chunk_frames, animations=args.animations,
+                         crops=args.crops)
     options = DeblurOptions(num_frames=args.num_frames, workers=args.workers, ensemble=args.ensemble, video=video)
     result = deblur(args.model, args.out, frames=args.frames, image=args.image, background=args.background,
                     video=args.video, videos=args.videos, options=options, address=args.address,

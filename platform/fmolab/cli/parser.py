@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--animations", nargs="+", default=[], choices=["webp", "gif"], metavar="FORMAT",
                    help="video: also write the result as animated webp and/or gif (the mp4s are always written)")
     p.add_argument("--chunk-frames", type=int, default=240, help="video: output frames per --animations file")
+    p.add_argument("--crops", default="webp", choices=["webp", "png", "none"],
+                   help="video: per object and frame, its sub-frames as an animated webp (default); png: also "
+                   "their RGBA and alpha PNGs; none: no crops")
     p.add_argument("--num-frames", type=int, default=8, help="sub-frames to render per input (temporal super-resolution factor)")
     _ensemble_arg(p)
     p.add_argument("--out", required=True, help="output folder (or URI); must not exist unless --overwrite")

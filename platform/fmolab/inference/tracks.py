@@ -55,11 +55,11 @@ class Tracker:
 
 def centroid(alpha: np.ndarray) -> tuple[float, float] | None:
     """``(y, x)`` of an ``[H,W]`` alpha matte's centre of mass (pixel centres), None when it is empty."""
-    total = float(alpha.sum())
+    rows, cols = alpha.sum(1, dtype=np.float64), alpha.sum(0, dtype=np.float64)  # marginals: no index grids
+    total = float(rows.sum())
     if total <= 1e-6:
         return None
-    yy, xx = np.mgrid[: alpha.shape[0], : alpha.shape[1]]
-    return float((alpha * yy).sum() / total) + 0.5, float((alpha * xx).sum() / total) + 0.5
+    return float(rows @ np.arange(len(rows)) / total) + 0.5, float(cols @ np.arange(len(cols)) / total) + 0.5
 
 
 def draw_trajectory(frame: np.ndarray, paths: list[list[Point]]) -> Image.Image:

@@ -55,8 +55,10 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
     * ``side_by_side.mp4`` (input | result) and ``trajectory.png`` (every track over the first frame);
     * ``super_resolved.webp`` / ``.gif`` for each of ``animations`` (longer videos in files of
       ``chunk_frames`` frames: ``super_resolved_000.webp`` ...);
-    * ``crops/<frame>_t<track>.webp`` (the sub-frames over a checkerboard), ``..._subframe_<i>.png``
-      (RGBA) and ``..._alpha_<i>.png`` for every object of every frame;
+    * ``crops/<frame>_t<track>.webp`` (the sub-frames over a checkerboard) for every object of every
+      frame, and with ``options.crops == "png"`` ``..._subframe_<i>.png`` (RGBA) and ``..._alpha_<i>.png``
+      (none with ``"none"``); at the size of the object's box in the frame (``detections``) or, when
+      the box is larger, at the model's (an enlarged render adds no detail);
     * ``summary.json``: frames, detections (boxes per frame), tracks, seconds per stage, files.
     """
     fmt = predictor.input_format
@@ -70,8 +72,10 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
     stages = Stages()
 
     def render(images: list, found, count: int) -> list[tuple]:
-        """``(box, renders [count,4,h,w])`` for every crop around ``found``; ``images`` are frames
-        (uint8 ``[H,W,3]``) and backgrounds, each read only inside the crop."""
+        """``(box, renders [count,4,h,w] over the box, the same at the box's or the model's size,
+        whichever is smaller)`` for every crop
+        around ``found``; ``images`` are frames (uint8 ``[H,W,3]``) and backgrounds, each read only
+        inside the crop."""
         objects = []
         for box, _ in crops(found, ext_factor, predictor.size, images[0].shape[:2], options.max_objects):
             y0, x0, y1, x1 = box
@@ -79,12 +83,15 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
             batch = np.concatenate([resize(p, predictor.size) for p in pixels])[None]
             with stages("model"):
                 renders = predictor.render(batch.astype(np.float32), count)[0]
-            objects.append((box, np.clip(resize(renders, (y1 - y0, x1 - x0)), 0, 1)))
+            over_box = np.clip(resize(renders, (y1 - y0, x1 - x0)), 0, 1)
+            # the crops are written at the smaller of the two sizes: an enlarged render adds no detail
+            smaller = over_box if (y1 - y0) * (x1 - x0) <= renders.shape[-2] * renders.shape[-1] else renders
+            objects.append((box, over_box, np.clip(smaller, 0, 1)))
         return objects
 
     frames = 0
     with atomic_dir(out) as tmp, torch_threads_beside_codecs():
-        result = VideoOutputs(tmp, rate, n, options.chunk_frames, options.animations, stages)
+        result = VideoOutputs(tmp, rate, n, options.chunk_frames, options.animations, stages, options.crops)
         try:
             prev = None  # double blur: (k, image, background, detections, objects of frame k or [])
             bar = progress(source.count(), "frame", f"deblur {Path(video).name}")
@@ -102,9 +109,9 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
                     pk, pimage, pbg, pfound, pobjects = prev
                     both = render([pimage, image], pfound + found, 2 * n) if pfound or found else []
                     if not pobjects:
-                        pobjects = [(box, r[:n]) for box, r in both]
+                        pobjects = [(box, r[:n], s[:n]) for box, r, s in both]
                     result.emit(pk, pimage, pbg, pobjects, source.time(pk), source.duration(pk))
-                    prev = (k, image, bg, found, [(box, r[n:]) for box, r in both])
+                    prev = (k, image, bg, found, [(box, r[n:], s[n:]) for box, r, s in both])
                 else:
                     objects = render([image, bg] if fmt.background_input else [image], found, n) if found else []
                     result.emit(k, image, bg, objects, source.time(k), source.duration(k))
