@@ -10,7 +10,8 @@ Each size runs in a fresh driver process (its CPU time and peak memory are its o
 * the time a rerun takes to find that every block is there (resume);
 * training start-up (``fmolab train``'s preflight) and evaluation start-up (the dataset ``fmolab
   evaluate`` and each training worker build) over the shards: seconds, and Parquet footers opened
-  (each shard's at most once is the goal).
+  (each shard's at most once is the goal); on moto also the requests the server answered (its
+  recorder: one ranged GET a shard is the floor).
 
 Writes ``benchmarks/results/render_scale.json`` (``--out`` another file).
 
@@ -51,6 +52,23 @@ def copy_up(local_dir: str, remote_dir: str) -> float:
     pafs.copy_files(str(local_dir), p, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs,
                     use_threads=True)
     return time.perf_counter() - t0
+
+
+def recorded(run) -> dict:
+    """``run()``'s requests to the moto server at ``AWS_ENDPOINT_URL`` by method (moto's recorder)."""
+    import requests
+
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    requests.post(endpoint + "/moto-api/recorder/reset-recording", timeout=60)
+    requests.post(endpoint + "/moto-api/recorder/start-recording", timeout=60)
+    run()
+    requests.post(endpoint + "/moto-api/recorder/stop-recording", timeout=60)
+    methods: dict[str, int] = {}
+    for line in requests.get(endpoint + "/moto-api/recorder/download-recording", timeout=600).text.splitlines():
+        if line:
+            m = json.loads(line)["method"]
+            methods[m] = methods.get(m, 0) + 1
+    return methods
 
 
 def child(n: int, work: str, storage_root: str, copied: bool = False) -> dict:
@@ -97,18 +115,36 @@ def child(n: int, work: str, storage_root: str, copied: bool = False) -> dict:
         opened.append(str(source) if isinstance(source, (str, os.PathLike)) else "a remote stream")
         return original(self, source, *args, **kwargs)
 
-    pq.ParquetFile.__init__ = counting
-    t0 = time.perf_counter()
-    preflight(derive(cfg, {"data.train": out}))
-    startup_s = time.perf_counter() - t0
-    train_opened = list(opened)
-    opened.clear()
+    from fmolab.shards import RemoteParquet
+
+    remote_original = RemoteParquet.__init__
+
+    def counting_remote(self, *args, **kwargs):  # an object of a listed size: its footer, without asking its size
+        opened.append("a remote stream")
+        return remote_original(self, *args, **kwargs)
+
+    pq.ParquetFile.__init__, RemoteParquet.__init__ = counting, counting_remote
     from fmolab.data import build_dataset
 
-    t0 = time.perf_counter()
-    build_dataset(derive(cfg, {"data.train": out}), "all")  # what `fmolab evaluate` (and each worker) builds
-    eval_s = time.perf_counter() - t0
-    pq.ParquetFile.__init__ = original
+    remote = storage.is_remote(out)
+    timed = {}
+
+    def train_startup():
+        t0 = time.perf_counter()
+        preflight(derive(cfg, {"data.train": out}))
+        timed["train"] = time.perf_counter() - t0
+
+    def eval_startup():
+        t0 = time.perf_counter()
+        build_dataset(derive(cfg, {"data.train": out}), "all")  # what `fmolab evaluate` (and each worker) builds
+        timed["eval"] = time.perf_counter() - t0
+
+    train_requests = recorded(train_startup) if remote else train_startup()
+    train_opened = list(opened)
+    opened.clear()
+    eval_requests = recorded(eval_startup) if remote else eval_startup()
+    startup_s, eval_s = timed["train"], timed["eval"]
+    pq.ParquetFile.__init__, RemoteParquet.__init__ = original, remote_original
     return {"sequences": n, "shards": n_blocks, "copied_up_s": copy_s and round(copy_s, 1), "rows": manifest["num_rows"], "complete": manifest["complete"],
             "render_wall_s": round(render_s, 2), "driver_cpu_s": round(render_cpu, 2),
             "driver_cpu_ms_per_sequence": round(1000 * render_cpu / n, 4),
@@ -120,7 +156,8 @@ def child(n: int, work: str, storage_root: str, copied: bool = False) -> dict:
             "train_startup_s": round(startup_s, 2), "train_startup_footer_opens": len(train_opened),
             "train_startup_local_footers_opened_twice": twice(train_opened),
             "eval_startup_s": round(eval_s, 2), "eval_startup_footer_opens": len(opened),
-            "eval_startup_local_footers_opened_twice": twice(opened)}
+            "eval_startup_local_footers_opened_twice": twice(opened),
+            "train_startup_requests": train_requests, "eval_startup_requests": eval_requests}
 
 
 def twice(opened: list[str]) -> int | None:
@@ -158,7 +195,8 @@ def main() -> None:
             if where in ("s3", "s3-copied"):
                 from cluster_fakes import s3_server
 
-                with s3_server() as variables:
+                with tempfile.TemporaryDirectory(prefix="fmrs-moto-") as rec, \
+                        s3_server(env={"MOTO_RECORDER_FILEPATH": f"{rec}/requests.jsonl"}) as variables:
                     row = run(n, f"s3://fmo/scale-{n}", variables, copied=where == "s3-copied")
             else:
                 row = run(n, "", {})

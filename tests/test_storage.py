@@ -18,9 +18,25 @@ from fmolab.data import build_dataset, write_synthetic_dataset
 
 
 @pytest.fixture(scope="module")
-def s3_vars():
-    with s3_server(buckets=("fmo", "other")) as variables:
+def s3_vars(tmp_path_factory):
+    # moto records requests (on request: see requests_to) into a file of the test's own
+    recording = tmp_path_factory.mktemp("moto") / "requests.jsonl"
+    with s3_server(buckets=("fmo", "other"), env={"MOTO_RECORDER_FILEPATH": str(recording)}) as variables:
         yield variables
+
+
+def requests_to(endpoint: str, run) -> list[tuple[str, str]]:
+    """``(method, path)`` of every request the S3 server answered while ``run()`` ran (moto's recorder)."""
+    import requests
+
+    requests.post(endpoint + "/moto-api/recorder/reset-recording", timeout=10)
+    requests.post(endpoint + "/moto-api/recorder/start-recording", timeout=10)
+    try:
+        run()
+    finally:
+        requests.post(endpoint + "/moto-api/recorder/stop-recording", timeout=10)
+    lines = requests.get(endpoint + "/moto-api/recorder/download-recording", timeout=10).text.splitlines()
+    return [(e["method"], e["url"].split(endpoint, 1)[-1].split("?")[0]) for e in map(json.loads, filter(None, lines))]
 
 
 @pytest.fixture
@@ -143,6 +159,50 @@ def test_a_dataset_in_the_bucket_reads_like_the_local_one(s3, work, make_config)
     assert there.adder.root == "s3://fmo/ds/backgrounds"
     info = inspect_dataset("s3://fmo/ds", "s3://fmo/looks/ds", n=2)
     assert info["contact_sheet"] == "s3://fmo/looks/ds/contact_sheet.png" and storage.exists(info["contact_sheet"])
+
+
+def test_start_up_over_the_bucket_reads_each_shard_with_one_request(s3, work):
+    """The listing's sizes open each shard without asking the store for them, and the footer's copy of
+    the rows' objects spares the column read: one ranged GET a shard (it was three). A shard written
+    before that copy existed still loads (its columns are read), and one rewritten after the listing
+    opens again, asking for its size."""
+    import pyarrow.parquet as pq
+
+    from fmolab.data.loader import FMOLoader
+    from fmolab.shards import ROW_INDEX, open_parquet, shard_sizes
+
+    local = write_synthetic_dataset(work / "one", num_sequences=16, width=64, height=48, seed=3)
+    storage.upload_tree(local, "s3://fmo/one")
+    shards = [f for f in storage.list_files("s3://fmo/one", ".parquet")]
+    assert len(shards) >= 2
+    loaders = []
+    seen = requests_to(s3["AWS_ENDPOINT_URL"], lambda: loaders.append(FMOLoader("s3://fmo/one")))
+    on_shards = [(m, p) for m, p in seen if p.endswith(".parquet")]
+    assert sorted(on_shards) == sorted(("GET", "/fmo/one/" + storage.basename(f)) for f in shards), seen
+    here = FMOLoader(local)
+    assert [loaders[0].get(i).seq_id for i in range(len(here))] == [here.get(i).seq_id for i in range(len(here))]
+    # rows read through the sized opens: the reader's (preflight) and Ray Data's (by row group)
+    from fmolab.data.ray_pipeline import read_row_groups
+    from fmolab.shard_reader import ShardReader
+
+    there, near = ShardReader("s3://fmo/one"), ShardReader(local)
+    assert [there.row(i)["frames"] for i in (0, len(near) - 1)] == [near.row(i)["frames"] for i in (0, len(near) - 1)]
+    units = {"path": np.array(shards), "size": np.array([loaders[0].sizes[f] for f in shards]),
+             "row_group": np.zeros(len(shards), int), "epoch": np.zeros(len(shards), int)}
+    got = read_row_groups(units, ["seq_id", "frames"], frozenset(), "all")
+    assert got.column("seq_id").to_pylist() == [near.row(i)["seq_id"] for i in range(len(near))]
+    # an older shard: no copy in its footer
+    table = pq.read_table(local / storage.basename(shards[0]))
+    assert ROW_INDEX in table.schema.metadata
+    pq.write_table(table.replace_schema_metadata({}), work / "old.parquet")
+    storage.upload(work / "old.parquet", shards[0])
+    old = FMOLoader("s3://fmo/one")
+    assert [old.get(i).seq_id for i in range(len(here))] == [here.get(i).seq_id for i in range(len(here))]
+    # listed, then rewritten with another size: opened again by asking
+    sizes = shard_sizes("s3://fmo/one")
+    storage.upload(local / storage.basename(shards[0]), shards[0])
+    assert sizes[shards[0]] != (local / storage.basename(shards[0])).stat().st_size
+    assert open_parquet(shards[0], size=sizes[shards[0]]).metadata.num_rows == table.num_rows
 
 
 def _cli(args, env, timeout=60):

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Iterator
 import pyarrow.parquet as pq
 
 from fmolab import storage
-from fmolab.shards import ShardError, open_parquet, read_manifest, shard_files
+from fmolab.shards import ShardError, open_parquet, read_manifest, shard_sizes
 
 
 @dataclass
@@ -23,25 +23,27 @@ class RowRef:
     row: int
 
 
-def _opened(files: list[str], visit=None, chunk: int = 256) -> Iterator[tuple[str, Any, Any]]:
-    """``(file, its open Parquet file or the error, visit's value)`` in order; object-store footers are
-    fetched (and visited) 16 at a time (each a round trip or two: 10^4 shards one by one took minutes),
-    a chunk at a time so that few are held at once."""
+def _opened(files: dict[str, int | None], visit=None, chunk: int = 256) -> Iterator[tuple[str, Any, Any]]:
+    """``(file, its open Parquet file or the error, visit's value)`` for ``{file: size}`` in order;
+    object-store footers are fetched (and visited) 16 at a time (each a round trip: 10^4 shards one by
+    one took minutes), the listed size given (else a second round trip asks for it), a chunk at a time
+    so that few are held at once."""
     def attempt(f: str):
         try:
-            pf = open_parquet(f)
+            pf = open_parquet(f, size=files[f])
         except Exception as exc:  # the caller names the shard
             return exc, None
         return pf, visit(f, pf) if visit is not None else None
 
-    if not files or not storage.is_remote(files[0]):  # local footers: a file read each, no round trip
-        yield from ((f, *attempt(f)) for f in files)
+    names = list(files)
+    if not names or not storage.is_remote(names[0]):  # local footers: a file read each, no round trip
+        yield from ((f, *attempt(f)) for f in names)
         return
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(16) as pool:
-        for i in range(0, len(files), chunk):
-            part = files[i:i + chunk]
+        for i in range(0, len(names), chunk):
+            part = names[i:i + chunk]
             yield from ((f, *got) for f, got in zip(part, pool.map(attempt, part)))
 
 
@@ -84,13 +86,14 @@ class ShardReader:
     def __init__(self, root: str | os.PathLike, columns: Iterable[str] | None = None,
                  visit: Callable[[str, pq.ParquetFile], Any] | None = None):
         self.root = storage.normalize(root)
-        files = shard_files(self.root)
+        self.sizes = shard_sizes(self.root)  # from the listing: the opens need not ask for them
+        files = list(self.sizes)
         self.manifest = read_manifest(self.root) if files != [self.root] else {}
         self.columns = list(columns) if columns else None
         self.bad_shards: dict[str, str] = {}
         self._open: OrderedDict[str, pq.ParquetFile] = OrderedDict()
         readable, rows, self.visits = [], [], []
-        for f, pf, seen in _opened(files, visit):
+        for f, pf, seen in _opened(self.sizes, visit):
             if isinstance(pf, Exception):
                 self.bad_shards[str(f)] = str(pf)
                 continue
@@ -121,7 +124,7 @@ class ShardReader:
     def parquet(self, file: str) -> pq.ParquetFile:
         """The open Parquet file of one of this reader's shards (opened again if it was closed)."""
         pf = self._open.get(file)
-        return self._keep(file, pf if pf is not None else open_parquet(file))
+        return self._keep(file, pf if pf is not None else open_parquet(file, size=self.sizes.get(file)))
 
     def row(self, i: int) -> dict:
         ref = self.refs[i]

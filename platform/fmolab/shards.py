@@ -25,7 +25,9 @@ box                 list<int32> or null    ``[y0, x0, y1, x1]`` (half-open): whe
 ==================  =====================  ==============================================
 
 Cropping to ``box`` is for read speed: WebP decode time scales with pixels and the object covers a
-small part of the image. Read images back with :func:`paste` (or :func:`decode_sequence`).
+small part of the image. Read images back with :func:`paste` (or :func:`decode_sequence`). The
+footer's key-value metadata holds a copy of ``object_id`` and ``index`` (:data:`ROW_INDEX`, JSON):
+what a loader needs of every row at start-up, in the footer's one read.
 
 Background datasets use the columns ``clip_id, source, width, height, num_frames, frames`` (frames
 is an animated RGB(A) WebP of consecutive video frames).
@@ -53,6 +55,9 @@ MANIFEST = "manifest.json"
 # Rows per Parquet row group: the unit a streaming reader fetches (one range request of ~2 MB at
 # 320x240), whatever the shard (object) size.
 ROW_GROUP_ROWS = 64
+# the footer's copy of each row's object and index: what a loader scans at start-up, in the one read
+# of the footer (on an object store the columns themselves were a round trip more per shard)
+ROW_INDEX = b"fmolab.rows"
 
 SEQUENCE_SCHEMA = pa.schema(
     [
@@ -182,7 +187,21 @@ def write_shard(rows: list[dict], path: str | os.PathLike, schema: pa.Schema = S
     if missing:
         raise ValueError(f"shard rows lack columns {missing}")
     table = pa.Table.from_pylist(rows, schema=schema) if rows else schema.empty_table()
+    if {"object_id", "index"} <= set(schema.names):
+        index = {c: table.column(c).to_pylist() for c in ("object_id", "index")}
+        table = table.replace_schema_metadata({**(schema.metadata or {}), ROW_INDEX: json.dumps(index)})
     return write_table_atomic(table, path)
+
+
+def row_index(pf) -> tuple[list, list]:
+    """``(object_id, index)`` of every row of an open shard: from the footer's copy (:data:`ROW_INDEX`),
+    or, in a shard written before it, from the columns."""
+    meta = pf.metadata.metadata or {}
+    if ROW_INDEX in meta:
+        index = json.loads(meta[ROW_INDEX])
+        return index["object_id"], index["index"]
+    table = pf.read(columns=["object_id", "index"])
+    return table.column("object_id").to_pylist(), table.column("index").to_pylist()
 
 
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> str:
@@ -192,23 +211,55 @@ def write_json_atomic(obj: Any, path: str | os.PathLike) -> str:
 # ---------------------------------------------------------------- reading
 
 
-def open_parquet(path: str | os.PathLike, memory_map: bool = False) -> pq.ParquetFile:
-    """A Parquet file by path or URI; a remote one is read by ranges (footer, then the row groups asked for)."""
+def open_parquet(path: str | os.PathLike, memory_map: bool = False, size: int | None = None):
+    """A Parquet file by path or URI: a ``pq.ParquetFile``, or for a remote one with its ``size`` (from a
+    listing: :func:`shard_sizes`) a :class:`RemoteParquet`, read by ranges without asking for the size
+    (should the object have changed since it was listed, it is opened again, asking)."""
     if not storage.is_remote(path):
         return pq.ParquetFile(storage.normalize(path), memory_map=memory_map)
     fs, p = storage.filesystem(path)
+    if size is not None:
+        try:
+            return RemoteParquet(fs, p, size)
+        except Exception:
+            pass
     return pq.ParquetFile(fs.open_input_file(p))
+
+
+class RemoteParquet:
+    """The part of ``pq.ParquetFile`` fmolab reads (``metadata``, ``schema_arrow``, ``read``,
+    ``read_row_group``) of an object of a known size: through a dataset fragment, which takes the
+    size (pyarrow's ``open_input_file`` asks the store for it: a request more per file), reads the
+    footer in one ranged request and each read's column chunks in as few as it can."""
+
+    def __init__(self, fs, path: str, size: int):
+        import pyarrow.dataset as pads
+
+        self._fragment = pads.ParquetFileFormat().make_fragment(path, filesystem=fs, file_size=size)
+        self.metadata = self._fragment.metadata  # the footer's one read (a wrong size fails here)
+        self.schema_arrow = self._fragment.physical_schema
+
+    def read(self, columns: list[str] | None = None) -> pa.Table:
+        return self._fragment.to_table(columns=columns)
+
+    def read_row_group(self, i: int, columns: list[str] | None = None) -> pa.Table:
+        return self._fragment.subset(row_group_ids=[i]).to_table(columns=columns)
 
 
 def shard_files(root: str | os.PathLike) -> list[str]:
     """The finished shards of a dataset (temporary files of unfinished writes excluded)."""
+    return list(shard_sizes(root))
+
+
+def shard_sizes(root: str | os.PathLike) -> dict[str, int | None]:
+    """``{shard: bytes}`` of :func:`shard_files`, from one listing (None: a single file given)."""
     root = storage.normalize(root)
     if storage.is_file(root):
-        return [root]
+        return {root: None}
     if not storage.exists(root):
         raise ShardError(f"dataset path {root} does not exist: render one with `fmolab render` first")
     # Top level only: background clips live in a sub-folder (<dataset>/backgrounds) with their own schema.
-    files = storage.list_files(root, ".parquet")
+    files = storage.list_sizes(root, ".parquet")
     if not files:
         raise ShardError(f"dataset path {root} holds no .parquet shards")
     return files

@@ -22,7 +22,7 @@ from fmolab import storage
 from fmolab.data.lru import ByteLRU
 from fmolab.media.codecs import decode_webp
 from fmolab.shard_reader import ShardReader
-from fmolab.shards import OPTIONAL_COLUMNS, SEQUENCE_SCHEMA, ShardError, paste
+from fmolab.shards import OPTIONAL_COLUMNS, SEQUENCE_SCHEMA, ShardError, paste, row_index
 
 log = logging.getLogger("fmolab.data")
 
@@ -175,17 +175,17 @@ class FMOLoader:
         self.row_groups: dict[str, int] = {}  # per file (Ray Data reads by row group)
         refs, objects, indices = [], [], []
 
-        def visit(f: str, pf: pq.ParquetFile):  # beside each footer's read: the schema and two small columns
+        def visit(f: str, pf: pq.ParquetFile):  # beside each footer's read: the schema and the rows' objects
             names = set(pf.schema_arrow.names)
             if "clip_id" in names and "blurs" not in names:
                 return None  # a background dataset nested under the sequences (data.backgrounds default)
             missing = [c for c in COLUMNS if c not in names]
             if missing:
                 return missing, pf.metadata.num_rows
-            meta = pf.read(columns=["object_id", "index"])
-            return meta.column("object_id").to_pylist(), meta.column("index").to_pylist(), pf.metadata.num_row_groups
+            return (*row_index(pf), pf.metadata.num_row_groups)
 
         reader = ShardReader(self.root, visit=visit)  # raises ShardError for a missing or wholly unreadable path
+        self.sizes = reader.sizes  # bytes per shard, as listed (Ray Data's readers open with them)
         for f, seen in zip(reader.files, reader.visits):
             if seen is None:
                 continue

@@ -93,15 +93,15 @@ class RayCollate(NumpyBatchCollateFn):
 
 
 def read_row_groups(batch: dict, columns: list[str], held_out: frozenset, keep: str) -> pa.Table:
-    """``map_batches`` fn: ``(path, row_group, epoch)`` units -> their rows (``columns`` + ``path`` +
-    ``epoch``) of split ``keep``.
+    """``map_batches`` fn: ``(path, size, row_group, epoch)`` units -> their rows (``columns`` + ``path``
+    + ``epoch``) of split ``keep`` (``size``: the shard's bytes as listed, -1 unknown).
 
     A shard that cannot be read is skipped with a warning (its rows are simply not produced).
     """
     tables = []
-    for path, group, epoch in zip(batch["path"], batch["row_group"], batch["epoch"]):
-        try:
-            pf = open_parquet(path)  # a remote shard is read by range: each row group once per epoch
+    for path, size, group, epoch in zip(batch["path"], batch["size"], batch["row_group"], batch["epoch"]):
+        try:  # a remote shard is read by range: each row group once per epoch
+            pf = open_parquet(path, size=int(size) if size >= 0 else None)
             have = set(pf.schema_arrow.names)
             t = pf.read_row_group(int(group), columns=[c for c in columns if c in have])
         except Exception as exc:
@@ -146,7 +146,8 @@ def ray_dataset(cfg, split: str, epoch_seed: int = 0, batch_size: int = 16, epoc
     units = []
     for e in range(max(1, epochs)):
         order = np.random.default_rng([d.seed, epoch_seed + e]).permutation(len(groups))
-        units += [{"path": groups[k][0], "row_group": groups[k][1], "epoch": e} for k in order]
+        units += [{"path": groups[k][0], "size": loader.sizes.get(groups[k][0]) or -1, "row_group": groups[k][1],
+                   "epoch": e} for k in order]
     columns = COLUMNS + OPTIONAL
     ds = ray.data.from_items(units)
     ds = ds.map_batches(read_row_groups, batch_size=1, batch_format="numpy", num_cpus=d.loader_cpus,

@@ -14,14 +14,14 @@ Remote shards are read through a bounded node-local cache (:mod:`fmolab.storage.
 from fmolab.storage.checks import check_readable, check_writable
 from fmolab.storage.errors import StorageError
 from fmolab.storage.cache import CACHE_VAR, CacheFullError, cache_dir, local, local_copy, local_tree
-from fmolab.storage.files import (download, exists, is_dir, is_file, list_dirs, list_files, read_bytes,
+from fmolab.storage.files import (download, exists, is_dir, is_file, list_dirs, list_files, list_sizes, read_bytes,
                                   read_json, remove, resolve_work_dir, upload, upload_tree, write_bytes, write_json)
 from fmolab.storage.uri import (CREDENTIAL_VARS, SETTING_VARS, TIMEOUT_S, basename, filesystem, is_remote, join, normalize, parent,
                                 ray_storage, scheme)
 
 __all__ = [
     "CACHE_VAR", "CREDENTIAL_VARS", "CacheFullError", "SETTING_VARS", "TIMEOUT_S", "StorageError", "basename", "cache_dir", "check_readable", "check_writable",
-    "download", "exists", "filesystem", "is_dir", "is_file", "is_remote", "join", "list_dirs", "list_files", "local", "local_copy", "local_tree",
+    "download", "exists", "filesystem", "is_dir", "is_file", "is_remote", "join", "list_dirs", "list_files", "list_sizes", "local", "local_copy", "local_tree",
     "normalize", "parent", "ray_storage", "read_bytes", "read_json", "remove", "resolve_work_dir", "scheme",
     "upload", "upload_tree", "write_bytes", "write_json",
 ]

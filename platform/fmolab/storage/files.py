@@ -43,6 +43,12 @@ def is_file(path: str | os.PathLike) -> bool:
 def list_files(folder: str | os.PathLike, suffix: str = "") -> list[str]:
     """The finished files directly in ``folder`` ending in ``suffix``, sorted; hidden names (temporary
     files of unfinished writes) are left out. A missing folder lists nothing."""
+    return list(list_sizes(folder, suffix))
+
+
+def list_sizes(folder: str | os.PathLike, suffix: str = "") -> dict[str, int]:
+    """``{file: bytes}`` of :func:`list_files`, in its order, from the same one listing (an object
+    store's listing carries the sizes: opening with one saves a request a file)."""
     import pyarrow.fs as pafs
 
     fs, p = filesystem(folder)
@@ -51,8 +57,8 @@ def list_files(folder: str | os.PathLike, suffix: str = "") -> list[str]:
     except Exception as exc:
         raise explain(str(folder), exc) from exc
     base = normalize(folder)
-    return sorted(join(base, i.base_name) for i in infos
-                  if i.type == pafs.FileType.File and not i.base_name.startswith(".") and i.base_name.endswith(suffix))
+    return dict(sorted((join(base, i.base_name), i.size) for i in infos if i.type == pafs.FileType.File
+                       and not i.base_name.startswith(".") and i.base_name.endswith(suffix)))
 
 
 def list_dirs(folder: str | os.PathLike) -> list[str]:
