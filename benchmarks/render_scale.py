@@ -11,7 +11,7 @@ Each size runs in a fresh driver process (its CPU time and peak memory are its o
 * training start-up (``fmolab train``'s preflight) and evaluation start-up (the dataset ``fmolab
   evaluate`` and each training worker build) over the shards: seconds, and Parquet footers opened
   (each shard's at most once is the goal); on moto also the requests the server answered (its
-  recorder: one ranged GET a shard is the floor).
+  recorder, in a second start-up of each: one ranged GET a shard is the floor).
 
 Writes ``benchmarks/results/render_scale.json`` (``--out`` another file).
 
@@ -130,20 +130,23 @@ def child(n: int, work: str, storage_root: str, copied: bool = False) -> dict:
     timed = {}
 
     def train_startup():
-        t0 = time.perf_counter()
+        c0, t0 = cpu_s(), time.perf_counter()
         preflight(derive(cfg, {"data.train": out}))
-        timed["train"] = time.perf_counter() - t0
+        timed["train"], timed["train_cpu"] = time.perf_counter() - t0, cpu_s() - c0
 
     def eval_startup():
-        t0 = time.perf_counter()
+        c0, t0 = cpu_s(), time.perf_counter()
         build_dataset(derive(cfg, {"data.train": out}), "all")  # what `fmolab evaluate` (and each worker) builds
-        timed["eval"] = time.perf_counter() - t0
+        timed["eval"], timed["eval_cpu"] = time.perf_counter() - t0, cpu_s() - c0
 
-    train_requests = recorded(train_startup) if remote else train_startup()
+    train_startup()
     train_opened = list(opened)
     opened.clear()
-    eval_requests = recorded(eval_startup) if remote else eval_startup()
-    startup_s, eval_s = timed["train"], timed["eval"]
+    eval_startup()
+    first, eval_opened = dict(timed), list(opened)
+    # each again on moto with its request recorder on (it slows the server: the times are the first's)
+    train_requests, eval_requests = (recorded(train_startup), recorded(eval_startup)) if remote else (None, None)
+    opened[:] = eval_opened
     pq.ParquetFile.__init__, RemoteParquet.__init__ = original, remote_original
     return {"sequences": n, "shards": n_blocks, "copied_up_s": copy_s and round(copy_s, 1), "rows": manifest["num_rows"], "complete": manifest["complete"],
             "render_wall_s": round(render_s, 2), "driver_cpu_s": round(render_cpu, 2),
@@ -153,9 +156,11 @@ def child(n: int, work: str, storage_root: str, copied: bool = False) -> dict:
             "manifest_bytes": manifest_bytes, "manifest_build_write_s": round(manifest_s, 3),
             "resume_s": round(resume_s, 2), "resume_cpu_s": round(resume_cpu, 2),
             "resume_rendered_blocks": resumed["timing"]["blocks_rendered_this_run"],
-            "train_startup_s": round(startup_s, 2), "train_startup_footer_opens": len(train_opened),
+            "train_startup_s": round(first["train"], 2), "train_startup_cpu_s": round(first["train_cpu"], 2),
+            "train_startup_footer_opens": len(train_opened),
             "train_startup_local_footers_opened_twice": twice(train_opened),
-            "eval_startup_s": round(eval_s, 2), "eval_startup_footer_opens": len(opened),
+            "eval_startup_s": round(first["eval"], 2), "eval_startup_cpu_s": round(first["eval_cpu"], 2),
+            "eval_startup_footer_opens": len(opened),
             "eval_startup_local_footers_opened_twice": twice(opened),
             "train_startup_requests": train_requests, "eval_startup_requests": eval_requests}
 
