@@ -221,10 +221,13 @@ def test_bad_video_is_one_line_and_leaves_no_output(case, bb_model, tmp_path, ca
 
 
 @pytest.mark.parametrize("size", [(240, 320), (241, 317)])
-def test_a_sub_frame_converts_only_its_part_and_encodes_as_the_whole_frame_would(size, tmp_path):
+def test_a_sub_frame_converts_only_its_part_and_encodes_as_the_whole_frame_would(size, tmp_path, monkeypatch):
     """An Overlay's planes are exactly the whole frame's yuv420p conversion (odd sizes, parts on every
     edge, one pixel, the whole frame), so its mp4 is byte for byte the one written from full frames."""
+    from fmolab.media import containers
     from fmolab.media.containers import Mp4Writer, Overlay, yuv420
+
+    monkeypatch.setattr(containers, "LARGE_FRAME", 0)  # parts converted at this size too
 
     rng = np.random.default_rng(0)
     H, W = size
@@ -239,7 +242,8 @@ def test_a_sub_frame_converts_only_its_part_and_encodes_as_the_whole_frame_would
         got = [np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width]
                for p in probe_writer._overlaid(ov).planes]
         assert all(np.array_equal(g, want) for g, want in zip(got, yuv420(whole))), (ov.y, ov.x, ov.part.shape)
-    with Mp4Writer(tmp_path / "parts.mp4", 24, threaded=True) as parts, Mp4Writer(tmp_path / "whole.mp4", 24, threads=1) as whole:
+    with Mp4Writer(tmp_path / "parts.mp4", 24, threaded=True, threads=1) as parts, \
+            Mp4Writer(tmp_path / "whole.mp4", 24, threads=1) as whole:
         for k, ov in enumerate(overlays + [Overlay(base)]):
             parts.write(ov, k / 24)
             whole.write(ov.rgb(), k / 24)

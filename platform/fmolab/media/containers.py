@@ -66,6 +66,11 @@ def encoder() -> str:
 
 
 REACH, MARGIN = 4, 8  # luma pixels: how far a pasted part changes the chroma; context converted around
+# From a megapixel a threaded writer converts only an Overlay's part and runs two x264 threads; below,
+# whole frames and one thread. benchmarks/deblur.py on 2 cores, frames/s: parts 5.7-5.9 against whole
+# 4.6-4.7 at 1920x1080, 10.1 against 10.5 at 1280x720, 14.3 against 16.4 at 640x480, 35-36 against
+# 41-46 at 320x240 (each part is several calls that hand the GIL back and forth with the model's thread)
+LARGE_FRAME = 1_000_000
 
 
 class Overlay:
@@ -115,9 +120,9 @@ class Mp4Writer:
     GIL), at most ``queue`` frames behind; a written frame (an overlay's base and part) must not be
     changed afterwards. An encoding error is raised by the next ``write`` or by ``close``. ``threads``:
     the encoder's own threads (0: FFmpeg's choice, one per core and more). A threaded writer, beside
-    other work, uses one below a megapixel (x264's frame threads cost more CPU than they save: 36-38
-    frames/s against 31-34 at 320x240 in benchmarks/deblur.py) and two from there (encoding goes on
-    while the writer's thread waits for the GIL: 6.1-6.4 frames/s against 5.4-5.7 at 1080p)."""
+    other work, uses one below :data:`LARGE_FRAME` (x264's frame threads cost more CPU than they save:
+    36-38 frames/s against 31-34 at 320x240 in benchmarks/deblur.py) and two from there (encoding goes
+    on while the writer's thread waits for the GIL: 6.1-6.4 frames/s against 5.4-5.7 at 1080p)."""
 
     def __init__(self, path: str | Path, fps: float, crf: int = 20, threaded: bool = False, queue: int = 16,
                  threads: int | None = None):
@@ -173,7 +178,10 @@ class Mp4Writer:
             h, w = frame.base.shape[:2] if isinstance(frame, Overlay) else frame.shape[:2]
             self.size = (h + h % 2, w + w % 2)
             self.stream.height, self.stream.width = self.size
-            self.stream.codec_context.thread_count = (1 if h * w < 1e6 else 2) if self.threads is None else self.threads
+            large = h * w >= LARGE_FRAME
+            self.stream.codec_context.thread_count = (2 if large else 1) if self.threads is None else self.threads
+        if isinstance(frame, Overlay) and self.size[0] * self.size[1] < LARGE_FRAME:
+            frame = frame.rgb()  # a small frame converts as fast whole, with fewer handoffs of the GIL
         if isinstance(frame, Overlay):
             out = self._overlaid(frame)
         else:
