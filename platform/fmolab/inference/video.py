@@ -85,8 +85,8 @@ def deblur_video(predictor: Predictor, video: str | Path, out_dir: str | Path, n
                 renders = predictor.render(batch.astype(np.float32), count)[0]
             over_box = np.clip(resize(renders, (y1 - y0, x1 - x0)), 0, 1)
             # the crops are written at the smaller of the two sizes: an enlarged render adds no detail
-            smaller = over_box if (y1 - y0) * (x1 - x0) <= renders.shape[-2] * renders.shape[-1] else renders
-            objects.append((box, over_box, np.clip(smaller, 0, 1)))
+            small = (y1 - y0) * (x1 - x0) <= renders.shape[-2] * renders.shape[-1]
+            objects.append((box, over_box, over_box if small else np.clip(renders, 0, 1)))
         return objects
 
     frames = 0

@@ -146,7 +146,7 @@ class Mp4Writer:
         if self.codec == "libx264":
             self.stream.options = {"crf": str(crf), "preset": "veryfast"}
         self.threads = threads if threads is not None else None if threaded else 0  # None: by the frame size
-        self.size, self.last_pts, self.frames = None, -1, 0
+        self.size, self.last_pts, self.frames, self.large = None, -1, 0, False
         self._base: np.ndarray | None = None  # the last overlay's base, it padded, and its planes
         self._padded: np.ndarray | None = None
         self._planes: list[np.ndarray] = []
@@ -178,9 +178,9 @@ class Mp4Writer:
             h, w = frame.base.shape[:2] if isinstance(frame, Overlay) else frame.shape[:2]
             self.size = (h + h % 2, w + w % 2)
             self.stream.height, self.stream.width = self.size
-            large = h * w >= LARGE_FRAME
-            self.stream.codec_context.thread_count = (2 if large else 1) if self.threads is None else self.threads
-        if isinstance(frame, Overlay) and self.size[0] * self.size[1] < LARGE_FRAME:
+            self.large = h * w >= LARGE_FRAME  # decides x264's threads and how overlays are converted
+            self.stream.codec_context.thread_count = (2 if self.large else 1) if self.threads is None else self.threads
+        if isinstance(frame, Overlay) and not self.large:
             frame = frame.rgb()  # a small frame converts as fast whole, with fewer handoffs of the GIL
         if isinstance(frame, Overlay):
             out = self._overlaid(frame)
