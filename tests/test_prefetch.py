@@ -1,7 +1,9 @@
 """Items made ahead on a thread (video frames, training batches): same items, same order, errors where
-they happened, at most ``depth`` ahead, and a consumer that stops early stops the producer."""
+they happened, at most ``depth`` ahead, a consumer that stops early stops the producer, and a producer's
+torch ops start no OpenMP team of their own."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -60,3 +62,28 @@ def test_stopping_early_stops_the_producer_and_closes_its_generator():
     while threading.active_count() > before and time.time() < deadline:
         time.sleep(0.05)
     assert threading.active_count() == before
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_torch_ops_made_ahead_run_on_the_producer_alone():
+    """A second OpenMP team in the process makes libgomp's teams sleep between ops once its threads
+    outnumber the CPUs (the training thread's steps 2.2x slower on 2 cores): a producer's parallel
+    torch op runs on the producer alone, and the consumer keeps its thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.rand(1 << 22)
+        float((x * 2).sum())  # the consumer's own team exists
+
+        def items():
+            for _ in range(3):
+                threads = len(os.listdir("/proc/self/task"))
+                float((x * 3).sum())  # parallel on any thread of a team of 2
+                yield torch.get_num_threads(), len(os.listdir("/proc/self/task")) - threads
+
+        assert list(prefetched(items())) == [(1, 0)] * 3
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -216,7 +216,7 @@ def train_loop(loop_config: dict) -> None:
     last checkpoint if there is one, and fit."""
     import ray.train
 
-    from fmolab.data import build_dataset, build_format, collate
+    from fmolab.data import build_dataset, build_format, collate, to_device
     from fmolab.train.heap import keep_freed_memory
     from fmolab.losses import LossSet
     from fmolab.models import build_model
@@ -256,5 +256,7 @@ def train_loop(loop_config: dict) -> None:
     else:
         stream = batch_stream(train_ds, train_cfg.batch_size, rank, world, seed, collate)
         if cfg.data.prefetch:  # the same batches in the same order, made while the network computes
+            if device.type == "cpu":  # uint8 -> float there too (a no-op when the step's to_device meets it)
+                stream = ((epoch, to_device(batch, device)) for epoch, batch in stream)
             stream = prefetched(stream, cfg.data.prefetch)
     trainer.fit(stream, resumed=bool(checkpoint))
