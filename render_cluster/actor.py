@@ -88,14 +88,15 @@ class RenderActor:
             summary.update(node=self.node, host=socket.gethostname(), blender=self.blender, file=name,
                            render=self.claims.owner)
             try:
-                write_shard(rows, path, SEQUENCE_SCHEMA)  # all or nothing: a failed write leaves no file
+                # all or nothing: a failed write leaves no file; what it wrote goes to the row index
+                summary.update(write_shard(rows, path, SEQUENCE_SCHEMA))
             except OSError as exc:  # a full disk, a quota, a revoked bucket: the user's to fix, not a retry's.
                 # Returned, not raised: Ray Data's wrapping of an actor's exception keeps only its text.
                 summaries.append({"block": block, "error": f"cannot write {path}: {exc.strerror or exc}"})
                 break
             write_json_atomic(summary, storage.join(self.out, SUMMARY_DIR, name.replace(".parquet", ".json")))
             storage.remove(storage.join(self.out, CLAIMS, name))  # done: the shard itself says so now
-            summaries.append(summary)
+            summaries.append({k: v for k, v in summary.items() if k not in ("objects", "indices")})  # in the file
         return {"summary": [json.dumps(s) for s in summaries]}
 
 

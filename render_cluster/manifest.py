@@ -7,6 +7,7 @@ from collections import Counter
 
 from fmolab import storage
 from fmolab.config import Config, to_dict
+from fmolab.shard_reader import INDEXED, compact, read_row_index, write_row_index
 from fmolab.shards import MANIFEST, SEQUENCE_SCHEMA, open_parquet
 
 SUMMARY_DIR = ".render"  # per-shard summaries
@@ -39,8 +40,9 @@ def block_indices(render_cfg, b: int) -> list[int]:
     return [b * render_cfg.shard_rows, min(render_cfg.num_sequences, (b + 1) * render_cfg.shard_rows)]
 
 
-def _read_entry(out: str, render_cfg, b: int, summary: str | None) -> dict:
-    """One shard's entry from its summary (the shard's footer only where the summary is missing)."""
+def _read_entry(out: str, render_cfg, b: int, summary: str | None) -> tuple[dict, dict | None]:
+    """One shard's entry from its summary (the shard's footer only where the summary is missing), and
+    its rows for the row index (None: a summary from before the index)."""
     name = storage.basename(shard_path(out, b))
     s = storage.read_json(summary) if summary else {}
     rows = s["rows"] if isinstance(s.get("rows"), int) and s["rows"] >= 0 else \
@@ -48,10 +50,11 @@ def _read_entry(out: str, render_cfg, b: int, summary: str | None) -> dict:
     entry = {"file": name, "block": b, "rows": rows, "node": s.get("node"), "host": s.get("host"),
              "render": s.get("render"), "seconds": round(s.get("seconds", 0.0), 3),
              "indices": block_indices(render_cfg, b), "rejections": s.get("rejections", {})}
-    entry.update({k: s[k] for k in ("bad_assets", "failed") if s.get(k)})
+    entry.update({k: s[k] for k in ("bad_assets", "failed", "bytes") if s.get(k)})
     if s.get("blender"):
         entry["blender"] = s["blender"]
-    return entry
+    indexed = compact({k: s[k] for k in INDEXED}) if all(k in s for k in INDEXED) else None
+    return entry, indexed
 
 
 def build_manifest(cfg: Config, out: str, n_blocks: int, seconds: float, rendered: int,
@@ -60,7 +63,9 @@ def build_manifest(cfg: Config, out: str, n_blocks: int, seconds: float, rendere
 
     Entries of the last manifest are kept for shards still there and not rendered again (``fresh``);
     only the others' summaries are read, on a thread pool (each a request on object storage): a resume
-    of 10^4 shards reads one manifest instead of 10^4 summaries and footers."""
+    of 10^4 shards reads one manifest instead of 10^4 summaries and footers. Writes the dataset's row
+    index (:data:`fmolab.shard_reader.ROWS`: each shard's rows, from the summaries and the last index)
+    before returning, so that training and evaluation start without reading every footer."""
     from concurrent.futures import ThreadPoolExecutor
 
     render_cfg = cfg.render
@@ -72,7 +77,11 @@ def build_manifest(cfg: Config, out: str, n_blocks: int, seconds: float, rendere
     with ThreadPoolExecutor(16) as pool:
         read = dict(zip(need, pool.map(lambda b: _read_entry(out, render_cfg, b, summaries.get(
             f"part-{b:05d}.json")), need)))
-    shards = [read.get(b) or known[b] for b in done]
+    shards = [read[b][0] if b in read else known[b] for b in done]
+    indexed = {k: compact(r) for k, r in read_row_index(out).items()} if len(read) < len(done) else {}  # kept ones
+    indexed.update({e["file"]: read[b][1] for b, e in zip(done, shards) if b in read and read[b][1]})
+    write_row_index(out, {e["file"]: indexed[e["file"]] for e in shards
+                          if e["file"] in indexed and indexed[e["file"]]["bytes"] == e.get("bytes")})
     rejections, bad, failed, nodes, busy = Counter(), Counter(), [], set(), 0.0
     for e in shards:
         rejections.update(e["rejections"])

@@ -39,6 +39,7 @@ def test_simulated_rows_go_through_the_pipeline_and_keep_the_shard_contract(work
     assert item["inputs"].shape[-2:] == (24, 32) and np.isfinite(item["inputs"].numpy()).all()
     summaries = json.loads((work / "datasets" / "sim" / "manifest.json").read_text())
     assert summaries["num_rows"] == 40
+    _the_row_index_spares_every_footer(cfg.dataset_dir, files)
     from fmolab import storage
 
     listings = []
@@ -70,6 +71,7 @@ def test_simulated_rows_go_through_the_pipeline_and_keep_the_shard_contract(work
         assert third["timing"]["blocks_rendered_this_run"] == 1 and third["num_rows"] == 40
         assert [r.rsplit("/", 1)[-1] for r in reads if "/.render/part-" in r] == ["part-00002.json"] and not footers
         assert [e for e in third["shards"] if e["block"] != 2] == [e for e in manifest["shards"] if e["block"] != 2]
+        _the_row_index_spares_every_footer(cfg.dataset_dir, shard_files(cfg.dataset_dir))  # 4 kept, 1 new
         old = json.loads((work / "datasets" / "sim" / "manifest.json").read_text())
         for e in old["shards"]:  # a manifest of an older version (no per-shard counts): every entry is read
             del e["rejections"]
@@ -77,10 +79,39 @@ def test_simulated_rows_go_through_the_pipeline_and_keep_the_shard_contract(work
         reads.clear()
         fourth = render_dataset(cfg, progress=False)
         assert len([r for r in reads if "/.render/part-" in r]) == 5 and fourth["shards"] == third["shards"]
+        _the_row_index_spares_every_footer(cfg.dataset_dir, shard_files(cfg.dataset_dir))  # kept through resumes
     finally:
         manifest_module.storage.list_files = real_list
         manifest_module.storage.read_json = real_json
         manifest_module.open_parquet = real_footer
+
+
+def _the_row_index_spares_every_footer(root: str, files: list[str]) -> None:
+    """The render's row index (rows.arrow) gives a loader what the footers would, and no footer is read."""
+    import fmolab.shard_reader as shard_reader
+    from fmolab import storage
+    from fmolab.data.loader import FMOLoader
+    from fmolab.shard_reader import ROWS, read_row_index
+
+    assert sorted(read_row_index(root, {f: storage.list_sizes(root, ".parquet")[f] for f in files})) == sorted(files)
+    opened, real = [], shard_reader.open_parquet
+    shard_reader.open_parquet = lambda path, **kw: opened.append(path) or real(path, **kw)
+    try:
+        indexed = FMOLoader(root, split="train", val_fraction=0.25)
+        assert opened == []
+        preflight = shard_reader.ShardReader(root, columns=["width", "height", "blur_names"])  # as preflight reads
+        assert len(preflight) == sum(len(r["objects"]) for r in read_row_index(root).values()) and opened == []
+        assert preflight.row(0)["width"] == 32 and opened == [preflight.files[0]]  # its one footer read
+    finally:
+        shard_reader.open_parquet = real
+    index = storage.read_bytes(storage.join(root, ROWS))
+    storage.remove(storage.join(root, ROWS))
+    try:
+        footers = FMOLoader(root, split="train", val_fraction=0.25)
+    finally:
+        storage.write_bytes(storage.join(root, ROWS), index)
+    assert indexed.refs == footers.refs and indexed.object_ids == footers.object_ids and len(indexed.refs) > 0
+    assert indexed.row_groups == footers.row_groups and indexed.files == footers.files
 
 
 def test_a_render_runs_in_passes_of_blocks_per_pass(work, ray_local, make_config, monkeypatch):

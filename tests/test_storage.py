@@ -205,6 +205,43 @@ def test_start_up_over_the_bucket_reads_each_shard_with_one_request(s3, work):
     assert open_parquet(shards[0], size=sizes[shards[0]]).metadata.num_rows == table.num_rows
 
 
+def test_start_up_over_the_bucket_with_the_row_index_reads_no_shard(s3, work):
+    """A rendered dataset's row index (rows.arrow, written with the manifest) stands for the footers:
+    start-up lists, reads the manifest and the index, and opens no shard (10^4 footers were 10^4
+    requests); a shard whose size no longer matches the index is read from its footer, alone."""
+    import pyarrow.parquet as pq
+
+    from fmolab.data.loader import FMOLoader
+    from fmolab.shard_reader import ROWS, write_row_index
+    from fmolab.shards import row_index
+
+    local = write_synthetic_dataset(work / "idx", num_sequences=24, width=64, height=48, seed=4)
+    storage.upload_tree(local, "s3://fmo/idx")
+    facts = {}
+    for f in sorted(local.glob("*.parquet")):
+        pf = pq.ParquetFile(f)
+        objects, indices = row_index(pf)
+        facts[f.name] = {"bytes": f.stat().st_size, "row_groups": pf.metadata.num_row_groups,
+                         "objects": objects, "indices": indices}
+    assert len(facts) >= 3
+    write_row_index("s3://fmo/idx", facts)
+    loaders = []
+    seen = requests_to(s3["AWS_ENDPOINT_URL"], lambda: loaders.append(FMOLoader("s3://fmo/idx", split="val")))
+    assert not [p for _, p in seen if p.endswith(".parquet")], seen
+    assert {p for m, p in seen if m == "GET" and "/fmo/idx/" in p} == {"/fmo/idx/manifest.json", f"/fmo/idx/{ROWS}"}
+    footers = FMOLoader(local, split="val")
+    assert loaders[0].refs == [("s3://fmo/idx/" + f.rsplit("/", 1)[-1], r) for f, r in footers.refs]
+    assert [loaders[0].get(i).seq_id for i in range(len(footers))] == [footers.get(i).seq_id for i in range(len(footers))]
+    # one shard rewritten (another size): its footer is read, the others' index entries still stand
+    first = sorted(facts)[0]
+    table = pq.read_table(local / first)
+    pq.write_table(table, work / "rewritten.parquet", compression="zstd")
+    storage.upload(work / "rewritten.parquet", f"s3://fmo/idx/{first}")
+    seen = requests_to(s3["AWS_ENDPOINT_URL"], lambda: loaders.append(FMOLoader("s3://fmo/idx", split="val")))
+    assert [p for _, p in seen if p.endswith(".parquet")] == [f"/fmo/idx/{first}"], seen
+    assert loaders[-1].refs == loaders[0].refs and loaders[-1].object_ids == loaders[0].object_ids
+
+
 def _cli(args, env, timeout=60):
     t0 = time.time()
     proc = subprocess.run([sys.executable, "-m", "fmolab.cli", *args], env=env, capture_output=True, text=True,

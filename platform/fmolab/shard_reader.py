@@ -1,18 +1,24 @@
 """Random access to the rows of a dataset's shards: each footer read once at start-up (object-store
-footers 16 at a time), a bounded number of shards kept open afterwards, row references made on demand."""
+footers 16 at a time) or not at all where the dataset's row index (:data:`ROWS`, written with the
+manifest) covers the shard, a bounded number of shards kept open afterwards, row references made on
+demand."""
 from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fmolab import storage
 from fmolab.shards import ShardError, open_parquet, read_manifest, shard_sizes
+
+log = logging.getLogger("fmolab.data")
 
 
 @dataclass
@@ -84,16 +90,30 @@ class ShardReader:
     OPEN_FILES = 64
 
     def __init__(self, root: str | os.PathLike, columns: Iterable[str] | None = None,
-                 visit: Callable[[str, pq.ParquetFile], Any] | None = None):
+                 visit: Callable[[str, pq.ParquetFile], Any] | None = None,
+                 indexed: Callable[[str, dict], Any] | None = None):
+        """A shard the dataset's row index covers (:func:`read_row_index`) is not opened: its rows are
+        counted from the index, and ``indexed(file, record)`` stands for ``visit``'s value (with a
+        ``visit`` and no ``indexed``, every footer is read)."""
         self.root = storage.normalize(root)
         self.sizes = shard_sizes(self.root)  # from the listing: the opens need not ask for them
         files = list(self.sizes)
-        self.manifest = read_manifest(self.root) if files != [self.root] else {}
+        single = files == [self.root]
+        self.manifest = read_manifest(self.root) if not single else {}
+        use_index = not single and (visit is None or indexed is not None)
+        index = read_row_index(self.root, self.sizes) if use_index else {}
         self.columns = list(columns) if columns else None
         self.bad_shards: dict[str, str] = {}
         self._open: OrderedDict[str, pq.ParquetFile] = OrderedDict()
         readable, rows, self.visits = [], [], []
-        for f, pf, seen in _opened(self.sizes, visit):
+        opened = _opened({f: n for f, n in self.sizes.items() if f not in index}, visit)
+        for f in files:
+            if f in index:
+                readable.append(f)
+                rows.append(len(index[f]["objects"]))
+                self.visits.append(indexed(f, index[f]) if indexed is not None else None)
+                continue
+            f, pf, seen = next(opened)
             if isinstance(pf, Exception):
                 self.bad_shards[str(f)] = str(pf)
                 continue
@@ -102,6 +122,7 @@ class ShardReader:
             self.visits.append(seen)
             if len(self._open) < self.OPEN_FILES:  # the first ones: preflight reads row 0 next
                 self._open[f] = pf
+        opened.close()
         if not readable:
             raise ShardError(f"no readable shard under {self.root}: {self.bad_shards}")
         self.refs = RowRefs(readable, rows)
@@ -147,3 +168,55 @@ class ShardReader:
 
     def column(self, name: str) -> list:
         return [v for f in self.files for v in self.parquet(f).read(columns=[name]).column(name).to_pylist()]
+
+
+# ---------------------------------------------------------------- the row index
+
+ROWS = "rows.arrow"  # beside manifest.json: what start-up needs of every shard, in one read
+INDEXED = ("bytes", "row_groups", "objects", "indices")  # what it keeps of a shard (write_shard returns them)
+_ROWS_SCHEMA = pa.schema([("file", pa.string()), ("bytes", pa.int64()), ("row_groups", pa.int32()),
+                          ("objects", pa.list_(pa.string())), ("indices", pa.list_(pa.int64()))])
+
+
+def compact(record: dict) -> dict:
+    """An index record with its rows as Arrow arrays (10^6 rows as Python objects held ~100 MB)."""
+    return {**record, "objects": pa.array(record["objects"], pa.string()),
+            "indices": pa.array(record["indices"], pa.int64())}
+
+
+def write_row_index(root: str | os.PathLike, shards: dict[str, dict]) -> None:
+    """``{shard name: {bytes, row_groups, objects, indices}}`` (rows as lists or Arrow arrays) as the
+    dataset's :data:`ROWS` (an Arrow file, one record a shard), written atomically."""
+    records = [compact(r) for r in shards.values()]
+    offsets = pa.array(list(itertools.accumulate((len(r["objects"]) for r in records), initial=0)), pa.int32())
+
+    def rows(key: str, kind: pa.DataType) -> pa.ListArray:
+        return pa.ListArray.from_arrays(offsets, pa.concat_arrays([r[key] for r in records] or [pa.array([], kind)]))
+
+    table = pa.table([pa.array(list(shards), pa.string()), pa.array([r["bytes"] for r in records], pa.int64()),
+                      pa.array([r["row_groups"] for r in records], pa.int32()), rows("objects", pa.string()),
+                      rows("indices", pa.int64())], schema=_ROWS_SCHEMA)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, _ROWS_SCHEMA, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
+        writer.write_table(table)
+    storage.write_bytes(storage.join(root, ROWS), sink.getvalue().to_pybytes())
+
+
+def read_row_index(root: str | os.PathLike, sizes: dict[str, int | None] | None = None) -> dict[str, dict]:
+    """The dataset's :data:`ROWS` as ``{shard name: {bytes, row_groups, objects, indices}}``; with
+    ``sizes`` (``{path: bytes}`` of a listing) only the shards of that size, keyed by path (a shard
+    rendered again since holds other rows). Empty where there is no index or it cannot be read."""
+    path = storage.join(root, ROWS)
+    try:
+        table = pa.ipc.open_file(pa.BufferReader(storage.read_bytes(path))).read_all()
+        records = table.select(list(_ROWS_SCHEMA.names)).to_pylist()
+    except FileNotFoundError:  # older datasets, synthetic ones: the footers say it all
+        return {}
+    except Exception as exc:  # noqa: BLE001 - unreadable: the footers say it all too
+        log.warning("row index %s is unreadable (%s): reading every shard's footer instead", path, exc)
+        return {}
+    index = {r.pop("file"): r for r in records}
+    if sizes is None:
+        return index
+    return {path: index[name] for path, size in sizes.items()
+            if (name := storage.basename(path)) in index and size is not None and index[name]["bytes"] == size}

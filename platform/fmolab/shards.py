@@ -158,8 +158,9 @@ def decode_sequence(row: dict) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------- writing
 
 
-def write_table_atomic(table: pa.Table, path: str | os.PathLike) -> str:
-    """Write a Parquet file (local path or URI) so that it either exists complete or not at all."""
+def write_table_atomic(table: pa.Table, path: str | os.PathLike) -> dict:
+    """Write a Parquet file (local path or URI) so that it either exists complete or not at all;
+    ``{"bytes", "row_groups"}`` of what was written."""
     path = storage.normalize(path)
     folder = Path(path).parent if not storage.is_remote(path) else None
     if folder is not None:
@@ -170,6 +171,7 @@ def write_table_atomic(table: pa.Table, path: str | os.PathLike) -> str:
         # Images are already compressed: Parquet compression would only cost time.
         pq.write_table(table, tmp, compression="none", use_dictionary=["object_id", "texture_id", "source"],
                        row_group_size=ROW_GROUP_ROWS)
+        written = {"bytes": os.path.getsize(tmp), "row_groups": pq.read_metadata(tmp).num_row_groups}
         if folder is not None:
             os.replace(tmp, path)
         else:
@@ -177,20 +179,24 @@ def write_table_atomic(table: pa.Table, path: str | os.PathLike) -> str:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return path
+    return written
 
 
-def write_shard(rows: list[dict], path: str | os.PathLike, schema: pa.Schema = SEQUENCE_SCHEMA) -> str:
+def write_shard(rows: list[dict], path: str | os.PathLike, schema: pa.Schema = SEQUENCE_SCHEMA) -> dict:
     """Write rows (dicts keyed by column) as one atomic shard; missing columns are an error, except
-    :data:`OPTIONAL_COLUMNS` (written as null)."""
+    :data:`OPTIONAL_COLUMNS` (written as null). Returns what the dataset's row index keeps of it
+    (:data:`fmolab.shard_reader.INDEXED`: bytes, row groups, and for sequences the rows' objects and
+    indices)."""
     missing = [n for n in schema.names if rows and n not in rows[0] and n not in OPTIONAL_COLUMNS]
     if missing:
         raise ValueError(f"shard rows lack columns {missing}")
     table = pa.Table.from_pylist(rows, schema=schema) if rows else schema.empty_table()
+    index = {}
     if {"object_id", "index"} <= set(schema.names):
         index = {c: table.column(c).to_pylist() for c in ("object_id", "index")}
         table = table.replace_schema_metadata({**(schema.metadata or {}), ROW_INDEX: json.dumps(index)})
-    return write_table_atomic(table, path)
+    written = write_table_atomic(table, path)
+    return {**written, "objects": index["object_id"], "indices": index["index"]} if index else written
 
 
 def row_index(pf) -> tuple[list, list]:

@@ -184,7 +184,11 @@ class FMOLoader:
                 return missing, pf.metadata.num_rows
             return (*row_index(pf), pf.metadata.num_row_groups)
 
-        reader = ShardReader(self.root, visit=visit)  # raises ShardError for a missing or wholly unreadable path
+        def indexed(f: str, record: dict):  # a shard the dataset's row index covers: no footer read
+            return record["objects"], record["indices"], record["row_groups"]
+
+        # raises ShardError for a missing or wholly unreadable path
+        reader = ShardReader(self.root, visit=visit, indexed=indexed)
         self.sizes = reader.sizes  # bytes per shard, as listed (Ray Data's readers open with them)
         for f, seen in zip(reader.files, reader.visits):
             if seen is None:

@@ -58,7 +58,9 @@ def _built(where: str, build):
 
 
 def check_data(cfg: Config, fmt) -> dict:
-    """Rows, size and blur names of ``data.train`` from the Parquet footers and one row's small columns."""
+    """Rows, size and blur names of ``data.train`` from the row index or the Parquet footers, and one
+    row's small columns (a shard the index covers is not opened here: one unreadable is skipped and
+    counted when its rows are read)."""
     from fmolab.data.loader import manifest_size
     from fmolab.shard_reader import ShardReader
     from fmolab.shards import ShardError
