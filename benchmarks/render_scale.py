@@ -10,8 +10,8 @@ Each size runs in a fresh driver process (its CPU time and peak memory are its o
 * the time a rerun takes to find that every block is there (resume);
 * training start-up (``fmolab train``'s preflight) and evaluation start-up (the dataset ``fmolab
   evaluate`` and each training worker build) over the shards: seconds, and Parquet footers opened
-  (each shard's at most once is the goal); on moto also the requests the server answered (its
-  recorder, in a second start-up of each: one ranged GET a shard is the floor).
+  (with the render's row index, ``rows.arrow``, none but the row preflight reads); on moto also the
+  requests the server answered (its recorder, in a second start-up of each).
 
 Writes ``benchmarks/results/render_scale.json`` (``--out`` another file).
 

@@ -218,5 +218,5 @@ def read_row_index(root: str | os.PathLike, sizes: dict[str, int | None] | None 
     index = {r.pop("file"): r for r in records}
     if sizes is None:
         return index
-    return {path: index[name] for path, size in sizes.items()
-            if (name := storage.basename(path)) in index and size is not None and index[name]["bytes"] == size}
+    return {f: index[name] for f, size in sizes.items()
+            if (name := storage.basename(f)) in index and size is not None and index[name]["bytes"] == size}
