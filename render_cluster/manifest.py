@@ -78,7 +78,7 @@ def build_manifest(cfg: Config, out: str, n_blocks: int, seconds: float, rendere
         read = dict(zip(need, pool.map(lambda b: _read_entry(out, render_cfg, b, summaries.get(
             f"part-{b:05d}.json")), need)))
     shards = [read[b][0] if b in read else known[b] for b in done]
-    indexed = {k: compact(r) for k, r in read_row_index(out).items()} if len(read) < len(done) else {}  # kept ones
+    indexed = read_row_index(out, compacted=True) if len(read) < len(done) else {}  # the kept shards' rows
     indexed.update({e["file"]: read[b][1] for b, e in zip(done, shards) if b in read and read[b][1]})
     write_row_index(out, {e["file"]: indexed[e["file"]] for e in shards
                           if e["file"] in indexed and indexed[e["file"]]["bytes"] == e.get("bytes")})
