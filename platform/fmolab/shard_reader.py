@@ -189,26 +189,21 @@ def compact(record: dict) -> dict:
     return {**record, "objects": objects, "indices": array.array("q", indices)}
 
 
-def _batch(part: list[tuple[str, dict]]) -> pa.RecordBatch:
-    """Index records as one Arrow batch, the rows built in Arrow (as Python objects they were ~100 MB
-    more at 10^6 rows)."""
-    import numpy as np
-    import pyarrow.compute as pc
+def _rows(record: dict) -> list[str]:
+    """A compact record's objects as a list ("" with no index is no row, not one empty id)."""
+    objects = record["objects"]
+    return (objects.split("\0") if len(record["indices"]) else []) if isinstance(objects, str) else objects
 
+
+def _batch(part: list[tuple[str, dict]]) -> pa.RecordBatch:
+    """Index records as one Arrow batch (a chunk of shards: its rows as Python objects only while it is
+    written)."""
     records = [compact(r) for _, r in part]
-    counts = [len(r["indices"]) for r in records]
-    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]), pa.int32())
-    if all(isinstance(r["objects"], str) for r in records) and all(counts):  # NUL-joined: split in Arrow
-        flat = pc.list_flatten(pc.split_pattern(pa.array([r["objects"] for r in records], pa.string()), "\0"))
-    else:  # a shard without rows ("" is no row, not one empty id) or an id with a NUL: in Python
-        flat = pa.array([o for r in records for o in (r["objects"] if isinstance(r["objects"], list) else
-                                                      r["objects"].split("\0") if len(r["indices"]) else [])],
-                        pa.string())
-    indices = np.concatenate([np.frombuffer(r["indices"], dtype=np.int64) for r in records] or [np.zeros(0, np.int64)])
     return pa.record_batch([
         pa.array([name for name, _ in part], pa.string()), pa.array([r["bytes"] for r in records], pa.int64()),
-        pa.array([r["row_groups"] for r in records], pa.int32()), pa.ListArray.from_arrays(offsets, flat),
-        pa.ListArray.from_arrays(offsets, pa.array(indices, pa.int64()))], schema=_ROWS_SCHEMA)
+        pa.array([r["row_groups"] for r in records], pa.int32()),
+        pa.array([_rows(r) for r in records], pa.list_(pa.string())),
+        pa.array([r["indices"].tolist() for r in records], pa.list_(pa.int64()))], schema=_ROWS_SCHEMA)
 
 
 def write_row_index(root: str | os.PathLike, shards: dict[str, dict], chunk: int = 1024) -> None:
