@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU benchmarks in one go, within ~8 minutes on a bare GPU machine with no network: resnet50
-# training samples/s (fp32 vs bf16 + channels_last), the official DeFMO's inference against kornia's,
-# and Cycles GPU / EEVEE render seconds per sequence; one JSON, benchmarks/results/gpu.json (or $OUT).
+# training samples/s (fp32, bf16, channels_last and both, with GroupNorm and BatchNorm), the official
+# DeFMO's inference against kornia's, and Cycles GPU / EEVEE render seconds per sequence; one JSON,
+# benchmarks/results/gpu.json (or $OUT).
 # It uses the machine's own python3 and CUDA torch; packages it lacks (kornia, kornia_rs) travel as
 # wheels in .whl/ (the device tool's README says how); a part whose packages are missing (bpy) is
 # recorded as skipped, not failed.

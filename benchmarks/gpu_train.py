@@ -1,8 +1,8 @@
-"""resnet50 DeFMO training throughput on one GPU: fp32 against bf16 autocast + channels_last, side by
-side in one process (forward + backward + Adam step at 320x240, 8 sub-frames, double-blur input).
-Writes benchmarks/results/gpu_train.json. Part of benchmarks/gpu.sh.
+"""resnet50 DeFMO training throughput on one GPU: fp32, bf16 autocast, channels_last and both, side by
+side in one process, for each norm and batch size asked for (forward + backward + Adam step at 320x240,
+8 sub-frames, double-blur input). Writes benchmarks/results/gpu_train.json. Part of benchmarks/gpu.sh.
 
-    python3 benchmarks/gpu_train.py [--batch 16] [--steps 20] [--size 320x240]
+    python3 benchmarks/gpu_train.py [--batch 16 [64]] [--norm group batch] [--steps 20] [--profile N]
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import torch
 from fmolab.models import DeFMO
 
 
-def samples_per_s(model, batch: int, steps: int, size, bf16: bool, channels_last: bool, dev: str) -> float:
+def samples_per_s(model, batch: int, steps: int, size, bf16: bool, channels_last: bool, dev: str,
+                  profile: int = 0):
     h, w = size
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
@@ -39,14 +40,29 @@ def samples_per_s(model, batch: int, steps: int, size, bf16: bool, channels_last
     for _ in range(steps):
         step()
     sync()
-    return batch * steps / (time.perf_counter() - start)
+    rate = batch * steps / (time.perf_counter() - start)
+    if not profile:
+        return rate
+    # Where a step's device time goes: the ops with the most self time over two profiled steps.
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if dev == "cuda" else [])
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(2):
+            step()
+        sync()
+    key = "self_device_time_total" if dev == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in events) or 1
+    top = {e.key: round(getattr(e, key) / total, 3) for e in events[:profile]}
+    return rate, top
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batch", type=int, nargs="+", default=[16])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--size", default="320x240")
+    ap.add_argument("--norm", nargs="+", default=["group", "batch"], help="model.norm values to compare")
+    ap.add_argument("--profile", type=int, default=0, help="also give the N ops with most device time (fp32, bf16)")
     ap.add_argument("--cpu", action="store_true", help="smoke-run on the CPU (figures meaningless)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "gpu_train.json"))
     args = ap.parse_args()
@@ -55,12 +71,23 @@ def main() -> None:
         raise SystemExit("gpu_train.py needs a CUDA GPU (--cpu to smoke-run it here)")
     w, h = (int(v) for v in args.size.split("x"))
     torch.backends.cudnn.benchmark = True
-    model = DeFMO(6, "resnet50", "defmo", "group").to(dev)
-    fp32 = samples_per_s(model, args.batch, args.steps, (h, w), False, False, dev)
-    fast = samples_per_s(model, args.batch, args.steps, (h, w), True, True, dev)
-    result = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__, "batch": args.batch, "size": [h, w],
-              "samples_per_s": {"fp32": round(fp32, 1), "bf16_channels_last": round(fast, 1)},
-              "speedup": round(fast / fp32, 2), "target_bf16_channels_last": 150}
+    combos = {"fp32": (False, False), "bf16": (True, False), "fp32_channels_last": (False, True),
+              "bf16_channels_last": (True, True)}
+    runs = {}
+    for norm in args.norm:
+        model = DeFMO(6, "resnet50", "defmo", norm).to(dev)
+        for batch in args.batch:
+            rates = {name: round(samples_per_s(model, batch, args.steps, (h, w), bf16, cl, dev), 1)
+                     for name, (bf16, cl) in combos.items()}
+            runs[f"{norm}/{batch}"] = {"samples_per_s": rates,
+                                       "of_fp32": {k: round(v / rates["fp32"], 2) for k, v in rates.items()}}
+            print(norm, batch, rates, flush=True)
+    if args.profile:
+        batch = args.batch[0]
+        runs[f"profile {args.norm[-1]}/{batch}"] = {name: dict(zip(("samples_per_s", "self_time_share"), samples_per_s(
+            model, batch, 3, (h, w), bf16, cl, dev, args.profile))) for name, (bf16, cl) in combos.items()}
+    result = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
+              "size": [h, w], "steps": args.steps, "runs": runs, "target_samples_per_s": 150}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
