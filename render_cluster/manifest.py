@@ -3,14 +3,18 @@ summaries the render actors wrote (so shards of earlier, interrupted runs are ac
 from __future__ import annotations
 
 import datetime as _dt
+import sys
 from collections import Counter
+
+import pyarrow as pa
 
 from fmolab import storage
 from fmolab.config import Config, to_dict
-from fmolab.shard_reader import INDEXED, compact, read_row_index, write_row_index
+from fmolab.shard_reader import INDEXED, RowIndexWriter, index_batches
 from fmolab.shards import MANIFEST, SEQUENCE_SCHEMA, open_parquet
 
 SUMMARY_DIR = ".render"  # per-shard summaries
+INDEX_CHUNK = 256  # shards whose summaries are read and indexed at a time: the rows held at once
 
 
 def shard_path(out: str, block: int) -> str:
@@ -47,14 +51,14 @@ def _read_entry(out: str, render_cfg, b: int, summary: str | None) -> tuple[dict
     s = storage.read_json(summary) if summary else {}
     rows = s["rows"] if isinstance(s.get("rows"), int) and s["rows"] >= 0 else \
         open_parquet(shard_path(out, b)).metadata.num_rows
-    entry = {"file": name, "block": b, "rows": rows, "node": s.get("node"), "host": s.get("host"),
-             "render": s.get("render"), "seconds": round(s.get("seconds", 0.0), 3),
+    same = {k: sys.intern(s[k]) for k in ("node", "host", "render", "blender") if isinstance(s.get(k), str)}
+    entry = {"file": name, "block": b, "rows": rows, "node": same.get("node"), "host": same.get("host"),
+             "render": same.get("render"), "seconds": round(s.get("seconds", 0.0), 3),
              "indices": block_indices(render_cfg, b), "rejections": s.get("rejections", {})}
     entry.update({k: s[k] for k in ("bad_assets", "failed", "bytes") if s.get(k)})
-    if s.get("blender"):
-        entry["blender"] = s["blender"]
-    indexed = compact({k: s[k] for k in INDEXED}) if all(k in s for k in INDEXED) else None
-    return entry, indexed
+    if same.get("blender"):  # the strings every shard repeats held once (10^4 entries are held at once)
+        entry["blender"] = same["blender"]
+    return entry, ({k: s[k] for k in INDEXED} if all(k in s for k in INDEXED) else None)
 
 
 def build_manifest(cfg: Config, out: str, n_blocks: int, seconds: float, rendered: int,
@@ -71,17 +75,24 @@ def build_manifest(cfg: Config, out: str, n_blocks: int, seconds: float, rendere
     render_cfg = cfg.render
     done = sorted(b for b in finished_blocks(out) if b < n_blocks)
     known, blender = _previous(out, render_cfg)
-    need = [b for b in done if b not in known or b in fresh]
+    need = {b for b in done if b not in known or b in fresh}
     summaries = {storage.basename(p): p for p in storage.list_files(storage.join(out, SUMMARY_DIR), ".json")} \
         if need else {}
-    with ThreadPoolExecutor(16) as pool:
-        read = dict(zip(need, pool.map(lambda b: _read_entry(out, render_cfg, b, summaries.get(
-            f"part-{b:05d}.json")), need)))
-    shards = [read[b][0] if b in read else known[b] for b in done]
-    indexed = read_row_index(out, compacted=True) if len(read) < len(done) else {}  # the kept shards' rows
-    indexed.update({e["file"]: read[b][1] for b, e in zip(done, shards) if b in read and read[b][1]})
-    write_row_index(out, {e["file"]: indexed[e["file"]] for e in shards
-                          if e["file"] in indexed and indexed[e["file"]]["bytes"] == e.get("bytes")})
+    shards, chunk = [], INDEX_CHUNK
+    with RowIndexWriter(out, chunk) as index, ThreadPoolExecutor(16) as pool:
+        for i in range(0, len(done), chunk):
+            todo = [b for b in done[i:i + chunk] if b in need]
+            read = dict(zip(todo, pool.map(lambda b: _read_entry(out, render_cfg, b, summaries.get(
+                f"part-{b:05d}.json")), todo)))
+            for b in done[i:i + chunk]:
+                entry, rows = read.get(b, (known.get(b), None))
+                shards.append(entry)
+                if rows:
+                    index.add(entry["file"], rows)
+        kept = {e["file"]: e["bytes"] for b, e in zip(done, shards) if b not in need and e.get("bytes")}
+        for batch in index_batches(out) if kept else ():  # the kept shards' rows, from the last index
+            files, sizes = batch.column("file").to_pylist(), batch.column("bytes").to_pylist()
+            index.add_batch(batch.filter(pa.array([kept.get(f) == size for f, size in zip(files, sizes)])))
     rejections, bad, failed, nodes, busy = Counter(), Counter(), [], set(), 0.0
     for e in shards:
         rejections.update(e["rejections"])

@@ -80,6 +80,18 @@ def _quiet(name: str):
         logger.setLevel(level)
 
 
+def _release_freed_memory() -> None:
+    """Give the heap a render pass freed back to the system: each pass's Ray Data threads leave freed
+    blocks in glibc's per-thread arenas, which are not reused by the next pass's threads (the driver
+    grew by 45 MB over the 7 passes after the first of 10^6 sequences)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
 class ActorStartTimeout(RuntimeError):
     """Render actors did not start in ``render.start_timeout_s`` (a node lost while Blender loaded)."""
 
@@ -168,6 +180,7 @@ def _render_all(cfg: Config, assets, out: str, n_blocks: int, progress: bool) ->
             todo = None
             try:
                 rendered |= _render_pass(cfg, assets, out, free, workers, claims.owner, bar)
+                _release_freed_memory()
             except ActorStartTimeout as exc:
                 if workers == 1:  # not even one actor started: no node left can run one
                     raise ActorStartTimeout(f"{exc}; the cluster's {alive_cpus()} CPU(s) could not start one: check "

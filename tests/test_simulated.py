@@ -15,7 +15,7 @@ SIMULATED = ["render.engine=simulated", "render.width=32", "render.height=24", "
              "render.backgrounds.num_clips=3", "render.backgrounds.frames_per_clip=3"]
 
 
-def test_simulated_rows_go_through_the_pipeline_and_keep_the_shard_contract(work, ray_local, make_config):
+def test_simulated_rows_go_through_the_pipeline_and_keep_the_shard_contract(work, ray_local, make_config, monkeypatch):
     import pyarrow.parquet as pq
 
     from fmolab.data import build_dataset, to_device
@@ -24,6 +24,7 @@ def test_simulated_rows_go_through_the_pipeline_and_keep_the_shard_contract(work
     from render_cluster.pipeline import render_dataset
 
     cfg = make_config({"runtime.work_dir": work}, SIMULATED)
+    monkeypatch.setattr("render_cluster.manifest.INDEX_CHUNK", 2)  # the manifest's chunks across 5 shards
     manifest = render_dataset(cfg, progress=False)
     assert manifest["complete"] and manifest["num_rows"] == 40 and manifest["num_shards"] == 5
     files = shard_files(cfg.dataset_dir)

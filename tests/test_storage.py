@@ -205,6 +205,22 @@ def test_start_up_over_the_bucket_reads_each_shard_with_one_request(s3, work):
     assert open_parquet(shards[0], size=sizes[shards[0]]).metadata.num_rows == table.num_rows
 
 
+def test_a_row_index_interrupted_while_written_leaves_the_last_one(tmp_path):
+    """The index is written chunk by chunk as a render's summaries are read, but put in one write at the
+    end: an error on the way leaves the previous index whole, and the file reads back batch by batch."""
+    from fmolab.shard_reader import RowIndexWriter, read_row_index
+
+    a = {"bytes": 10, "row_groups": 1, "objects": ["x/1", "", "y\0z"], "indices": [0, 1, 2]}
+    with RowIndexWriter(tmp_path, chunk=1) as index:
+        index.add("part-00000.parquet", a)
+        index.add("part-00001.parquet", {**a, "objects": [], "indices": []})  # a shard without rows
+    with pytest.raises(RuntimeError), RowIndexWriter(tmp_path, chunk=1) as index:
+        index.add("part-00002.parquet", a)
+        raise RuntimeError("the store went away")
+    assert read_row_index(tmp_path) == {"part-00000.parquet": a,
+                                        "part-00001.parquet": {**a, "objects": [], "indices": []}}
+
+
 def test_start_up_over_the_bucket_with_the_row_index_reads_no_shard(s3, work):
     """A rendered dataset's row index (rows.arrow, written with the manifest) stands for the footers:
     start-up lists, reads the manifest and the index, and opens no shard (10^4 footers were 10^4
@@ -212,7 +228,7 @@ def test_start_up_over_the_bucket_with_the_row_index_reads_no_shard(s3, work):
     import pyarrow.parquet as pq
 
     from fmolab.data.loader import FMOLoader
-    from fmolab.shard_reader import ROWS, write_row_index
+    from fmolab.shard_reader import ROWS, RowIndexWriter
     from fmolab.shards import row_index
 
     local = write_synthetic_dataset(work / "idx", num_sequences=24, width=64, height=48, seed=4)
@@ -224,7 +240,9 @@ def test_start_up_over_the_bucket_with_the_row_index_reads_no_shard(s3, work):
         facts[f.name] = {"bytes": f.stat().st_size, "row_groups": pf.metadata.num_row_groups,
                          "objects": objects, "indices": indices}
     assert len(facts) >= 3
-    write_row_index("s3://fmo/idx", facts)
+    with RowIndexWriter("s3://fmo/idx", chunk=2) as index:  # more than one batch
+        for name, record in facts.items():
+            index.add(name, record)
     loaders = []
     seen = requests_to(s3["AWS_ENDPOINT_URL"], lambda: loaders.append(FMOLoader("s3://fmo/idx", split="val")))
     assert not [p for _, p in seen if p.endswith(".parquet")], seen
