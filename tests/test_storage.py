@@ -228,7 +228,7 @@ def test_start_up_over_the_bucket_with_the_row_index_reads_no_shard(s3, work):
     import pyarrow.parquet as pq
 
     from fmolab.data.loader import FMOLoader
-    from fmolab.shard_reader import ROWS, RowIndexWriter
+    from fmolab.shard_reader import ROWS, RowIndexWriter, ShardReader
     from fmolab.shards import row_index
 
     local = write_synthetic_dataset(work / "idx", num_sequences=24, width=64, height=48, seed=4)
@@ -258,6 +258,9 @@ def test_start_up_over_the_bucket_with_the_row_index_reads_no_shard(s3, work):
     seen = requests_to(s3["AWS_ENDPOINT_URL"], lambda: loaders.append(FMOLoader("s3://fmo/idx", split="val")))
     assert [p for _, p in seen if p.endswith(".parquet")] == [f"/fmo/idx/{first}"], seen
     assert loaders[-1].refs == loaders[0].refs and loaders[-1].object_ids == loaders[0].object_ids
+    # background clips never have an index: their reader does not ask for one
+    seen = requests_to(s3["AWS_ENDPOINT_URL"], lambda: ShardReader("s3://fmo/idx/backgrounds"))
+    assert ("GET", "/fmo/idx/backgrounds/manifest.json") in seen and not [p for _, p in seen if ROWS in p], seen
 
 
 def _cli(args, env, timeout=60):

@@ -100,7 +100,8 @@ class ShardReader:
         files = list(self.sizes)
         single = files == [self.root]
         self.manifest = read_manifest(self.root) if not single else {}
-        use_index = not single and (visit is None or indexed is not None)
+        use_index = not single and (visit is None or indexed is not None) and \
+            self.manifest.get("kind") != "backgrounds"  # clips have no index: not asked for
         index = read_row_index(self.root, self.sizes) if use_index else {}
         self.columns = list(columns) if columns else None
         self.bad_shards: dict[str, str] = {}

@@ -154,7 +154,7 @@ def write_synthetic_dataset(root, num_sequences: int = 16, width: int = 64, heig
                       root / "manifest.json")
     bg = [_background_row(j, seed, width, height, clip_frames, quality) for j in range(num_clips)]
     write_shard(bg, root / "backgrounds" / "clips-00000.parquet", schema=BACKGROUND_SCHEMA)
-    write_json_atomic(dict(generator="fmolab.data.synthetic", seed=seed, num_clips=num_clips,
+    write_json_atomic(dict(kind="backgrounds", generator="fmolab.data.synthetic", seed=seed, num_clips=num_clips,
                            clip_frames=clip_frames, width=width, height=height),
                       root / "backgrounds" / "manifest.json")
     return root
