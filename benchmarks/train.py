@@ -57,6 +57,16 @@ def case_config(name: str, home: Path, data: Path, seconds: float, extra: list[s
         "tracking.experiment=bench-train", *overrides, *extra])
 
 
+def make_data(name: str, home: Path, extra: list[str] = ()) -> Path:
+    """Synthetic shards at the case's size (the loop cannot tell them from rendered ones)."""
+    from fmolab.data.synthetic import write_synthetic_dataset
+
+    base = case_config(name, home, home / "none", 1.0, list(extra))
+    return write_synthetic_dataset(home / f"data-{name}", num_sequences=128, width=base.render.width,
+                                   height=base.render.height, num_frames=base.render.num_frames, num_objects=8,
+                                   num_clips=8, clip_frames=base.render.backgrounds.frames_per_clip)
+
+
 def bare(cfg_dict: dict, seconds: float, threads: int, queue) -> None:
     """The plain loop (in its own process: thread count and memory are its own)."""
     import torch
@@ -149,7 +159,6 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.json"))
     args = ap.parse_args()
 
-    from fmolab.data.synthetic import write_synthetic_dataset
     from fmolab.runtime import init_ray, quiet_third_party
 
     quiet_third_party()  # our lines in the log, as the CLI's
@@ -159,9 +168,7 @@ def main() -> None:
     rows = []
     for name in args.cases.split(","):
         base = case_config(name, home, home / "none", args.seconds, args.set)
-        data = write_synthetic_dataset(home / f"data-{name}", num_sequences=128, width=base.render.width,
-                                       height=base.render.height, num_frames=base.render.num_frames, num_objects=8,
-                                       num_clips=8, clip_frames=base.render.backgrounds.frames_per_clip)
+        data = make_data(name, home, args.set)
         for v, variant in enumerate(args.variants):
             extra = [*args.set, *[o for o in variant.split(",") if o]]
             one = case_config(name, home, data, args.seconds, [*extra, "train.workers=1", "train.cpus_per_worker=1",
