@@ -56,7 +56,7 @@ def _read_entry(out: str, render_cfg, b: int, summary: str | None) -> tuple[dict
              "render": same.get("render"), "seconds": round(s.get("seconds", 0.0), 3),
              "indices": block_indices(render_cfg, b), "rejections": s.get("rejections", {})}
     entry.update({k: s[k] for k in ("bad_assets", "failed", "bytes") if s.get(k)})
-    if same.get("blender"):  # the strings every shard repeats held once (10^4 entries are held at once)
+    if same.get("blender"):  # strings every shard repeats, held once: every entry is held until the end
         entry["blender"] = same["blender"]
     return entry, ({k: s[k] for k in INDEXED} if all(k in s for k in INDEXED) else None)
 
