@@ -86,6 +86,21 @@ def test_print_config_runs_the_preflight(work, toy, capsys):
     assert "unknown loss 'Nope'" in capsys.readouterr().err
 
 
+def test_gpu_settings_measured_slow_with_group_norm_are_named_before_the_run(work, toy, caplog):
+    """bf16 and channels_last lose with GroupNorm on a GPU (docs/cluster.md): a warning each, the run
+    allowed; none with BatchNorm, where they pay."""
+    gpu = ["train.use_gpu=true", "train.precision=bf16", "train.channels_last=true"]
+    with caplog.at_level("WARNING", logger="fmolab.train"):
+        assert main(["train", "--work-dir", str(work), *TINY, f"data.train={toy}", *gpu, "--print-config"]) == 0
+        said = [r.getMessage() for r in caplog.records if r.name == "fmolab.train"]
+        assert [m[:40] for m in said] == ["train.channels_last=true trained at 0.63",
+                                          "train.precision=bf16 trained at 0.98x th"], said
+        caplog.clear()
+        assert main(["train", "--work-dir", str(work), *TINY, f"data.train={toy}", *gpu, "model.norm=batch",
+                     "--print-config"]) == 0
+        assert not [r for r in caplog.records if r.name == "fmolab.train"]
+
+
 def test_every_preset_passes_on_data_it_fits(toy):
     from fmolab.config import load_config, preset_names, preset_path
     from fmolab.train.preflight import preflight
