@@ -69,10 +69,34 @@ def mlflow_server(folder: Path, artifacts: str, env: dict):
         proc.wait(timeout=30)
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def agent_port() -> int:
+    """A free port below the kernel's ephemeral range (32768-60999) and above Ray's worker ports
+    (10002-19999), never handed out twice here. A port of the ephemeral range, free when picked, can be
+    taken by the node's own raylet binding port 0 before the agent binds it: the agent then fails, and
+    the whole node with it, seconds after it joined."""
+    import random
+    import socket
+
+    while True:
+        port = random.randrange(20000, 32000)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+
+
 def _agent_ports() -> list[str]:
     # every node on this machine needs its own agent ports (another Ray here holds the defaults)
-    return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
+    return [f"--dashboard-agent-listen-port={agent_port()}", f"--dashboard-agent-grpc-port={agent_port()}",
+            f"--runtime-env-agent-port={agent_port()}", f"--metrics-export-port={agent_port()}"]
 
 
 @contextmanager
