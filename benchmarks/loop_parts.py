@@ -21,27 +21,14 @@ import train as bench_train  # benchmarks/train.py: the same cases and synthetic
 def loop(cfg_dict: dict, seconds: float, threads: int, feed: str, queue) -> None:
     import gc
 
-    import torch
-
     from fmolab.config import config_from_dict
-    from fmolab.data import build_dataset, build_format, collate, to_device
+    from fmolab.data import collate, to_device
     from fmolab.data.prefetch import prefetched
-    from fmolab.losses import LossSet
-    from fmolab.models import build_model
-    from fmolab.train.heap import keep_freed_memory
-    from fmolab.train.loop import tuned
-    from fmolab.train.optim import build_optimizer
     from fmolab.train.streams import batch_stream
 
     cfg = config_from_dict(cfg_dict)
-    keep_freed_memory()
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
     t = cfg.train
-    model = tuned(build_model(cfg.model, build_format(cfg.data.format).in_channels), t)
-    optimizer = build_optimizer(t.optimizer, model.parameters(), t.lr)
-    losses = LossSet(cfg.loss.train, cfg.loss.compare)
-    ds = build_dataset(cfg, "train")
+    ds, step = bench_train.plain_loop(cfg, threads)  # the bare loop's model, losses, optimizer and step
     stream = batch_stream(ds, t.batch_size, 0, 1, 0, collate)
     feed, frozen = feed.removesuffix("+frozen"), feed.endswith("+frozen")
     if feed == "premade":
@@ -62,17 +49,12 @@ def loop(cfg_dict: dict, seconds: float, threads: int, feed: str, queue) -> None
             in_gc[0] += time.perf_counter() - since[0]
 
     gc.callbacks.append(timed_gc)
-    model.train()
     steps, waited, start = 0, 0.0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         w = time.perf_counter()
         batch = to_device(next(stream)[1], "cpu")
         waited += time.perf_counter() - w
-        optimizer.zero_grad(set_to_none=True)
-        out = model(batch["inputs"], batch["times"], batch.get("contrast_inputs"))
-        total, _ = losses(batch, out, steps)
-        total.backward()
-        optimizer.step()
+        step(batch, steps)
         steps += 1
     wall = time.perf_counter() - start
     queue.put({"samples_per_s": round(steps * t.batch_size / wall, 1), "data_wait_frac": round(waited / wall, 4),

@@ -67,18 +67,18 @@ def make_data(name: str, home: Path, extra: list[str] = ()) -> Path:
                                    num_clips=8, clip_frames=base.render.backgrounds.frames_per_clip)
 
 
-def bare(cfg_dict: dict, seconds: float, threads: int, queue) -> None:
-    """The plain loop (in its own process: thread count and memory are its own)."""
+def plain_loop(cfg, threads: int):
+    """The plain loop's pieces, as this process's: its training dataset and a ``step(batch, k)`` of the
+    same model, losses, optimizer, precision and process options (malloc, channels_last, compile) as
+    ``fmolab train``'s (shared with ``loop_parts.py``)."""
     import torch
 
-    from fmolab.config import config_from_dict
-    from fmolab.data import build_dataset, build_format, collate, to_device
+    from fmolab.data import build_dataset, build_format
     from fmolab.losses import LossSet
     from fmolab.models import build_model
     from fmolab.train.loop import tuned
     from fmolab.train.optim import build_optimizer
 
-    cfg = config_from_dict(cfg_dict)
     if cfg.train.keep_freed_memory:  # the variant's malloc setting too: the ratio is fmolab's own cost
         from fmolab.train.heap import keep_freed_memory
 
@@ -89,21 +89,34 @@ def bare(cfg_dict: dict, seconds: float, threads: int, queue) -> None:
     model = tuned(build_model(cfg.model, build_format(cfg.data.format).in_channels), t)  # channels_last, compile
     optimizer = build_optimizer(t.optimizer, model.parameters(), t.lr)
     losses = LossSet(cfg.loss.train, cfg.loss.compare)
-    ds = build_dataset(cfg, "train")
-    batches = []
-    for k in range(8):  # made before the clock starts; uint8 frames become floats as to_device does
-        batches.append(to_device(collate([ds[(k * t.batch_size + i) % len(ds)] for i in range(t.batch_size)]), "cpu"))
     bf16 = t.precision == "bf16"
     model.train()
-    steps, start, steady = 0, time.perf_counter(), None
-    while time.perf_counter() - start < seconds:
-        batch = batches[steps % len(batches)]
+
+    def step(batch: dict, k: int) -> None:
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = model(batch["inputs"], batch["times"], batch.get("contrast_inputs"))
-        total, _ = losses(batch, out, steps)
+        total, _ = losses(batch, out, k)
         total.backward()
         optimizer.step()
+
+    return build_dataset(cfg, "train"), step
+
+
+def bare(cfg_dict: dict, seconds: float, threads: int, queue) -> None:
+    """The plain loop (in its own process: thread count and memory are its own)."""
+    from fmolab.config import config_from_dict
+    from fmolab.data import collate, to_device
+
+    cfg = config_from_dict(cfg_dict)
+    t = cfg.train
+    ds, step = plain_loop(cfg, threads)
+    batches = []
+    for k in range(8):  # made before the clock starts; uint8 frames become floats as to_device does
+        batches.append(to_device(collate([ds[(k * t.batch_size + i) % len(ds)] for i in range(t.batch_size)]), "cpu"))
+    steps, start, steady = 0, time.perf_counter(), None
+    while time.perf_counter() - start < seconds:
+        step(batches[steps % len(batches)], steps)
         steps += 1
         if steps == 3:
             steady = (time.perf_counter(), steps)
