@@ -22,14 +22,14 @@ def loop(cfg_dict: dict, seconds: float, threads: int, feed: str, queue) -> None
     import gc
 
     from fmolab.config import config_from_dict
-    from fmolab.data import collate, to_device
+    from fmolab.data import to_device
     from fmolab.data.prefetch import prefetched
     from fmolab.train.streams import batch_stream
 
     cfg = config_from_dict(cfg_dict)
     t = cfg.train
     ds, step = bench_train.plain_loop(cfg, threads)  # the bare loop's model, losses, optimizer and step
-    stream = batch_stream(ds, t.batch_size, 0, 1, 0, collate)
+    stream = batch_stream(ds, t.batch_size, 0, 1, 0)
     feed, frozen = feed.removesuffix("+frozen"), feed.endswith("+frozen")
     if feed == "premade":
         made = [to_device(next(stream)[1], "cpu") for _ in range(8)]

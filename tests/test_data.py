@@ -8,9 +8,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from fmolab.compose import composite, over
+from fmolab.compose import composite, frame_times, over
 from fmolab.data import (FORMATS, Augment, BackgroundAdder, FMOLoader, build_dataset, build_format, collate,
                          contrast, in_channels, to_device, write_synthetic_dataset)
+from fmolab.data.dataset import unbatch
+from fmolab.data.formats import sub_frame_times
+from fmolab.data.loader import frame_indices
 from fmolab.media.codecs import encode_webp
 from fmolab.registry import SpecError
 from fmolab.shards import SEQUENCE_SCHEMA, ShardError, content_box, crop, decode_sequence, write_shard
@@ -93,6 +96,28 @@ def test_items_follow_contract_and_composite_exactly(root, fmt, make_config):
     if "contrastive" in fmt:
         assert batch["contrast_inputs"].shape == batch["inputs"].shape
         assert not torch.equal(batch["contrast_inputs"], batch["inputs"])
+
+
+@pytest.mark.parametrize("fmt", ALL_FORMATS)
+def test_a_batch_made_whole_is_its_items_made_one_by_one(root, fmt, make_config):
+    """Training makes batches whole (each item's draws, then one set of array operations): each item of
+    such a batch, in any order and beside any other, is the item made alone."""
+    cfg = make_config(data_of(root, fmt), "data.flip=true", "data.time_reverse=true", "data.jitter=0.2",
+                      "data.noise=0.05")
+    ds = build_dataset(cfg, "train")
+    order = [5, 0, 3, 0, 7, 2, 6, 1]
+    whole, alone = ds.batch(order), collate([ds[i] for i in order])
+    assert whole.keys() == alone.keys()
+    for key, value in whole.items():
+        if isinstance(value, torch.Tensor):
+            assert value.dtype == alone[key].dtype and torch.equal(value, alone[key]), key
+        else:
+            assert value == alone[key], key
+    assert not torch.equal(whole["inputs"][0], whole["inputs"][1])  # the items differ from one another
+    assert whole["frames"].movedim(-3, -1).is_contiguous()  # uint8 frames stay channels-last
+    # the frames' times are the sub-frame centres of compose.frame_times
+    idx = frame_indices(16, 4)
+    assert torch.equal(sub_frame_times(idx, 16), frame_times(16)[torch.from_numpy(idx)])
 
 
 def test_multi_object_masks_padding_and_order(root, make_config):
@@ -197,14 +222,20 @@ def test_index_range_filter(root):
     assert sorted(loader.get(i).index for i in range(len(loader))) == list(range(4, 10))
 
 
+def _augmented(augment: Augment, layers: dict, rng) -> dict:
+    """One item's layers through an augmentation, as a batch of one would take them."""
+    draw = augment.draw(rng)
+    return unbatch(augment.colour(collate([augment.orient(layers, draw)]), [draw]))
+
+
 def test_time_reversal_swaps_the_two_half_blurs(root):
     fmt = build_format("double_blur")
     loader = FMOLoader(root)
     adder = BackgroundAdder(root / "backgrounds", min_contrast=0.0)
     seed = next(s for s in range(100) if np.random.default_rng(s).random(3)[2] < 0.5)  # draws "reverse"
     layers = fmt.gather([loader.get(0)], adder, np.random.default_rng(0), 4)
-    out = Augment(time_reverse=True)(layers, np.random.default_rng(seed))
-    base = Augment()(layers, np.random.default_rng(seed))
+    out = _augmented(Augment(time_reverse=True), layers, np.random.default_rng(seed))
+    base = _augmented(Augment(), layers, np.random.default_rng(seed))
     torch.testing.assert_close(out["blurs"][0], base["blurs"][1])  # second half comes first in reverse
     torch.testing.assert_close(out["backgrounds"][0], base["backgrounds"][1])
     torch.testing.assert_close(out["frames"], base["frames"].flip(0))

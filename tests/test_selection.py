@@ -42,7 +42,7 @@ def _trainer(cfg, model):
     def replaying(indices):  # the stub sees the ground truth of the batch it renders
         from fmolab.data import to_device
 
-        batch = to_device(trainer.collate([trainer.val_ds[i] for i in indices]))
+        batch = to_device(trainer.val_ds.batch(indices))
         model.frames = batch["frames"]
         return batch, trainer.forward(batch)
 

@@ -195,11 +195,11 @@ def test_ray_data_pipeline_feeds_the_workers(work, base, ray_local, make_config)
 
 def test_each_epoch_draws_new_backgrounds_and_augmentations(work, base, make_config):
     """The torch path's stream sets the dataset's epoch: a row's item changes from one pass to the next."""
-    from fmolab.data import build_dataset, collate
+    from fmolab.data import build_dataset
     from fmolab.train.streams import batch_stream
 
     ds = build_dataset(make_config(base), "train")
-    stream = batch_stream(ds, 2, 0, 1, 0, collate)
+    stream = batch_stream(ds, 2, 0, 1, 0)
     seen: dict[int, dict[str, torch.Tensor]] = {0: {}, 1: {}}
     for epoch, batch in stream:
         if epoch > 1:

@@ -8,6 +8,10 @@
   of colours, so jittering frames and blurs alike keeps them consistent); the uint8 ground-truth
   frames go through the same map as a 256-entry lookup table (within half a grey level);
 * sensor noise: on the composited input images only (see :func:`fmolab.data.formats.assemble`).
+
+Each item draws its own choices (:meth:`Augment.draw`) and is flipped on its own (:meth:`Augment.orient`,
+on uint8 layers); conversion to float and jitter then run once on the whole batch
+(:meth:`Augment.colour`), with each item's own brightness and contrast.
 """
 from __future__ import annotations
 
@@ -38,19 +42,24 @@ class Augment:
         return cls(flip=data_cfg.flip, time_reverse=data_cfg.time_reverse, jitter=data_cfg.jitter,
                    noise=data_cfg.noise)
 
-    def __call__(self, layers: dict, rng: np.random.Generator, background: bool = True) -> dict:
-        """Geometric changes on the gathered layers, conversion to ``[..., C, H, W]`` tensors (float, but
-        uint8 for :data:`UINT8_LAYERS`), then colour jitter."""
-        # Draw every random number whatever the flags, so items stay comparable across settings.
+    @staticmethod
+    def draw(rng: np.random.Generator) -> tuple:
+        """One item's choices ``(hflip, vflip, reverse, brightness, contrast)``. Every number is drawn
+        whatever the flags, so items stay comparable across settings."""
         hflip, vflip, reverse = rng.random(3) < 0.5
         bright, contr = rng.uniform(-1, 1, size=2)
+        return bool(hflip), bool(vflip), bool(reverse), bright, contr
+
+    def orient(self, layers: dict, draw: tuple) -> dict:
+        """One item's geometric changes on its uint8 ``[..., H, W, C]`` (or float ``[..., C, H, W]``) layers,
+        as tensors; times and spans reversed with the frames."""
+        hflip, vflip, reverse = draw[:3]
         out = dict(layers)
         reversing = self.time_reverse and reverse
         for k in SPATIAL:
             if k not in out:
                 continue
-            # uint8 layers are [..., H, W, C] (flipped before conversion: a byte copy, not a float one),
-            # float layers are [..., C, H, W]; all flips of a layer happen in one copy.
+            # torch's flip, not numpy's views: numpy copies a flipped row of 4-byte pixels byte by byte
             x = out[k] if isinstance(out[k], torch.Tensor) else torch.from_numpy(out[k])
             h, w = (-3, -2) if x.dtype == torch.uint8 else (-2, -1)
             dims = [d for d, on in ((h, self.flip and vflip), (w, self.flip and hflip)) if on]
@@ -60,33 +69,47 @@ class Augment:
         if reversing:
             out["times"] = 1.0 - out["times"].flip(0)
             out["spans"] = 1.0 - out["spans"].flip([0, 1])
-        b, c = self.jitter * bright, 1.0 + self.jitter * contr
+        return out
 
-        def jit(x):
-            return ((x - 0.5) * c + 0.5 + b).clip(0, 1)
-
-        lut = (jit(np.arange(256, dtype=np.float32) / 255) * 255 + 0.5).astype(np.uint8) if self.jitter > 0 else None
+    def colour(self, batch: dict, draws: list[tuple], background: bool = True) -> dict:
+        """A stacked batch's layers as ``[B, ..., C, H, W]`` tensors (float, but uint8 for
+        :data:`UINT8_LAYERS`), colour-jittered per item (``draws``: each item's :meth:`draw`)."""
+        out = dict(batch)
+        jitter = self.jitter > 0
+        maps = [(self.jitter * d[3], 1.0 + self.jitter * d[4]) for d in draws]
         for k in SPATIAL:
             if k not in out:
                 continue
-            if k in UINT8_LAYERS and out[k].dtype == torch.uint8:
-                if lut is not None:
-                    x = out[k].numpy()
+            x = out[k]
+            if k in UINT8_LAYERS and x.dtype == torch.uint8:
+                if jitter:  # one lookup table per item (uint8 frames stay uint8)
+                    x = x.numpy()
                     y = x.copy()
-                    y[..., :3] = lut[x[..., :3]]
-                    out[k] = y
-                out[k] = to_chw(out[k])
+                    for i, (b, c) in enumerate(maps):
+                        lut = (_jit(np.arange(256, dtype=np.float32) / 255, b, c) * 255 + 0.5).astype(np.uint8)
+                        y[i, ..., :3] = lut[x[i, ..., :3]]
+                    x = y
+                out[k] = to_chw(x)
             else:
-                out[k] = to_float(out[k])
-        if self.jitter > 0:
+                out[k] = to_float(x)
+        if jitter:
+            b, c = (torch.tensor([m[j] for m in maps], dtype=torch.float32) for j in (0, 1))
             for k in RGB_LAYERS:
                 if k in out and out[k].dtype != torch.uint8:
                     t = out[k].clone()
-                    t[..., :3, :, :] = jit(t[..., :3, :, :])
+                    t[..., :3, :, :] = _jit(t[..., :3, :, :], *_per_item(t, b, c))
                     out[k] = t
             if background:  # a black "no background" stays black
                 for k in BG_LAYERS:
                     if k in out:
-                        out[k] = jit(out[k])
+                        out[k] = _jit(out[k], *_per_item(out[k], b, c))
         return out
 
+
+def _jit(x, b, c):
+    return ((x - 0.5) * c + 0.5 + b).clip(0, 1)
+
+
+def _per_item(x: torch.Tensor, *values: torch.Tensor) -> list[torch.Tensor]:
+    """Per-item ``[B]`` values shaped to broadcast over ``x [B, ...]``."""
+    return [v.view(-1, *[1] * (x.dim() - 1)) for v in values]

@@ -27,12 +27,24 @@ HOW_TO = ("make one with `fmolab render` (it writes <dataset>/backgrounds), poin
 
 def contrast(blur: np.ndarray, background: np.ndarray, stride: int = 4) -> float:
     """Mean |fmo_rgb - bg_rgb| in [0, 1], weighted by the blur's alpha (on a pixel grid, for speed)."""
-    b = blur[::stride, ::stride].astype(np.float32)
-    g = background[::stride, ::stride].astype(np.float32)
+    return float(contrasts(blur_weights([blur], stride), background[None], stride)[0])
+
+
+def blur_weights(blurs, stride: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What :func:`contrasts` needs of ``k`` RGBA blurs ``[H,W,4]``, computed once for every draw:
+    their RGB and alpha on the grid and each alpha's sum."""
+    b = np.stack([x[::stride, ::stride] for x in blurs]).astype(np.float32)
     alpha = b[..., 3] / 255.0
-    diff = np.abs(b[..., :3] - g).mean(-1) / 255.0
-    total = alpha.sum()
-    return float((alpha * diff).sum() / total) if total > 0 else 0.0
+    return b[..., :3], alpha, alpha.sum((1, 2))
+
+
+def contrasts(weights, backgrounds: np.ndarray, stride: int = 4) -> np.ndarray:
+    """:func:`contrast` of each of ``k`` blurs (their :func:`blur_weights`) on its background ``[k,H,W,3]``."""
+    rgb, alpha, total = weights
+    g = backgrounds[:, ::stride, ::stride].astype(np.float32)
+    diff = np.abs(rgb - g).mean(-1) / 255.0
+    seen = total > 0
+    return np.where(seen, (alpha * diff).sum((1, 2)) / np.where(seen, total, 1), 0)
 
 
 def cover(frames: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -118,13 +130,14 @@ class BackgroundAdder:
         """
         k = len(blurs)
         height, width = blurs[0].shape[:2]
+        weights = blur_weights(blurs) if self.min_contrast > 0 else None
         best, best_c, tries = None, -1.0, 0
         for _ in range(self.max_tries * 4):  # corrupt/short clips do not count as tries
             bg = self._draw(k, height, width, rng)
             if bg is None:
                 continue
             tries += 1
-            c = float(np.mean([contrast(b, g) for b, g in zip(blurs, bg)])) if self.min_contrast > 0 else 1.0
+            c = float(np.mean(contrasts(weights, bg).astype(np.float64))) if weights is not None else 1.0
             if c > best_c:
                 best, best_c = bg, c
             if c >= self.min_contrast or tries >= self.max_tries:

@@ -1,8 +1,10 @@
-"""One per-sample code path (:func:`make_item`) behind a torch Dataset and a Ray Data pipeline
-(:mod:`fmolab.data.ray_pipeline`).
+"""One per-sample code path behind a torch Dataset and a Ray Data pipeline
+(:mod:`fmolab.data.ray_pipeline`): :func:`gather_item` draws and gathers each item on its own,
+:func:`make_batch` augments and composites a whole batch of them in one set of array operations.
 
 An item is seeded by ``(data.seed, epoch, seq_id)``, so it is the same in both paths, in any worker,
-in any order. Corrupt rows are skipped, counted in ``skipped`` and replaced by the next good row.
+in any order, and in any batch. Corrupt rows are skipped, counted in ``skipped`` and replaced by the
+next good row.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from torch.utils.data import Dataset
 
 from fmolab.data.augment import Augment
 from fmolab.data.background_adder import BackgroundAdder, build_adder
-from fmolab.data.formats import InputFormat, assemble, build_format
+from fmolab.data.formats import InputFormat, assemble, build_format, noise_draws
 from fmolab.data.loader import FMOLoader, RowError, Sequence, stable_key
 from fmolab.shards import ShardError
 
@@ -26,12 +28,26 @@ def item_rng(seed: int, epoch: int, seq_id: str) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, stable_key(seq_id)])
 
 
-def make_item(fmt: InputFormat, rows: list[Sequence], adder, augment: Augment, count: int,
-              rng: np.random.Generator) -> dict:
-    """The per-sample function: gather layers, augment them, composite into the item dict."""
+def gather_item(fmt: InputFormat, rows: list[Sequence], adder, augment: Augment, count: int,
+                rng: np.random.Generator) -> dict:
+    """The per-sample part: gather layers, draw augmentation and noise (in that order), flip.
+    Raises :class:`RowError` for an unusable row; what follows cannot fail on data."""
     layers = fmt.gather(rows, adder, rng, count)
-    layers = augment(layers, rng, background=fmt.uses_background)
-    return assemble(fmt, layers, rng, augment.noise)
+    draw = augment.draw(rng)
+    noises = noise_draws(layers, rng, augment.noise)
+    return {"layers": augment.orient(layers, draw), "draw": draw, "noises": noises}
+
+
+def make_batch(fmt: InputFormat, gathered: list[dict], augment: Augment) -> dict:
+    """Items of :func:`gather_item` -> the batch of docs/batches.md: their uint8 layers stacked, then
+    converted, jittered and composited once for the whole batch."""
+    layers = collate([g["layers"] for g in gathered])
+    layers = augment.colour(layers, [g["draw"] for g in gathered], background=fmt.uses_background)
+    return assemble(fmt, layers, [g["noises"] for g in gathered], augment.noise)
+
+
+def unbatch(batch: dict, i: int = 0) -> dict:
+    return {k: v[i] for k, v in batch.items()}
 
 
 def _stack(values: list[torch.Tensor]) -> torch.Tensor:
@@ -98,28 +114,36 @@ class FMODataset(Dataset):
         while len(out) < count and tries < count * 8 + 8:
             tries += 1
             j = int(rng.integers(n))
-            if j == i or self.loader.source(j) in self.loader.skipped:
+            if j == i or (self.loader.skipped and self.loader.source(j) in self.loader.skipped):
                 continue
             out.append(self.loader.get(j))
         return out
 
-    def __getitem__(self, i: int) -> dict:
+    def _gathered(self, i: int) -> dict:
+        """Item ``i`` gathered (:func:`gather_item`), or the next usable row's when ``i``'s is corrupt."""
         n = len(self)
         if not 0 <= i < n:
             raise IndexError(f"item {i} of a dataset of {n}")
         for attempt in range(min(n, MAX_SUBSTITUTES)):
             j = (i + attempt) % n
-            if self.loader.source(j) in self.loader.skipped:
+            if self.loader.skipped and self.loader.source(j) in self.loader.skipped:
                 continue
             try:
                 row = self.loader.get(j)
                 rng = item_rng(self.seed, self.epoch, row.seq_id)
                 rows = [row] + self._extras(j, self.fmt.rows_needed(rng) - 1, rng)
-                return make_item(self.fmt, rows, self.adder, self.augment, self.frames_per_sample, rng)
+                return gather_item(self.fmt, rows, self.adder, self.augment, self.frames_per_sample, rng)
             except RowError as exc:
                 self.loader._skip(exc.source, exc.reason)
         raise ShardError(f"item {i}: {MAX_SUBSTITUTES} consecutive rows of {self.loader.root} are unusable; "
                          f"skipped so far: {self.skipped}")
+
+    def __getitem__(self, i: int) -> dict:
+        return unbatch(self.batch([i]))
+
+    def batch(self, indices) -> dict:
+        """The batch of items ``indices`` (what :func:`collate` of them gives, made in one pass)."""
+        return make_batch(self.fmt, [self._gathered(int(i)) for i in indices], self.augment)
 
 
 def build_dataset(cfg, split: str, epoch_seed: int = 0) -> FMODataset:

@@ -18,7 +18,7 @@ import inspect
 import numpy as np
 import torch
 
-from fmolab.compose import composite, frame_times, over
+from fmolab.compose import composite, over
 from fmolab.registry import Registry, SpecError, parse_spec
 from fmolab.data.loader import Sequence, frame_indices
 
@@ -43,6 +43,11 @@ def to_float(x) -> torch.Tensor:
 def to_chw(x) -> torch.Tensor:
     """uint8 ``[..., H, W, C]`` (array or tensor) -> uint8 ``[..., C, H, W]`` view, no copy."""
     return (x if isinstance(x, torch.Tensor) else torch.from_numpy(x)).movedim(-1, -3)
+
+
+def sub_frame_times(idx: np.ndarray, num_frames: int) -> torch.Tensor:
+    """``frame_times(num_frames)[idx]``, computed for the few indices only (the same float32 values)."""
+    return torch.from_numpy((idx.astype(np.float32) + np.float32(0.5)) / np.float32(num_frames))
 
 
 def over_u8(top: np.ndarray, bottom: np.ndarray, box) -> None:
@@ -78,7 +83,8 @@ class InputFormat:
         return 1
 
     def inputs(self, images: torch.Tensor, backgrounds: torch.Tensor) -> torch.Tensor:
-        return images.flatten(0, 1)  # [K,3,H,W] -> [3K,H,W]
+        """The encoder's input from images and backgrounds ``[..., K, 3, H, W]`` (an item, or a batch)."""
+        return images.flatten(-4, -3)  # [..., K,3,H,W] -> [..., 3K,H,W]
 
     def _backgrounds(self, adder, blurs_hwc: list[np.ndarray], rng, shape) -> np.ndarray:
         if not self.uses_background:
@@ -94,7 +100,7 @@ class InputFormat:
             blurs=np.stack(blurs_u8),
             backgrounds=self._backgrounds(adder, blurs_u8, rng, shape),
             spans=torch.tensor([row.span(n) for n in self.blur_names], dtype=torch.float32),
-            times=frame_times(row.num_frames)[torch.from_numpy(idx)],
+            times=sub_frame_times(idx, row.num_frames),
             frames=row.frames(idx),
             seq_id=row.seq_id,
         )
@@ -110,7 +116,7 @@ class BackgroundBlur(InputFormat):
     background_input = True
 
     def inputs(self, images, backgrounds):
-        return torch.cat([images[0], backgrounds[0]], dim=0)
+        return torch.cat([images[..., 0, :, :, :], backgrounds[..., 0, :, :, :]], dim=-3)
 
 
 @FORMATS.register("double_blur")
@@ -148,7 +154,7 @@ class MultiObject(DoubleBlur):
     def gather(self, rows, adder, rng, count):
         base = rows[0]
         idx = frame_indices(base.num_frames, count)
-        times = frame_times(base.num_frames)[torch.from_numpy(idx)]
+        times = sub_frame_times(idx, base.num_frames)
         m = self.max_objects
         object_frames = np.zeros((m, count, base.height, base.width, 4), np.uint8)
         for o, row in enumerate(rows):
@@ -198,19 +204,32 @@ def in_channels(format_spec: str) -> int:
     return build_format(format_spec).in_channels
 
 
-def assemble(fmt: InputFormat, layers: dict, rng: np.random.Generator, noise: float = 0.0) -> dict:
-    """Composite float layers into the item of docs/batches.md (sensor noise goes on the images only)."""
-    item = {k: v for k, v in layers.items() if k != "contrast_backgrounds"}
+def noise_draws(layers: dict, rng: np.random.Generator, noise: float) -> list[np.ndarray]:
+    """One item's sensor noise, drawn after its other choices: one ``[K, 3, H, W]`` array for its images
+    and one for its contrast images, if any (none when ``noise`` is 0)."""
+    if noise <= 0:
+        return []
+    blurs = layers["blurs"]
+    k, (h, w) = blurs.shape[0], (blurs.shape[1:3] if blurs.dtype in (np.uint8, torch.uint8) else blurs.shape[-2:])
+    return [rng.standard_normal((k, 3, h, w), dtype=np.float32)
+            for _ in range(1 + ("contrast_backgrounds" in layers))]
 
-    def images_of(backgrounds: torch.Tensor) -> torch.Tensor:
+
+def assemble(fmt: InputFormat, layers: dict, noises: list[list[np.ndarray]], noise: float = 0.0) -> dict:
+    """Composite a batch's float layers into the batch of docs/batches.md (``noises``: each item's
+    :func:`noise_draws`, added to the images only)."""
+    batch = {k: v for k, v in layers.items() if k != "contrast_backgrounds"}
+
+    def images_of(backgrounds: torch.Tensor, which: int) -> torch.Tensor:
         images = composite(layers["blurs"], backgrounds)
         if noise > 0:
-            images = (images + noise * torch.from_numpy(rng.standard_normal(images.shape, dtype=np.float32))).clamp_(0, 1)
+            drawn = torch.from_numpy(np.stack([n[which] for n in noises]))
+            images = (images + noise * drawn).clamp_(0, 1)
         return images
 
-    item["images"] = images_of(layers["backgrounds"])
-    item["inputs"] = fmt.inputs(item["images"], layers["backgrounds"])
+    batch["images"] = images_of(layers["backgrounds"], 0)
+    batch["inputs"] = fmt.inputs(batch["images"], layers["backgrounds"])
     if "contrast_backgrounds" in layers:
         cb = layers["contrast_backgrounds"]
-        item["contrast_inputs"] = fmt.inputs(images_of(cb), cb)
-    return item
+        batch["contrast_inputs"] = fmt.inputs(images_of(cb, 1), cb)
+    return batch

@@ -1,4 +1,4 @@
-"""The Ray Data path: shards streamed through :func:`fmolab.data.dataset.make_item` into Train workers.
+"""The Ray Data path: shards streamed through :func:`fmolab.data.dataset.make_batch` into Train workers.
 
 shard row groups -> ``map_batches(read_row_groups)`` -> ``map_batches(RayItems)`` on an actor pool; a Train worker reads its
 share with ``get_dataset_shard("train").iter_torch_batches(collate_fn=RayCollate())``. Items are the
@@ -19,7 +19,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 
 from fmolab.data.augment import Augment
 from fmolab.data.background_adder import build_adder
-from fmolab.data.dataset import collate, item_rng, make_item, split_args
+from fmolab.data.dataset import gather_item, item_rng, make_batch, split_args
 from fmolab.data.formats import UINT8_LAYERS, build_format
 from fmolab.data.loader import COLUMNS, OPTIONAL, FMOLoader, RowError, Sequence
 from fmolab import storage
@@ -56,19 +56,19 @@ class RayItems:
                 epochs.append(int(r.get("epoch") or 0))
             except RowError as exc:
                 self._skip(exc)
-        items = []
+        gathered = []
         for k, row in enumerate(seqs):
             rng = item_rng(self.seed, self.epoch + epochs[k], row.seq_id)
             others = [s for j, s in enumerate(seqs) if j != k]
             n_extra = min(self.fmt.rows_needed(rng) - 1, len(others))
             extras = [others[j] for j in rng.choice(len(others), n_extra, replace=False)] if n_extra > 0 else []
             try:
-                items.append(make_item(self.fmt, [row] + extras, self.adder, self.augment, self.count, rng))
+                gathered.append(gather_item(self.fmt, [row] + extras, self.adder, self.augment, self.count, rng))
             except RowError as exc:
                 self._skip(exc)
-        if not items:
+        if not gathered:
             return {}
-        out = collate(items)
+        out = make_batch(self.fmt, gathered, self.augment)
         # uint8 layers travel channels-last (their memory order: no copy); RayCollate turns them back
         return {k: (v.movedim(-3, -1).numpy() if k in UINT8_LAYERS else v.numpy()) if isinstance(v, torch.Tensor)
                 else np.array(v, dtype=object) for k, v in out.items()}

@@ -32,10 +32,8 @@ def animation(renders: torch.Tensor) -> torch.Tensor:
 class Trainer:
     def __init__(self, cfg: Config, model, optimizer, scheduler, losses, val_ds, device, rank: int, world: int,
                  callbacks: list[Callback], train_ds=None):
-        from fmolab.data import collate
-
         self.cfg, self.model, self.optimizer, self.scheduler, self.losses = cfg, model, optimizer, scheduler, losses
-        self.val_ds, self.device, self.rank, self.collate = val_ds, device, rank, collate
+        self.val_ds, self.device, self.rank = val_ds, device, rank
         self.ranks, self.callbacks = Collective(world), callbacks
         self.monitor = Monitor(cfg.train.monitor.metric, cfg.train.monitor.mode, cfg.train.monitor.animated_first)
         self.state = TrainState(best_metric=self.monitor.worst)
@@ -63,7 +61,7 @@ class Trainer:
     def predict(self, indices: list[int]) -> tuple[dict, dict]:
         from fmolab.data import to_device
 
-        batch = to_device(self.collate([self.val_ds[i] for i in indices]), self.device)
+        batch = to_device(self.val_ds.batch(indices), self.device)
         return batch, self.forward(batch)
 
     def restore(self, folder: Path) -> None:
@@ -216,7 +214,7 @@ def train_loop(loop_config: dict) -> None:
     last checkpoint if there is one, and fit."""
     import ray.train
 
-    from fmolab.data import build_dataset, build_format, collate, to_device
+    from fmolab.data import build_dataset, build_format, to_device
     from fmolab.train.heap import keep_freed_memory
     from fmolab.losses import LossSet
     from fmolab.models import build_model
@@ -254,7 +252,7 @@ def train_loop(loop_config: dict) -> None:
     if cfg.data.pipeline == "ray_data":
         stream = ray_batch_stream(ray.train.get_dataset_shard("train"), train_cfg.batch_size, seed)
     else:
-        stream = batch_stream(train_ds, train_cfg.batch_size, rank, world, seed, collate)
+        stream = batch_stream(train_ds, train_cfg.batch_size, rank, world, seed)
         if cfg.data.prefetch:  # the same batches in the same order, made while the network computes
             if device.type == "cpu":  # uint8 -> float there too (a no-op when the step's to_device meets it)
                 stream = ((epoch, to_device(batch, device)) for epoch, batch in stream)

@@ -2,15 +2,14 @@
 its own items) or from the worker's Ray Data shard (``data.pipeline=ray_data``)."""
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 
 
-def batch_stream(dataset, batch_size: int, rank: int, world: int, seed: int,
-                 collate: Callable) -> Iterator[tuple[int, dict]]:
+def batch_stream(dataset, batch_size: int, rank: int, world: int, seed: int) -> Iterator[tuple[int, dict]]:
     """A fresh permutation each epoch, strided over ranks; each epoch draws new backgrounds and
-    augmentations (``dataset.set_epoch``)."""
+    augmentations (``dataset.set_epoch``); batches are made whole (``dataset.batch``)."""
     epoch = 0
     n = len(dataset)
     if n < world:
@@ -21,7 +20,7 @@ def batch_stream(dataset, batch_size: int, rank: int, world: int, seed: int,
         order = torch.randperm(n, generator=g)[rank::world].tolist()
         order = order[: len(order) // batch_size * batch_size] or order  # tiny datasets: one short batch
         for i in range(0, len(order), batch_size):
-            yield epoch, collate([dataset[j] for j in order[i:i + batch_size]])
+            yield epoch, dataset.batch(order[i:i + batch_size])
         epoch += 1
 
 
