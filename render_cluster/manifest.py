@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from fmolab import storage
 from fmolab.config import Config, to_dict
-from fmolab.shard_reader import INDEXED, RowIndexWriter, index_batches
+from fmolab.shard_reader import INDEXED, ROWS, RowIndexWriter, index_batches
 from fmolab.shards import MANIFEST, SEQUENCE_SCHEMA, open_parquet
 
 SUMMARY_DIR = ".render"  # per-shard summaries
@@ -118,6 +118,7 @@ def build_manifest(cfg: Config, out: str, n_blocks: int, seconds: float, rendere
         "nodes": sorted(n for n in nodes if n),
         "shards": shards,
         "columns": SEQUENCE_SCHEMA.names,
+        "row_index": ROWS,  # written above: readers ask for it only where a manifest names it
         "time_convention": "sharp frame i of N at t_i=(i+0.5)/N over the exposure [0,1]",
         "backgrounds": "backgrounds",
         "timing": {"wall_seconds_this_run": round(seconds, 2), "blocks_rendered_this_run": rendered,

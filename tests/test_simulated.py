@@ -94,6 +94,7 @@ def _the_row_index_spares_every_footer(root: str, files: list[str]) -> None:
     from fmolab.data.loader import FMOLoader
     from fmolab.shard_reader import ROWS, read_row_index
 
+    assert storage.read_json(storage.join(root, "manifest.json"))["row_index"] == ROWS  # the manifest names it
     assert sorted(read_row_index(root, {f: storage.list_sizes(root, ".parquet")[f] for f in files})) == sorted(files)
     opened, real = [], shard_reader.open_parquet
     shard_reader.open_parquet = lambda path, **kw: opened.append(path) or real(path, **kw)

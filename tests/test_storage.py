@@ -222,9 +222,10 @@ def test_a_row_index_interrupted_while_written_leaves_the_last_one(tmp_path):
 
 
 def test_start_up_over_the_bucket_with_the_row_index_reads_no_shard(s3, work):
-    """A rendered dataset's row index (rows.arrow, written with the manifest) stands for the footers:
-    start-up lists, reads the manifest and the index, and opens no shard (10^4 footers were 10^4
-    requests); a shard whose size no longer matches the index is read from its footer, alone."""
+    """A rendered dataset's row index (rows.arrow, written with the manifest, which names it) stands for
+    the footers: start-up lists, reads the manifest and the index, and opens no shard (10^4 footers were
+    10^4 requests); a shard whose size no longer matches the index is read from its footer, alone. A
+    manifest that does not name an index (synthetic data, background clips) is not asked for one."""
     import pyarrow.parquet as pq
 
     from fmolab.data.loader import FMOLoader
@@ -243,6 +244,9 @@ def test_start_up_over_the_bucket_with_the_row_index_reads_no_shard(s3, work):
     with RowIndexWriter("s3://fmo/idx", chunk=2) as index:  # more than one batch
         for name, record in facts.items():
             index.add(name, record)
+    seen = requests_to(s3["AWS_ENDPOINT_URL"], lambda: FMOLoader("s3://fmo/idx", split="val"))
+    assert not [p for _, p in seen if ROWS in p] and len([p for _, p in seen if p.endswith(".parquet")]) == len(facts)
+    storage.write_json("s3://fmo/idx/manifest.json", {**storage.read_json(local / "manifest.json"), "row_index": ROWS})
     loaders = []
     seen = requests_to(s3["AWS_ENDPOINT_URL"], lambda: loaders.append(FMOLoader("s3://fmo/idx", split="val")))
     assert not [p for _, p in seen if p.endswith(".parquet")], seen
@@ -258,7 +262,7 @@ def test_start_up_over_the_bucket_with_the_row_index_reads_no_shard(s3, work):
     seen = requests_to(s3["AWS_ENDPOINT_URL"], lambda: loaders.append(FMOLoader("s3://fmo/idx", split="val")))
     assert [p for _, p in seen if p.endswith(".parquet")] == [f"/fmo/idx/{first}"], seen
     assert loaders[-1].refs == loaders[0].refs and loaders[-1].object_ids == loaders[0].object_ids
-    # background clips never have an index: their reader does not ask for one
+    # background clips never have an index, and their manifest names none: not asked for
     seen = requests_to(s3["AWS_ENDPOINT_URL"], lambda: ShardReader("s3://fmo/idx/backgrounds"))
     assert ("GET", "/fmo/idx/backgrounds/manifest.json") in seen and not [p for _, p in seen if ROWS in p], seen
 

@@ -100,8 +100,8 @@ class ShardReader:
         files = list(self.sizes)
         single = files == [self.root]
         self.manifest = read_manifest(self.root) if not single else {}
-        use_index = not single and (visit is None or indexed is not None) and \
-            self.manifest.get("kind") != "backgrounds"  # clips have no index: not asked for
+        # only a manifest that names the index is asked for it (a render's; not clips', not synthetic ones)
+        use_index = not single and (visit is None or indexed is not None) and self.manifest.get("row_index") == ROWS
         index = read_row_index(self.root, self.sizes) if use_index else {}
         self.columns = list(columns) if columns else None
         self.bad_shards: dict[str, str] = {}
@@ -173,7 +173,7 @@ class ShardReader:
 
 # ---------------------------------------------------------------- the row index
 
-ROWS = "rows.arrow"  # beside manifest.json: what start-up needs of every shard, in one read
+ROWS = "rows.arrow"  # beside manifest.json, which names it ("row_index"): what start-up needs of every shard
 INDEXED = ("bytes", "row_groups", "objects", "indices")  # what it keeps of a shard (write_shard returns them)
 _ROWS_SCHEMA = pa.schema([("file", pa.string()), ("bytes", pa.int64()), ("row_groups", pa.int32()),
                           ("objects", pa.list_(pa.string())), ("indices", pa.list_(pa.int64()))])

@@ -28,8 +28,8 @@ Cropping to ``box`` is for read speed: WebP decode time scales with pixels and t
 small part of the image. Read images back with :func:`paste` (or :func:`decode_sequence`). The
 footer's key-value metadata holds a copy of ``object_id`` and ``index`` (:data:`ROW_INDEX`, JSON):
 what a loader needs of every row at start-up, in the footer's one read. A rendered dataset also has
-``rows.arrow`` (:data:`fmolab.shard_reader.ROWS`): the same facts for every shard with its size and
-row groups, in one file, so that start-up opens no shard at all.
+``rows.arrow`` (:data:`fmolab.shard_reader.ROWS`, named by its manifest's ``row_index``): the same facts
+for every shard with its size and row groups, in one file, so that start-up opens no shard at all.
 
 Background datasets use the columns ``clip_id, source, width, height, num_frames, frames`` (frames
 is an animated RGB(A) WebP of consecutive video frames).
