@@ -77,16 +77,17 @@ class Augment:
         out = dict(batch)
         jitter = self.jitter > 0
         maps = [(self.jitter * d[3], 1.0 + self.jitter * d[4]) for d in draws]
+        grey = np.arange(256, dtype=np.float32) / 255
+        luts = [(_jit(grey, b, c) * 255 + 0.5).astype(np.uint8) for b, c in maps] if jitter else []
         for k in SPATIAL:
             if k not in out:
                 continue
             x = out[k]
             if k in UINT8_LAYERS and x.dtype == torch.uint8:
-                if jitter:  # one lookup table per item (uint8 frames stay uint8)
+                if jitter:  # each item's lookup table (uint8 frames stay uint8)
                     x = x.numpy()
                     y = x.copy()
-                    for i, (b, c) in enumerate(maps):
-                        lut = (_jit(np.arange(256, dtype=np.float32) / 255, b, c) * 255 + 0.5).astype(np.uint8)
+                    for i, lut in enumerate(luts):
                         y[i, ..., :3] = lut[x[i, ..., :3]]
                     x = y
                 out[k] = to_chw(x)
