@@ -210,6 +210,28 @@ def test_each_epoch_draws_new_backgrounds_and_augmentations(work, base, make_con
     assert changed >= len(seen[0]) - 1, f"only {changed} of {len(seen[0])} items changed between epochs"
 
 
+def test_adam_is_fused_unless_the_spec_chooses_and_updates_as_the_loop_does():
+    from fmolab.train.optim import build_optimizer
+
+    def trained(spec: str) -> tuple[torch.optim.Optimizer, list[torch.Tensor]]:
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.GroupNorm(2, 8), torch.nn.Linear(8, 2))
+        opt = build_optimizer(spec, net.parameters(), 1e-2)
+        for _ in range(5):
+            opt.zero_grad()
+            net(torch.randn(4, 6)).square().mean().backward()
+            opt.step()
+        return opt, [p.detach() for p in net.parameters()]
+
+    fused, loop = trained("Adam"), trained("Adam:fused=false")
+    assert fused[0].defaults["fused"] and trained("AdamW:weight_decay=0.01")[0].defaults["fused"]
+    assert not loop[0].defaults["fused"] and not trained("Adam:foreach=true")[0].defaults["fused"]
+    assert not trained("SGD:momentum=0.9")[0].defaults.get("fused")  # only where it was measured
+    for a, b in zip(fused[1], loop[1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(fused[1][0], trained("Adam:lr=0.1")[1][0])  # the comparison can tell steps apart
+
+
 def test_cosine_with_warm_restarts_known_values():
     from fmolab.train.optim import build_scheduler
 

@@ -81,9 +81,8 @@ class DataConfig:
     # "torch": each Train worker makes its own items; "ray_data": Ray Data actors make them (on any
     # node) and stream them to the workers (fmolab.data.ray_pipeline)
     pipeline: Literal["torch", "ray_data"] = "torch"
-    # torch pipeline: batches made ahead on a thread of the Train worker while the network computes; 0 =
-    # each batch made between two steps. Off by default: on CPU the thread takes Python's lock from the
-    # step's many small ops (benchmarks/train.py: the demo at 1 worker fell from 68 to 36 samples/s)
+    # torch pipeline: up to this many batches made ahead on a thread of the Train worker while the network
+    # computes; 0 = each batch made between two steps (docs/architecture.md "Training speed on CPU")
     prefetch: int = 0
     loader_actors: int = 1  # ray_data: actors making items
     loader_cpus: float = 0.25  # ray_data: CPUs per actor/read task (fractional: Train must not starve)
@@ -159,7 +158,7 @@ class TrainConfig:
     steps: int = 1000
     grad_accum: int = 1
     lr: float = 1e-3
-    optimizer: str = "Adam"  # spec of a torch.optim class, e.g. "AdamW:weight_decay=0.01"
+    optimizer: str = "Adam"  # spec of a torch.optim class, e.g. "AdamW:weight_decay=0.01" (Adam, AdamW: fused)
     scheduler: str = "none"  # "none", "cosine", "step:step_size=1000,gamma=0.5"
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
