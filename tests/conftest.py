@@ -1,5 +1,6 @@
 """Shared fixtures: a short work folder (Ray's socket paths must stay short), one local Ray, and the one
 way tests build configs."""
+import hashlib
 import os
 import shutil
 import subprocess
@@ -46,7 +47,10 @@ def _tracking_env_restored():
 @pytest.fixture
 def work(session_home, request):
     """A fresh work folder per test, below the session's (so Ray keeps its temp dir)."""
-    d = session_home / request.node.name[:40].replace("[", "_").replace("]", "_")
+    name = request.node.name
+    if len(name) > 40:  # short, and distinct for each parameter of a long test name
+        name = name[:33] + "-" + hashlib.sha1(name.encode()).hexdigest()[:6]
+    d = session_home / name.replace("[", "_").replace("]", "_")
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
     return d
