@@ -10,8 +10,9 @@ to split fmolab's distance from the bare loop (``benchmarks/train.py``) into its
   Ray's processes and the worker's threads around the same loop).
 
 Each rung reports samples/s (from the 4th batch taken to the last), the share of that time spent
-making batches (``data_frac``) and in Python's cyclic collector (``gc_frac``). Rungs alternate, each
-measured ``--rounds`` times. Writes benchmarks/results/loop_parts.json.
+making batches (``data_frac``) and in Python's cyclic collector (``gc_frac``); fmolab's loop also
+the data wait it logs itself (``logged_data_wait_frac``). Rungs alternate, each measured
+``--rounds`` times. Writes benchmarks/results/loop_parts.json.
 
     python benchmarks/loop_parts.py [--case double_blur_small] [--seconds 30] [--threads 2]
     python benchmarks/loop_parts.py --case demo --feeds premade inline --steps bare trainer --where plain ray_train
