@@ -19,11 +19,8 @@ import train as bench_train  # benchmarks/train.py: the same cases, data and ste
 
 
 def step_ms(cfg, threads: int, steps: int) -> float:
-    from fmolab.data import to_device
-
     ds, step = bench_train.plain_loop(cfg, threads)
-    bs = cfg.train.batch_size
-    batches = [to_device(ds.batch([(k * bs + i) % len(ds) for i in range(bs)]), "cpu") for k in range(8)]
+    batches = bench_train.premade(ds, cfg.train.batch_size)
     for k in range(10):  # warm-up: first steps allocate the optimizer's state
         step(batches[k % 8], k)
     start = time.perf_counter()

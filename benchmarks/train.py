@@ -103,17 +103,22 @@ def plain_loop(cfg, threads: int):
     return build_dataset(cfg, "train"), step
 
 
+def premade(ds, batch_size: int, count: int = 8) -> list[dict]:
+    """``count`` batches made before the clock starts (uint8 frames become floats as to_device does)."""
+    from fmolab.data import to_device
+
+    return [to_device(ds.batch([(k * batch_size + i) % len(ds) for i in range(batch_size)]), "cpu")
+            for k in range(count)]
+
+
 def bare(cfg_dict: dict, seconds: float, threads: int, queue) -> None:
     """The plain loop (in its own process: thread count and memory are its own)."""
     from fmolab.config import config_from_dict
-    from fmolab.data import to_device
 
     cfg = config_from_dict(cfg_dict)
     t = cfg.train
     ds, step = plain_loop(cfg, threads)
-    batches = []
-    for k in range(8):  # made before the clock starts; uint8 frames become floats as to_device does
-        batches.append(to_device(ds.batch([(k * t.batch_size + i) % len(ds) for i in range(t.batch_size)]), "cpu"))
+    batches = premade(ds, t.batch_size)
     steps, start, steady = 0, time.perf_counter(), None
     while time.perf_counter() - start < seconds:
         step(batches[steps % len(batches)], steps)

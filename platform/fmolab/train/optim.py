@@ -66,7 +66,7 @@ def build_optimizer(spec: str, params, lr: float) -> torch.optim.Optimizer:
     (``fused``, ``foreach`` or ``differentiable``)."""
     name, kwargs = parse_spec(spec)
     fused = name in FUSED and not {"fused", "foreach", "differentiable"} & kwargs.keys()
-    return OPTIMIZERS.build(spec, params=params, lr=lr, **({"fused": True} if fused else {}))
+    return OPTIMIZERS.make(name, {"params": params, "lr": lr, **({"fused": True} if fused else {}), **kwargs}, spec)
 
 
 def build_scheduler(spec: str, optimizer: torch.optim.Optimizer, total_steps: int):
