@@ -2,7 +2,8 @@
 to split fmolab's distance from the bare loop (``benchmarks/train.py``) into its parts.
 
 * ``--feeds``: batches made before the clock starts (``premade``), in the loop as ``fmolab train``'s
-  worker makes them (``inline``), or on its prefetch thread (``prefetch``);
+  worker makes them (``inline``), on its prefetch thread (``prefetch``) or in its child process
+  (``process``: ``data.prefetch_in=process``);
 * ``--steps``: the bare loop's step (``bare``: model, losses, optimizer) or fmolab's own loop
   (``trainer``: ``Trainer.fit`` with its callbacks; MLflow logging, progress lines and the final
   checkpoint left out);
@@ -49,6 +50,10 @@ def measure(cfg_dict: dict, seconds: float, threads: int, feed: str, step_kind: 
         stream = ((0, made[k % len(made)]) for k in range(10 ** 9))
     elif feed == "prefetch":
         stream = prefetched(((e, to_device(b, "cpu")) for e, b in stream), 2)
+    elif feed == "process":
+        from fmolab.data.child_stream import child_batches
+
+        stream = child_batches(((e, to_device(b, "cpu")) for e, b in stream), 2)
     for _ in range(len(ds) // t.batch_size + 1):  # one epoch first: the row cache holds every row after it
         next(stream)
     if frozen:  # what set-up made (model, caches) is left out of the collector's passes
@@ -157,7 +162,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2, help="each rung measured this many times, alternated")
     ap.add_argument("--feeds", nargs="+", default=["premade", "inline", "prefetch"],
-                    help="premade, inline, prefetch; +frozen: gc.freeze() after set-up")
+                    help="premade, inline, prefetch, process; +frozen: gc.freeze() after set-up")
     ap.add_argument("--steps", nargs="+", default=["bare"], choices=["bare", "trainer"])
     ap.add_argument("--where", nargs="+", default=["plain"], choices=["plain", "ray_train"])
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "loop_parts.json"))

@@ -158,16 +158,21 @@ def test_killed_worker_is_recovered_from_last_checkpoint(work, base, ray_local, 
     assert resumed and 0 < resumed[-1] < 200 and resumed[-1] % 10 == 0, f"not restored from a checkpoint: {resumed}"
 
 
-def test_validation_with_fewer_items_than_workers(work, base, ray_local, make_config):
+@pytest.mark.parametrize("prefetch_in", ["thread", "process"])
+def test_validation_with_fewer_items_than_workers(work, base, ray_local, make_config, prefetch_in):
     """One rank has no validation item: metrics are still combined (no collective mismatch). The
-    batches are made ahead on a thread (data.prefetch), a path no other test takes."""
+    batches are made ahead (data.prefetch) on a thread or in a child process of each worker, paths
+    no other training test takes."""
     import mlflow
 
     from fmolab.train import train
 
-    cfg = make_config(base, {"train.steps": 2, "train.val_every": 2, "train.ckpt_every": 2, "train.val_samples": 1,
-                             "data.prefetch": 2})
+    cfg = make_config(base, {"train.steps": 4, "train.val_every": 4, "train.ckpt_every": 4, "train.val_samples": 1,
+                             "train.log_every": 2, "data.prefetch": 2, "data.prefetch_in": prefetch_in})
     out = train(cfg, register=False)
+    assert out["metrics"]["step"] == 4
+    losses = mlflow.MlflowClient().get_metric_history(out["run_id"], "train/loss")
+    assert [m.step for m in losses] == [2, 4] and all(np.isfinite(m.value) for m in losses)
     metrics = mlflow.MlflowClient().get_run(out["run_id"]).data.metrics
     for key in ("val/loss", "val/psnr", "val/crop_psnr", "val/ssim", "val/tiou"):
         assert key in metrics, key

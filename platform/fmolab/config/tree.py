@@ -84,6 +84,9 @@ class DataConfig:
     # torch pipeline: up to this many batches made ahead on a thread of the Train worker while the network
     # computes; 0 = each batch made between two steps (docs/architecture.md "Training speed on CPU")
     prefetch: int = 0
+    # where those batches are made: "thread" (of the Train worker) or "process" (a forked child that
+    # hands them over in shared memory: no contention for Python's lock with the step; fmolab.data.child_stream)
+    prefetch_in: Literal["thread", "process"] = "thread"
     loader_actors: int = 1  # ray_data: actors making items
     loader_cpus: float = 0.25  # ray_data: CPUs per actor/read task (fractional: Train must not starve)
 

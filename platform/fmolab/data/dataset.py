@@ -96,6 +96,7 @@ class FMODataset(Dataset):
         self.loader, self.fmt, self.adder, self.augment = loader, fmt, adder, augment
         self.frames_per_sample = frames_per_sample
         self.seed, self.epoch = seed, epoch_seed
+        self.skipped_elsewhere: dict[str, str] = {}  # rows skipped by a child process making this dataset's batches
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -107,7 +108,7 @@ class FMODataset(Dataset):
     def skipped(self) -> dict[str, str]:
         """``{"<shard>#<row>": reason}`` of every row skipped so far (in this process)."""
         bg = self.adder.skipped if self.adder is not None else {}
-        return {**self.loader.skipped, **{f"backgrounds/{k}": v for k, v in bg.items()}}
+        return {**self.loader.skipped, **{f"backgrounds/{k}": v for k, v in bg.items()}, **self.skipped_elsewhere}
 
     def _extras(self, i: int, count: int, rng: np.random.Generator) -> list[Sequence]:
         n, out, tries = len(self), [], 0

@@ -218,6 +218,7 @@ def train_loop(loop_config: dict) -> None:
     from fmolab.train.heap import keep_freed_memory
     from fmolab.losses import LossSet
     from fmolab.models import build_model
+    from fmolab.data.child_stream import child_batches
     from fmolab.data.prefetch import prefetched
     from fmolab.train.optim import build_optimizer, build_scheduler
     from fmolab.train.streams import batch_stream, ray_batch_stream
@@ -256,5 +257,9 @@ def train_loop(loop_config: dict) -> None:
         if cfg.data.prefetch:  # the same batches in the same order, made while the network computes
             if device.type == "cpu":  # uint8 -> float there too (a no-op when the step's to_device meets it)
                 stream = ((epoch, to_device(batch, device)) for epoch, batch in stream)
-            stream = prefetched(stream, cfg.data.prefetch)
+            if cfg.data.prefetch_in == "process":  # rows skipped there are counted here
+                stream = child_batches(stream, cfg.data.prefetch, lambda: train_ds.skipped,
+                                       train_ds.skipped_elsewhere.update)
+            else:
+                stream = prefetched(stream, cfg.data.prefetch)
     trainer.fit(stream, resumed=bool(checkpoint))
