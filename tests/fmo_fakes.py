@@ -146,3 +146,14 @@ def write_disc_gif(path, n=8, h=48, w=64, still=False, size_jump=False):
         return d
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=60, loop=0)
     return Path(path)
+
+
+def corrupt_frames(shard: Path) -> None:
+    """Every row of ``shard`` with an undecodable frames WebP (the rows stay, their images do not)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(shard)
+    i = table.schema.get_field_index("frames")
+    table = table.set_column(i, "frames", pa.array([b"RIFF-not-a-webp"] * len(table), type=table.schema.field(i).type))
+    pq.write_table(table, shard)

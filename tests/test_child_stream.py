@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+from fmo_fakes import corrupt_frames
 from fmolab.data.child_stream import child_batches
 from fmolab.data.synthetic import write_synthetic_dataset
 from fmolab.train.streams import batch_stream
@@ -53,15 +54,8 @@ def test_same_batches_in_order_and_layout_and_each_intact_until_the_next(work, m
 
 
 def test_rows_skipped_in_the_child_are_counted_in_the_parent(work, make_config):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     data = write_synthetic_dataset(work / "data", num_sequences=16, seed=4)
-    shard = data / "shard-00001.parquet"  # its rows' frames are not WebP: each is skipped and replaced
-    table = pq.read_table(shard)
-    i = table.schema.get_field_index("frames")
-    pq.write_table(table.set_column(i, "frames", pa.array([b"RIFF-not-a-webp"] * len(table),
-                                                          type=table.schema.field(i).type)), shard)
+    corrupt_frames(data / "shard-00001.parquet")  # its rows are skipped and replaced
     alone = _dataset(make_config, work, data, **{"data.format": "double_blur"})
     for _, (_, _) in zip(range(8), batch_stream(alone, 4, 0, 1, 0)):
         pass

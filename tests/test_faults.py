@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import checkpoint_registered, start_mlflow_server
-from fmo_fakes import TRAIN_TINY
+from fmo_fakes import TRAIN_TINY, corrupt_frames
 from fmolab.data.synthetic import write_synthetic_dataset
 
 TINY = [*TRAIN_TINY, "tracking.experiment=faults", "tracking.register_as="]
@@ -95,17 +95,6 @@ def test_a_truncated_shard_is_skipped_named_and_counted(work, ray_local, make_co
     assert run.data.tags["fmolab.bad_shards"] == str(broken)
 
 
-def _corrupt_frames(shard: Path) -> None:
-    """Every row of ``shard`` with an undecodable frames WebP (the rows stay, their images do not)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(shard)
-    i = table.schema.get_field_index("frames")
-    table = table.set_column(i, "frames", pa.array([b"RIFF-not-a-webp"] * len(table), type=table.schema.field(i).type))
-    pq.write_table(table, shard)
-
-
 @pytest.mark.slow  # ~56 s in CI: CI keeps under 30 minutes (make test-all runs it)
 def test_mostly_broken_data_stops_the_run_naming_rows_and_some_broken_rows_are_counted(
         work, ray_local, make_config, monkeypatch):
@@ -114,7 +103,7 @@ def test_mostly_broken_data_stops_the_run_naming_rows_and_some_broken_rows_are_c
     from fmolab.train import train
 
     data = write_synthetic_dataset(work / "data", num_sequences=16, width=64, height=48, num_frames=8, seed=7)
-    _corrupt_frames(data / "shard-00001.parquet")  # half of the rows
+    corrupt_frames(data / "shard-00001.parquet")  # half of the rows
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     base = [o for o in TINY if not o.startswith("tracking.register_as")]
     layer = {"runtime.work_dir": work, "data.train": data, "train.steps": 8, "train.log_every": 1,
@@ -153,7 +142,7 @@ def test_dataset_inspect_verify_names_broken_rows_and_shards(work, capsys, monke
     assert healthy["contact_sheet"] == str(work / "home" / "inspect" / "data" / "contact_sheet.png")
     assert not (data / "inspect").exists()
 
-    _corrupt_frames(data / "shard-00001.parquet")
+    corrupt_frames(data / "shard-00001.parquet")
     truncated = data / "shard-00002.parquet"
     truncated.write_bytes(truncated.read_bytes()[:100])
     assert main(["dataset", "inspect", str(data), "-n", "2"]) == 0  # without --verify: cheap checks only
