@@ -2,8 +2,9 @@
 to split fmolab's distance from the bare loop (``benchmarks/train.py``) into its parts.
 
 * ``--feeds``: batches made before the clock starts (``premade``), in the loop as ``fmolab train``'s
-  worker makes them (``inline``), on its prefetch thread (``prefetch``) or in its child process
-  (``process``: ``data.prefetch_in=process``);
+  worker makes them (``inline``), on its prefetch thread (``prefetch``), in its child process
+  (``process``: ``data.prefetch_in=process``) or N in a row in the loop (``loopN``:
+  ``data.prefetch_in=loop``, ``data.prefetch=N``; 16 when N is left out);
 * ``--steps``: the bare loop's step (``bare``: model, losses, optimizer) or fmolab's own loop
   (``trainer``: ``Trainer.fit`` with its callbacks; MLflow logging, progress lines and the final
   checkpoint left out);
@@ -34,6 +35,7 @@ import train as bench_train  # benchmarks/train.py: the same cases and synthetic
 def measure(cfg_dict: dict, seconds: float, threads: int, feed: str, step_kind: str) -> dict:
     """One rung, in this process: ``seconds`` of training fed by ``feed`` with ``step_kind``'s step."""
     import gc
+    import resource
 
     from fmolab.config import config_from_dict
     from fmolab.data import to_device
@@ -50,6 +52,10 @@ def measure(cfg_dict: dict, seconds: float, threads: int, feed: str, step_kind: 
         stream = ((0, made[k % len(made)]) for k in range(10 ** 9))
     elif feed == "prefetch":
         stream = prefetched(((e, to_device(b, "cpu")) for e, b in stream), 2)
+    elif feed.startswith("loop"):  # loop16: data.prefetch_in=loop, data.prefetch=16
+        from fmolab.data.prefetch import in_runs
+
+        stream = in_runs(((e, to_device(b, "cpu")) for e, b in stream), int(feed[4:] or 16))
     elif feed == "process":
         from fmolab.data.child_stream import child_batches
 
@@ -79,17 +85,19 @@ def measure(cfg_dict: dict, seconds: float, threads: int, feed: str, step_kind: 
     gc.callbacks.append(timed_gc)
     fed = timed(((e, to_device(b, "cpu")) for e, b in stream))
     logged_wait = None
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     if step_kind == "trainer":
         logged_wait = round(trainer_fit(cfg, threads, ds, fed), 4)
     else:
         start = time.perf_counter()
         while time.perf_counter() - start < seconds:
             step(next(fed)[1], len(taken))
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     gc.callbacks.remove(timed_gc)
     wall = taken[-1] - taken[3]
     return {"samples_per_s": round((len(taken) - 4) * t.batch_size / wall, 1),
             "data_frac": round(making[0] / (taken[-1] - taken[0]), 4), "gc_frac": round(in_gc[0] / wall, 4),
-            "batches": len(taken), "gc_collections": [s["collections"] for s in gc.get_stats()],
+            "batches": len(taken), "page_faults_per_batch": round(faults / len(taken)), "gc_collections": [s["collections"] for s in gc.get_stats()],
             **({"logged_data_wait_frac": logged_wait} if logged_wait is not None else {})}
 
 
@@ -162,7 +170,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2, help="each rung measured this many times, alternated")
     ap.add_argument("--feeds", nargs="+", default=["premade", "inline", "prefetch"],
-                    help="premade, inline, prefetch, process; +frozen: gc.freeze() after set-up")
+                    help="premade, inline, prefetch, process, loop[N]; +frozen: gc.freeze() after set-up")
     ap.add_argument("--steps", nargs="+", default=["bare"], choices=["bare", "trainer"])
     ap.add_argument("--where", nargs="+", default=["plain"], choices=["plain", "ray_train"])
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "loop_parts.json"))

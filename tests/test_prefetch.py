@@ -1,6 +1,7 @@
 """Items made ahead on a thread (video frames, training batches): same items, same order, errors where
 they happened, at most ``depth`` ahead, a consumer that stops early stops the producer, and a producer's
-torch ops start no OpenMP team of their own."""
+torch ops start no OpenMP team of their own. Items made in runs by the caller (``in_runs``): same items,
+same order, n made before the first of them is handed out, errors after the items made before them."""
 from __future__ import annotations
 
 import os
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-from fmolab.data.prefetch import prefetched
+from fmolab.data.prefetch import in_runs, prefetched
 
 
 def test_same_items_in_order_and_bounded_ahead():
@@ -39,6 +40,35 @@ def test_an_error_is_raised_where_its_item_would_have_come():
         for i in prefetched(items()):
             got.append(i)
     assert got == [1, 2]
+
+
+def test_in_runs_makes_n_before_handing_out_the_first():
+    made = []
+
+    def items():
+        for i in range(11):
+            made.append(i)
+            yield i
+
+    seen = []
+    for i in in_runs(items(), 4):
+        # item i comes out of the run that starts at 4 * (i // 4): the whole run is made by then
+        assert len(made) == min(11, 4 * (i // 4 + 1)), (i, made)
+        seen.append(i)
+    assert seen == list(range(11))  # the short last run too
+    assert list(in_runs(iter([]), 3)) == []
+
+
+def test_in_runs_raises_after_the_items_made_before_the_error():
+    def items():
+        yield from range(5)
+        raise ValueError("row 5 is broken")
+
+    got = []
+    with pytest.raises(ValueError, match="row 5 is broken"):
+        for i in in_runs(items(), 4):
+            got.append(i)
+    assert got == [0, 1, 2, 3, 4]
 
 
 def test_stopping_early_stops_the_producer_and_closes_its_generator():

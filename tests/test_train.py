@@ -158,11 +158,11 @@ def test_killed_worker_is_recovered_from_last_checkpoint(work, base, ray_local, 
     assert resumed and 0 < resumed[-1] < 200 and resumed[-1] % 10 == 0, f"not restored from a checkpoint: {resumed}"
 
 
-@pytest.mark.parametrize("prefetch_in", ["thread", "process"])
+@pytest.mark.parametrize("prefetch_in", ["thread", "process", "loop"])
 def test_validation_with_fewer_items_than_workers(work, base, ray_local, make_config, prefetch_in):
     """One rank has no validation item: metrics are still combined (no collective mismatch). The
-    batches are made ahead (data.prefetch) on a thread or in a child process of each worker, paths
-    no other training test takes."""
+    batches are made ahead (data.prefetch) on a thread, in a child process or in runs by the training
+    thread of each worker, paths no other training test takes."""
     import mlflow
 
     from fmolab.train import train

@@ -81,12 +81,14 @@ class DataConfig:
     # "torch": each Train worker makes its own items; "ray_data": Ray Data actors make them (on any
     # node) and stream them to the workers (fmolab.data.ray_pipeline)
     pipeline: Literal["torch", "ray_data"] = "torch"
-    # torch pipeline: up to this many batches made ahead on a thread of the Train worker while the network
-    # computes; 0 = each batch made between two steps (docs/architecture.md "Training speed on CPU")
+    # torch pipeline: up to this many batches made ahead; 0 = each batch made between two steps
+    # (docs/architecture.md "Training speed on CPU")
     prefetch: int = 0
-    # where those batches are made: "thread" (of the Train worker) or "process" (a forked child that
-    # hands them over in shared memory: no contention for Python's lock with the step; fmolab.data.child_stream)
-    prefetch_in: Literal["thread", "process"] = "thread"
+    # where those batches are made: "thread" (of the Train worker, while the network computes), "process"
+    # (a forked child that hands them over in shared memory: no contention for Python's lock with the
+    # step; fmolab.data.child_stream) or "loop" (by the training thread, data.prefetch in a row between
+    # two steps: the caches a step leaves cold are warm again for all but the first)
+    prefetch_in: Literal["thread", "process", "loop"] = "thread"
     loader_actors: int = 1  # ray_data: actors making items
     loader_cpus: float = 0.25  # ray_data: CPUs per actor/read task (fractional: Train must not starve)
 

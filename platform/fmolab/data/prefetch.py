@@ -1,6 +1,7 @@
-"""Items made on a thread of their own, ahead of the one that uses them: video frames decoded while
-earlier ones are deblurred (FFmpeg runs without the GIL), training batches composited while the
-network computes (Pillow's WebP decoding and numpy release it too).
+"""Items made ahead of their use: on a thread of their own (:func:`prefetched`: video frames decoded
+while earlier ones are deblurred, as FFmpeg runs without the GIL; training batches composited while
+the network computes, as Pillow's WebP decoding and numpy release it too), or by the caller, several
+in a row (:func:`in_runs`).
 
 A thread that makes items runs its torch ops on itself alone (:func:`torch_on_this_thread_only`): libgomp
 gives every thread that starts a parallel region a team of its own, and once a process holds more
@@ -92,3 +93,25 @@ def prefetched(items: Iterator, depth: int = 4) -> Iterator:
     finally:
         stop.set()
         thread.join(timeout=10)
+
+
+def in_runs(items: Iterator, n: int) -> Iterator:
+    """``items`` made ``n`` in a row by the caller, then handed out one by one: between two training
+    steps a batch's many small array ops find the caches and branch predictors the step left cold and
+    cost ~1.5x what they cost in a run (docs/architecture.md), while no other thread takes a core from
+    the step's OpenMP team. An error is raised where its item would have come, after the items before it."""
+    items = iter(items)
+    while True:
+        run, error = [], None
+        try:
+            for _ in range(n):
+                run.append(next(items))
+        except StopIteration:
+            pass
+        except Exception as exc:  # raised below, after the items made before it
+            error = exc
+        yield from run
+        if error is not None:
+            raise error
+        if len(run) < n:
+            return

@@ -219,7 +219,7 @@ def train_loop(loop_config: dict) -> None:
     from fmolab.losses import LossSet
     from fmolab.models import build_model
     from fmolab.data.child_stream import child_batches
-    from fmolab.data.prefetch import prefetched
+    from fmolab.data.prefetch import in_runs, prefetched
     from fmolab.train.optim import build_optimizer, build_scheduler
     from fmolab.train.streams import batch_stream, ray_batch_stream
 
@@ -254,12 +254,14 @@ def train_loop(loop_config: dict) -> None:
         stream = ray_batch_stream(ray.train.get_dataset_shard("train"), train_cfg.batch_size, seed)
     else:
         stream = batch_stream(train_ds, train_cfg.batch_size, rank, world, seed)
-        if cfg.data.prefetch:  # the same batches in the same order, made while the network computes
+        if cfg.data.prefetch:  # the same batches in the same order, made ahead
             if device.type == "cpu":  # uint8 -> float there too (a no-op when the step's to_device meets it)
                 stream = ((epoch, to_device(batch, device)) for epoch, batch in stream)
             if cfg.data.prefetch_in == "process":  # rows skipped there are counted here
                 stream = child_batches(stream, cfg.data.prefetch, lambda: train_ds.skipped,
                                        train_ds.skipped_elsewhere.update)
+            elif cfg.data.prefetch_in == "loop":
+                stream = in_runs(stream, cfg.data.prefetch)
             else:
                 stream = prefetched(stream, cfg.data.prefetch)
     trainer.fit(stream, resumed=bool(checkpoint))
