@@ -13,16 +13,16 @@ import pytest
 from fmolab.data.prefetch import in_runs, prefetched
 
 
+def recorded(n: int, made: list):
+    """0..n-1, each appended to ``made`` as it is made."""
+    for i in range(n):
+        made.append(i)
+        yield i
+
+
 def test_same_items_in_order_and_bounded_ahead():
-    made = []
-
-    def items():
-        for i in range(50):
-            made.append(i)
-            yield i
-
-    seen = []
-    for i in prefetched(items(), depth=3):
+    made, seen = [], []
+    for i in prefetched(recorded(50, made), depth=3):
         time.sleep(0.002)
         assert len(made) <= i + 1 + 3 + 1  # this one, the queue, and one in the producer's hands
         seen.append(i)
@@ -43,15 +43,8 @@ def test_an_error_is_raised_where_its_item_would_have_come():
 
 
 def test_in_runs_makes_n_before_handing_out_the_first():
-    made = []
-
-    def items():
-        for i in range(11):
-            made.append(i)
-            yield i
-
-    seen = []
-    for i in in_runs(items(), 4):
+    made, seen = [], []
+    for i in in_runs(recorded(11, made), 4):
         # item i comes out of the run that starts at 4 * (i // 4): the whole run is made by then
         assert len(made) == min(11, 4 * (i // 4 + 1)), (i, made)
         seen.append(i)
