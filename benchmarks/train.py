@@ -3,7 +3,9 @@
 For each case, side by side in one run:
 
 * **bare**: the same model, losses, optimizer, batch size, precision and torch thread count in a plain
-  ``for`` loop over batches made before the clock starts, in a fresh process (no Ray, no data);
+  ``for`` loop over batches made before the clock starts, in a fresh process (no Ray, no data), run
+  for half the time just before fmolab's 1-worker run and half just after; its rate is the mean of
+  the two, and ``drift`` (after / before, steady) says how far the machine moved meanwhile;
 * **fmolab**: ``fmolab train`` itself (Ray Train, callbacks, compositing, collectives, data) at 1
   worker with the same thread count, its ``samples_per_s`` read back from MLflow;
 * **as configured**: the case's own worker count (the demo: 2 workers of 1 thread), for its
@@ -192,9 +194,15 @@ def main() -> None:
             one = case_config(name, home, data, args.seconds, [*extra, "train.workers=1", "train.cpus_per_worker=1",
                                                                f"train.threads={args.threads}",
                                                                f"train.run_name=bench-{name}-{v}-1w"])
-            plain = run_bare(one, args.seconds, args.threads)
+            # the bare loop brackets fmolab's run (half the time before, half after): this machine's rates
+            # drift by up to 25% within minutes, so one bare run beside it made ratios drift with it
+            before = run_bare(one, args.seconds / 2, args.threads)
             init_ray("", 0, home)
             mine = run_fmolab(one)
+            after = run_bare(one, args.seconds / 2, args.threads)
+            plain = {k: (before[k] + after[k]) / 2 for k in ("samples_per_s", "steady_samples_per_s")}
+            plain.update(threads=args.threads, runs=[before, after],
+                         drift=round(after["steady_samples_per_s"] / before["steady_samples_per_s"], 3))
             configured = case_config(name, home, data, args.seconds, [*extra, f"train.run_name=bench-{name}-{v}"])
             as_configured = run_fmolab(configured)
             row = {"case": name, "variant": variant, "size": [base.render.width, base.render.height],
@@ -206,7 +214,8 @@ def main() -> None:
                    "as_configured": {"workers": configured.train.workers, "threads": configured.train.threads,
                                      "cpus_per_worker": configured.train.cpus_per_worker, **as_configured}}
             rows.append(row)
-            print(f"{name:18} {variant or 'defaults':24} bare {plain['samples_per_s']:6.1f}/s  fmolab 1w "
+            print(f"{name:18} {variant or 'defaults':24} bare {plain['samples_per_s']:6.1f}/s (after/before "
+                  f"{plain['drift']:.2f})  fmolab 1w "
                   f"{mine['samples_per_s']:6.1f}/s = {row['efficiency']:.2f} of bare (steady "
                   f"{mine['steady_samples_per_s']:.1f}/s = {row['efficiency_steady']:.2f}), data wait "
                   f"{100 * mine['steady_data_wait_frac']:.1f}%  |  as configured ({configured.train.workers} "

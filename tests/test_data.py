@@ -117,7 +117,7 @@ def test_a_batch_made_whole_is_its_items_made_one_by_one(root, fmt, make_config)
     assert whole["frames"].movedim(-3, -1).is_contiguous()  # uint8 frames stay channels-last
     # the frames' times are the sub-frame centres of compose.frame_times
     idx = frame_indices(16, 4)
-    assert torch.equal(sub_frame_times(idx, 16), frame_times(16)[torch.from_numpy(idx)])
+    assert torch.equal(sub_frame_times(idx, 16), frame_times(16)[torch.tensor(idx)])
 
 
 def test_multi_object_masks_padding_and_order(root, make_config):

@@ -8,6 +8,7 @@ used out first: a small dataset trained for many epochs is read and decoded once
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -60,11 +61,15 @@ def val_objects(object_ids: Iterable[str], val_fraction: float) -> set[str]:
     return set(ids[:n])
 
 
+@functools.lru_cache(maxsize=64)  # asked once per item, with one or two distinct arguments per dataset
 def frame_indices(num_frames: int, count: int) -> np.ndarray:
-    """``count`` evenly spaced sub-frame indices: the frame nearest each centre of ``count`` slices."""
+    """``count`` evenly spaced sub-frame indices: the frame nearest each centre of ``count`` slices
+    (read-only: the array is shared)."""
     if count > num_frames:
         raise ValueError(f"data.frames_per_sample = {count} but the sequences have only {num_frames} frames")
-    return np.minimum(((np.arange(count) + 0.5) * num_frames / count).astype(np.int64), num_frames - 1)
+    idx = np.minimum(((np.arange(count) + 0.5) * num_frames / count).astype(np.int64), num_frames - 1)
+    idx.flags.writeable = False
+    return idx
 
 
 def manifest_size(manifest: dict) -> tuple[int, int] | None:
@@ -147,7 +152,9 @@ class Sequence:
             return self._check(frames, "frames")
         every = self._decoded("frames", lambda: self._check(
             decode_webp(self._frames, error=self._error, what="frames WebP"), "frames"))
-        return every.copy() if indices is None else every[np.asarray(list(indices), dtype=np.int64)]
+        if indices is None:
+            return every.copy()
+        return every[np.asarray(indices if isinstance(indices, np.ndarray) else list(indices), dtype=np.int64)]
 
     def _error(self, message: str) -> RowError:
         return RowError(self.source, message)
