@@ -50,16 +50,19 @@ def measure(cfg_dict: dict, seconds: float, threads: int, feed: str, step_kind: 
     if feed == "premade":
         made = [to_device(next(stream)[1], "cpu") for _ in range(8)]
         stream = ((0, made[k % len(made)]) for k in range(10 ** 9))
-    elif feed == "prefetch":
-        stream = prefetched(((e, to_device(b, "cpu")) for e, b in stream), 2)
-    elif feed.startswith("loop"):  # loop16: data.prefetch_in=loop, data.prefetch=16
+    elif feed != "inline":  # made ahead, converted there as train_loop does
+        from fmolab.data.child_stream import child_batches
         from fmolab.data.prefetch import in_runs
 
-        stream = in_runs(((e, to_device(b, "cpu")) for e, b in stream), int(feed[4:] or 16))
-    elif feed == "process":
-        from fmolab.data.child_stream import child_batches
-
-        stream = child_batches(((e, to_device(b, "cpu")) for e, b in stream), 2)
+        converted = ((e, to_device(b, "cpu")) for e, b in stream)
+        if feed == "prefetch":
+            stream = prefetched(converted, 2)
+        elif feed.startswith("loop"):  # loop16: data.prefetch_in=loop, data.prefetch=16
+            stream = in_runs(converted, int(feed[4:] or 16))
+        elif feed == "process":
+            stream = child_batches(converted, 2)
+        else:
+            raise ValueError(f"--feeds {feed!r}: one of premade, inline, prefetch, process, loop[N] (+frozen)")
     for _ in range(len(ds) // t.batch_size + 1):  # one epoch first: the row cache holds every row after it
         next(stream)
     if frozen:  # what set-up made (model, caches) is left out of the collector's passes
