@@ -178,6 +178,11 @@ def main() -> None:
     ap.add_argument("--where", nargs="+", default=["plain"], choices=["plain", "ray_train"])
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "loop_parts.json"))
     args = ap.parse_args()
+    for feed in args.feeds:  # before any rung runs (an unknown one would fail in its own process)
+        name = feed.removesuffix("+frozen")
+        if name not in ("premade", "inline", "prefetch", "process") and not (
+                name.startswith("loop") and (name[4:] == "" or name[4:].isdigit() and int(name[4:]) > 0)):
+            ap.error(f"--feeds {feed!r}: one of premade, inline, prefetch, process, loop[N] (+frozen)")
     home = Path(tempfile.mkdtemp(prefix="fmb-", dir="/tmp"))
     data = bench_train.make_data(args.case, home)
     cfg = bench_train.case_config(args.case, home, data, args.seconds, ["train.workers=1", "train.cpus_per_worker=1",
