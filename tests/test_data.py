@@ -83,7 +83,7 @@ def test_items_follow_contract_and_composite_exactly(root, fmt, make_config):
     # RGB = RGB_fmo * alpha + RGB_bg * (1 - alpha), after augmentation too
     rgb, alpha = batch["blurs"][:, :, :3], batch["blurs"][:, :, 3:]
     torch.testing.assert_close(batch["images"], rgb * alpha + batch["backgrounds"] * (1 - alpha))
-    torch.testing.assert_close(batch["images"], composite(batch["blurs"], batch["backgrounds"]))
+    assert torch.equal(batch["images"], composite(batch["blurs"], batch["backgrounds"]))  # the very same operations
     if fmt == "background_blur":
         torch.testing.assert_close(batch["inputs"], torch.cat([batch["images"][:, 0], batch["backgrounds"][:, 0]], 1))
     elif fmt == "single_blur":
@@ -169,7 +169,7 @@ def test_row_cache_gives_the_same_items_and_decodes_once(root, make_config, monk
         cached.set_epoch(epoch), plain.set_epoch(epoch)
         for i in range(len(plain)):
             x, y = cached[i], plain[i]
-            for key in ("inputs", "frames", "times", "blurs"):
+            for key in ("inputs", "frames", "times", "blurs", "spans", "backgrounds"):
                 assert torch.equal(x[key], y[key]), (epoch, i, key)
     decodes = []
     real = loader_mod.decode_webp
@@ -178,7 +178,9 @@ def test_row_cache_gives_the_same_items_and_decodes_once(root, make_config, monk
     seq = cached.loader.get(0)
     seq.frames([0])[:] = 0  # a caller changing what it got does not change the cache
     seq.blur(seq.blur_names[0])[:] = 0
-    assert seq.frames([0]).any() and seq.blur(seq.blur_names[0]).any()
+    seq.blurs(tuple(seq.blur_names))[:] = 0
+    assert seq.frames([0]).any() and seq.blur(seq.blur_names[0]).any() and seq.blurs(tuple(seq.blur_names)).any()
+    assert np.array_equal(seq.blurs(tuple(seq.blur_names)), np.stack([seq.blur(n) for n in seq.blur_names]))
     tiny = FMOLoader(root, cache_mb=1e-6)  # a bound below one row keeps only the newest value
     tiny.get(0).frames(), tiny.get(1)
     assert len(tiny._rows) == 1 and 1 in tiny._rows
@@ -387,6 +389,28 @@ def test_background_adder_contrast_and_resize(tmp_path, root):
     flat[..., :3], flat[..., 3] = 100, 255
     assert contrast(flat, np.full((8, 8, 3), 100, np.uint8)) == 0.0
     assert contrast(flat, np.full((8, 8, 3), 151, np.uint8)) == pytest.approx(51 / 255)
+
+
+def test_mean_contrast_is_the_mean_of_each_blurs_contrast():
+    """The weighted sum a draw costs equals the plain definition: per blur, the alpha-weighted mean of
+    |rgb - bg| / 255 over the pixel grid (0 for a blur with no alpha), averaged over the blurs."""
+    from fmolab.data.background_adder import contrast_weights, mean_contrast
+
+    rng = np.random.default_rng(3)
+    for k in (1, 2, 3):
+        blurs = rng.integers(0, 256, (k, 48, 64, 4), dtype=np.uint8)
+        blurs[..., 3] *= rng.random((k, 48, 64)) < 0.3
+        if k == 3:
+            blurs[1, ..., 3] = 0  # an object out of view
+        backgrounds = rng.integers(0, 256, (k, 48, 64, 3), dtype=np.uint8)
+        expected = []
+        for blur, bg in zip(blurs, backgrounds):
+            b, g = blur[::4, ::4].astype(np.float64), bg[::4, ::4].astype(np.float64)
+            alpha = b[..., 3]
+            diff = np.abs(b[..., :3] - g).mean(-1) / 255
+            expected.append((alpha * diff).sum() / alpha.sum() if alpha.sum() > 0 else 0.0)
+        assert mean_contrast(contrast_weights(blurs), backgrounds) == pytest.approx(np.mean(expected), rel=1e-5)
+        assert contrast(blurs[0], backgrounds[0]) == pytest.approx(expected[0], rel=1e-5)
 
 
 def test_background_below_min_contrast_is_drawn_again(tmp_path):

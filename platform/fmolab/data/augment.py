@@ -56,13 +56,16 @@ class Augment:
         hflip, vflip, reverse = draw[:3]
         out = dict(layers)
         reversing = self.time_reverse and reverse
+        # the flipped axes' offsets from the channel axis (-1 on uint8 [..., H, W, C], -3 on float [..., C, H, W])
+        offsets = [o for o, on in ((1, vflip), (2, hflip)) if on] if self.flip else []
         for k in SPATIAL:
-            if k not in out:
+            x = out.get(k)
+            if x is None:
                 continue
             # torch's flip, not numpy's views: numpy copies a flipped row of 4-byte pixels byte by byte
-            x = out[k] if isinstance(out[k], torch.Tensor) else torch.from_numpy(out[k])
-            h, w = (-3, -2) if x.dtype == torch.uint8 else (-2, -1)
-            dims = [d for d, on in ((h, self.flip and vflip), (w, self.flip and hflip)) if on]
+            if not isinstance(x, torch.Tensor):
+                x = torch.from_numpy(x)
+            dims = [o - 4 if x.dtype == torch.uint8 else o - 3 for o in offsets]
             if reversing:
                 dims.append(1 if k == "object_frames" else 0)  # T for frames, K for blurs/backgrounds
             out[k] = x.flip(dims) if dims else x

@@ -27,24 +27,28 @@ HOW_TO = ("make one with `fmolab render` (it writes <dataset>/backgrounds), poin
 
 def contrast(blur: np.ndarray, background: np.ndarray, stride: int = 4) -> float:
     """Mean |fmo_rgb - bg_rgb| in [0, 1], weighted by the blur's alpha (on a pixel grid, for speed)."""
-    return float(contrasts(blur_weights([blur], stride), background[None], stride)[0])
+    return mean_contrast(contrast_weights(blur[None], stride), background[None], stride)
 
 
-def blur_weights(blurs, stride: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """What :func:`contrasts` needs of ``k`` RGBA blurs ``[H,W,4]``, computed once for every draw:
-    their RGB and alpha on the grid and each alpha's sum."""
-    b = np.stack([x[::stride, ::stride] for x in blurs]).astype(np.float32)
-    alpha = b[..., 3] / 255.0
-    return b[..., :3], alpha, alpha.sum((1, 2))
+def contrast_weights(blurs: np.ndarray, stride: int = 4) -> np.ndarray:
+    """What :func:`mean_contrast` needs of ``k`` RGBA blurs ``[k,H,W,4]``, computed once for every draw
+    (and kept with a cached row): float32 ``[k,h,w,4]`` on the grid, RGB then each pixel's weight
+    ``alpha / (3 * 255 * k * sum(alpha))`` (0 throughout a blur with no alpha), so that one weighted
+    sum gives the mean over the ``k`` blurs of their contrasts."""
+    b = np.asarray(blurs)[:, ::stride, ::stride].astype(np.float32)
+    alpha = b[..., 3]
+    total = alpha.sum((1, 2), keepdims=True)
+    alpha *= np.where(total > 0, 1 / (3 * 255 * len(b) * np.maximum(total, 1)), 0).astype(np.float32)
+    return b
 
 
-def contrasts(weights, backgrounds: np.ndarray, stride: int = 4) -> np.ndarray:
-    """:func:`contrast` of each of ``k`` blurs (their :func:`blur_weights`) on its background ``[k,H,W,3]``."""
-    rgb, alpha, total = weights
-    g = backgrounds[:, ::stride, ::stride].astype(np.float32)
-    diff = np.abs(rgb - g).mean(-1) / 255.0
-    seen = total > 0
-    return np.where(seen, (alpha * diff).sum((1, 2)) / np.where(seen, total, 1), 0)
+def mean_contrast(weights: np.ndarray, backgrounds: np.ndarray, stride: int = 4) -> float:
+    """The mean over ``k`` blurs (their :func:`contrast_weights`) of each one's :func:`contrast` on its
+    background ``[k,H,W,3]`` uint8: one weighted sum (a few array operations: it runs for every draw)."""
+    d = weights[..., :3] - backgrounds[:, ::stride, ::stride]
+    np.abs(d, out=d)
+    d *= weights[..., 3:]
+    return float(d.sum())
 
 
 def cover(frames: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -123,21 +127,23 @@ class BackgroundAdder:
         x = int(rng.integers(frames.shape[2] - width + 1))
         return frames[s:s + k, y:y + height, x:x + width]
 
-    def sample(self, blurs: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-        """Background frames ``[k,H,W,3]`` uint8 for ``k`` RGBA blurs ``[H,W,4]`` (frame j behind blur j).
+    def sample(self, blurs: np.ndarray, rng: np.random.Generator, weights: np.ndarray | None = None) -> np.ndarray:
+        """Background frames ``[k,H,W,3]`` uint8 for ``k`` RGBA blurs ``[k,H,W,4]`` (frame j behind blur j).
 
         Draws until the mean contrast reaches ``min_contrast`` or ``max_tries`` draws, keeping the best.
+        ``weights``: the blurs' :func:`contrast_weights`, when the caller keeps them.
         """
         k = len(blurs)
         height, width = blurs[0].shape[:2]
-        weights = blur_weights(blurs) if self.min_contrast > 0 else None
+        if self.min_contrast > 0 and weights is None:
+            weights = contrast_weights(blurs)
         best, best_c, tries = None, -1.0, 0
         for _ in range(self.max_tries * 4):  # corrupt/short clips do not count as tries
             bg = self._draw(k, height, width, rng)
             if bg is None:
                 continue
             tries += 1
-            c = float(np.mean(contrasts(weights, bg).astype(np.float64))) if weights is not None else 1.0
+            c = mean_contrast(weights, bg) if self.min_contrast > 0 else 1.0
             if c > best_c:
                 best, best_c = bg, c
             if c >= self.min_contrast or tries >= self.max_tries:

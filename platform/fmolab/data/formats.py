@@ -13,12 +13,14 @@ Ray's object store and copy to a GPU.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 
 import numpy as np
 import torch
 
 from fmolab.compose import composite, over
+from fmolab.data.background_adder import contrast_weights
 from fmolab.registry import Registry, SpecError, parse_spec
 from fmolab.data.loader import Sequence, frame_indices
 
@@ -31,11 +33,9 @@ def to_float(x) -> torch.Tensor:
 
     The result keeps channels-last strides: making it contiguous would cost a second full copy.
     """
-    if isinstance(x, torch.Tensor):
-        if x.dtype != torch.uint8:
-            return x
-        x = x.numpy()
-    y = x.astype(np.float32)  # numpy's cast + in-place scale beats torch's on one thread
+    if isinstance(x, torch.Tensor):  # torch's cast and in-place scale (the same values as numpy's, sooner)
+        return x.movedim(-1, -3).float().mul_(1 / 255) if x.dtype == torch.uint8 else x
+    y = x.astype(np.float32)  # an array may be read-only: torch would warn on it
     y *= np.float32(1 / 255)
     return torch.from_numpy(y).movedim(-1, -3)
 
@@ -48,6 +48,14 @@ def to_chw(x) -> torch.Tensor:
 def sub_frame_times(idx: np.ndarray, num_frames: int) -> torch.Tensor:
     """``frame_times(num_frames)[idx]``, computed for the few indices only (the same float32 values)."""
     return torch.from_numpy((idx.astype(np.float32) + np.float32(0.5)) / np.float32(num_frames))
+
+
+@functools.lru_cache(maxsize=64)  # one or two arguments per dataset, asked once per item
+def sample_times(num_frames: int, count: int) -> tuple[np.ndarray, torch.Tensor]:
+    """``count`` sub-frames of ``num_frames``: their indices (:func:`frame_indices`) and times. Shared by
+    every item: never changed in place (batching stacks them into new tensors)."""
+    idx = frame_indices(num_frames, count)
+    return idx, sub_frame_times(idx, num_frames)
 
 
 def over_u8(top: np.ndarray, bottom: np.ndarray, box) -> None:
@@ -86,26 +94,30 @@ class InputFormat:
         """The encoder's input from images and backgrounds ``[..., K, 3, H, W]`` (an item, or a batch)."""
         return images.flatten(-4, -3)  # [..., K,3,H,W] -> [..., 3K,H,W]
 
-    def _backgrounds(self, adder, blurs_hwc: list[np.ndarray], rng, shape) -> np.ndarray:
+    def _backgrounds(self, adder, blurs: np.ndarray, rng, shape, weights=None) -> np.ndarray:
         if not self.uses_background:
             return np.zeros(shape, dtype=np.uint8)
-        return adder.sample(blurs_hwc, rng)
+        return adder.sample(blurs, rng, weights)
 
     def gather(self, rows: list[Sequence], adder, rng: np.random.Generator, count: int) -> dict:
         row = rows[0]
-        idx = frame_indices(row.num_frames, count)
-        blurs_u8 = [row.blur(n) for n in self.blur_names]
+        idx, times = sample_times(row.num_frames, count)
+        blurs = row.blurs(self.blur_names)
+        weights = None  # the blurs' contrast weights, kept with the row (drawing a background needs them)
+        if self.uses_background and adder.min_contrast > 0:
+            weights = row.memo(("contrast", self.blur_names), lambda: contrast_weights(blurs))
         shape = (self.n_images, row.height, row.width, 3)
         layers = dict(
-            blurs=np.stack(blurs_u8),
-            backgrounds=self._backgrounds(adder, blurs_u8, rng, shape),
-            spans=torch.tensor([row.span(n) for n in self.blur_names], dtype=torch.float32),
-            times=sub_frame_times(idx, row.num_frames),
+            blurs=blurs,
+            backgrounds=self._backgrounds(adder, blurs, rng, shape, weights),
+            spans=row.memo(("spans", self.blur_names), lambda: torch.tensor(
+                [row.span(n) for n in self.blur_names], dtype=torch.float32)),  # shared, like times
+            times=times,
             frames=row.frames(idx),
             seq_id=row.seq_id,
         )
         if self.contrastive:
-            layers["contrast_backgrounds"] = self._backgrounds(adder, blurs_u8, rng, shape)
+            layers["contrast_backgrounds"] = self._backgrounds(adder, blurs, rng, shape, weights)
         return layers
 
 
@@ -153,8 +165,7 @@ class MultiObject(DoubleBlur):
 
     def gather(self, rows, adder, rng, count):
         base = rows[0]
-        idx = frame_indices(base.num_frames, count)
-        times = sub_frame_times(idx, base.num_frames)
+        times = sample_times(base.num_frames, count)[1]
         m = self.max_objects
         object_frames = np.zeros((m, count, base.height, base.width, 4), np.uint8)
         for o, row in enumerate(rows):
@@ -164,7 +175,7 @@ class MultiObject(DoubleBlur):
             # the same times in every row, whatever its frame count
             ridx = np.minimum((times.numpy() * row.num_frames).astype(np.int64), row.num_frames - 1)
             object_frames[o] = row.frames(ridx)
-            b = np.stack([row.blur(n) for n in self.blur_names])
+            b = row.blurs(self.blur_names)
             if o == 0:
                 blurs, frames = b, object_frames[0].copy()
             else:  # later objects over earlier ones, computed inside each object's box only
@@ -172,7 +183,7 @@ class MultiObject(DoubleBlur):
                 over_u8(object_frames[o], frames, row.box)
         valid = torch.zeros(m, dtype=torch.bool)
         valid[: len(rows)] = True
-        contrast_src = list(blurs)  # contrast on what is seen
+        contrast_src = blurs  # contrast on what is seen
         shape = (2, base.height, base.width, 3)
         layers = dict(
             blurs=blurs,
@@ -221,7 +232,8 @@ def assemble(fmt: InputFormat, layers: dict, noises: list[list[np.ndarray]], noi
     batch = {k: v for k, v in layers.items() if k != "contrast_backgrounds"}
 
     def images_of(backgrounds: torch.Tensor, which: int) -> torch.Tensor:
-        images = composite(layers["blurs"], backgrounds)
+        blurs = layers["blurs"]  # images written contiguous: the inputs are then a view of them, not a copy
+        images = composite(blurs, backgrounds, out=torch.empty((*blurs.shape[:-3], 3, *blurs.shape[-2:])))
         if noise > 0:
             drawn = torch.from_numpy(np.stack([n[which] for n in noises]))
             images = (images + noise * drawn).clamp_(0, 1)

@@ -127,30 +127,36 @@ class Sequence:
     def nbytes(self) -> int:
         return len(self._frames) + sum(len(b) for b in self._blurs)
 
-    def _decoded(self, what: str, decode) -> np.ndarray:
-        """``decode()`` once per cached row (callers get the cached array: they copy before changing it)."""
+    def memo(self, what, make) -> np.ndarray:
+        """``make()`` once per cached row: decoded images, and what is derived from them alone (callers
+        get the kept array: they copy before changing it)."""
         if self._cache is None:
-            return decode()
+            return make()
         key = (self._key, what)
         arr = self._cache.get(key)
         if arr is None:
-            arr = decode()
+            arr = make()
             self._cache.put(key, arr, arr.nbytes)
         return arr
 
+    def _blur(self, name: str) -> np.ndarray:
+        arr = decode_webp(self._blurs[self._blur_pos(name)], error=self._error, what=f"blur {name!r} WebP")[0]
+        return self._check(arr, f"blur {name!r}")
+
     def blur(self, name: str) -> np.ndarray:
         """RGBA blur ``[H,W,4]`` uint8."""
-        def decode():
-            arr = decode_webp(self._blurs[self._blur_pos(name)], error=self._error, what=f"blur {name!r} WebP")[0]
-            return self._check(arr, f"blur {name!r}")
-        return self._decoded(f"blur {name}", decode).copy()
+        return self.memo(f"blur {name}", lambda: self._blur(name)).copy()
+
+    def blurs(self, names: tuple[str, ...]) -> np.ndarray:
+        """RGBA blurs ``[K,H,W,4]`` uint8 in the order of ``names`` (kept stacked: a format asks for them all)."""
+        return self.memo(("blurs", names), lambda: np.stack([self._blur(n) for n in names])).copy()
 
     def frames(self, indices: Iterable[int] | None = None) -> np.ndarray:
         """Sharp RGBA sub-frames ``[T,H,W,4]`` uint8 (all when ``indices`` is None)."""
         if self._cache is None:
             frames = decode_webp(self._frames, frames=indices, error=self._error, what="frames WebP")
             return self._check(frames, "frames")
-        every = self._decoded("frames", lambda: self._check(
+        every = self.memo("frames", lambda: self._check(
             decode_webp(self._frames, error=self._error, what="frames WebP"), "frames"))
         if indices is None:
             return every.copy()
