@@ -152,10 +152,14 @@ def run(cfg, seconds: float, threads: int, feed: str, step_kind: str, where: str
         import ray.train
         from ray.train.torch import TorchTrainer
 
+        from fmolab.train.heap import with_worker_env
+
         out = Path(tempfile.mkdtemp(dir=cfg.work_dir)) / "rung.json"
+        env = with_worker_env(None) if cfg.train.keep_freed_memory else None  # as launch.torch_trainer sets it
         TorchTrainer(_in_train_worker, train_loop_config={"args": args, "out": str(out)},
                      scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
-                     run_config=ray.train.RunConfig(storage_path=str(cfg.work_dir / "loop_parts"))).fit()
+                     run_config=ray.train.RunConfig(storage_path=str(cfg.work_dir / "loop_parts"),
+                                                    worker_runtime_env=env)).fit()
         return json.loads(out.read_text())
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()

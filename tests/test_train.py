@@ -285,6 +285,83 @@ def test_freed_memory_is_kept_and_not_faulted_in_again():
     assert default > 10_000 and kept < 100, (default, kept)
 
 
+THREAD_FAULTS = """
+import resource, threading
+import torch
+from fmolab.train.heap import keep_freed_memory, malloc_arenas
+assert keep_freed_memory()
+torch.set_num_threads(1)
+net = torch.nn.Sequential(*[m for _ in range(4) for m in (torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.ReLU())])
+x, opt = torch.rand(16, 32, 64, 64), torch.optim.Adam(net.parameters())
+def step():
+    opt.zero_grad()
+    net(x).square().mean().backward()
+    opt.step()
+def train(out):  # where Ray Train runs the training function: a thread of the worker process
+    for _ in range(3):
+        step()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(8):
+        step()
+    out += [resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, malloc_arenas()]
+out = []
+t = threading.Thread(target=train, args=(out,))
+t.start()
+t.join()
+print(*out)
+"""
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc's malloc")
+def test_a_training_thread_keeps_its_freed_memory_with_the_workers_environment():
+    """In a thread, glibc's own arena unmaps its emptied heaps whatever the thresholds: the steps fault
+    their pages in again. With heap.WORKER_ENV (what Ray Train workers start with) there is one arena."""
+    import os
+    import subprocess
+    import sys
+
+    from fmolab.train.heap import WORKER_ENV
+
+    def faults(extra: dict) -> list[int]:
+        env = {k: v for k, v in os.environ.items() if k not in WORKER_ENV}
+        out = subprocess.run([sys.executable, "-c", THREAD_FAULTS], check=True, capture_output=True, text=True,
+                             env={**env, **extra}).stdout
+        return [int(x) for x in out.split()[-2:]]
+
+    (default, arenas), (kept, one) = faults({}), faults(WORKER_ENV)
+    assert default > 20_000 and arenas >= 2, (default, arenas)  # ~39,000: every step's activations
+    assert kept < default / 5 and one == 1, (kept, one)  # 0-4,096 (the heap's top growing now and then)
+
+
+def test_training_workers_start_with_one_malloc_arena(work, base, ray_local, make_config):
+    """What launch.torch_trainer gives Ray Train reaches the worker process as it starts (glibc took it:
+    one arena in the training thread), merged into the job's environment (FMOLAB_HOME kept)."""
+    import json
+    import os
+
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from fmolab.train.launch import torch_trainer
+
+    run_config = ray.train.RunConfig(storage_path=str(work / "ray-train"))
+    torch_trainer(make_config(base), {}, run_config)  # sets the workers' environment on run_config
+    out = work / "probe.json"
+
+    def probe(config):
+        from fmolab.train.heap import malloc_arenas
+
+        bytearray(1 << 20)  # this thread's first block
+        with open(config["out"], "w") as f:
+            json.dump({"arenas": malloc_arenas(), "home": os.environ.get("FMOLAB_HOME"),
+                       "arena_max": os.environ.get("MALLOC_ARENA_MAX")}, f)
+
+    TorchTrainer(probe, train_loop_config={"out": str(out)}, run_config=run_config,
+                 scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.5})).fit()
+    seen = json.loads(out.read_text())
+    assert seen == {"arenas": 1, "home": os.environ["FMOLAB_HOME"], "arena_max": "1"}, seen
+
+
 def test_tuned_model_compiles_in_place_and_keeps_its_checkpoint_keys(make_config):
     from fmolab.config import derive
     from fmolab.models import build_model

@@ -47,6 +47,10 @@ def torch_trainer(cfg: Config, loop_config: dict, run_config):
     from fmolab.train.loop import train_loop
 
     train_cfg = cfg.train
+    if train_cfg.keep_freed_memory:  # the workers' malloc, set as their processes start (fmolab.train.heap)
+        from fmolab.train.heap import with_worker_env
+
+        run_config.worker_runtime_env = with_worker_env(run_config.worker_runtime_env)
     datasets = None
     if cfg.data.pipeline == "ray_data":
         from fmolab.data.ray_pipeline import ray_dataset
