@@ -171,7 +171,8 @@ class TrainConfig:
     # machine's noise at the small scale (benchmarks/train.py, docs/architecture.md); off by default
     compile: bool = False
     # Freed memory stays in the worker between steps (fmolab.train.heap: glibc's malloc otherwise unmaps and
-    # faults in a step's big blocks every step; benchmarks/train.py measures it on and off)
+    # faults in a step's big blocks every step; the workers also start with one malloc arena, as the
+    # training thread's own arena unmaps its emptied heaps; benchmarks/train.py measures it on and off)
     keep_freed_memory: bool = True
     val_every: int = 100
     ckpt_every: int = 100
