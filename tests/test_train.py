@@ -339,6 +339,7 @@ def test_training_workers_start_with_one_malloc_arena(work, base, ray_local, mak
     import json
     import os
 
+    import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -359,7 +360,8 @@ def test_training_workers_start_with_one_malloc_arena(work, base, ray_local, mak
     TorchTrainer(probe, train_loop_config={"out": str(out)}, run_config=run_config,
                  scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.5})).fit()
     seen = json.loads(out.read_text())
-    assert seen == {"arenas": 1, "home": os.environ["FMOLAB_HOME"], "arena_max": "1"}, seen
+    job_home = ray.get_runtime_context().runtime_env["env_vars"]["FMOLAB_HOME"]  # as Ray started (init_ray)
+    assert seen == {"arenas": 1, "home": job_home, "arena_max": "1"}, seen
 
 
 def test_tuned_model_compiles_in_place_and_keeps_its_checkpoint_keys(make_config):
