@@ -377,3 +377,42 @@ def test_tuned_model_compiles_in_place_and_keeps_its_checkpoint_keys(make_config
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert tuned(plain, cfg.train)._compiled_call_impl is None
+
+
+def test_training_logs_are_gathered_and_written_together_each_with_its_step(work):
+    """MLflowLogger writes training logs at most every send_every_s (a SQLite write costs ~15 ms of a
+    step's CPU); a validation, the end or an error puts every gathered one on record, each at its step."""
+    from types import SimpleNamespace
+
+    import mlflow
+
+    from fmolab.train.callbacks import MLflowLogger
+
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("gathered")).info.run_id
+    trainer = SimpleNamespace(rank=0, state=SimpleNamespace(step=0))
+    logger = MLflowLogger(run_id, uri)
+    logger.send_every_s = 3600
+
+    def steps(key="train/loss"):
+        return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+    for step in (10, 20, 30):
+        trainer.state.step = step
+        logger.on_log(trainer, {"train/loss": step / 100, "lr": 0.1})
+    assert steps() == [] and len(logger.gathered) == 6  # gathered, not written
+    trainer.state.step = 30
+    logger.on_validation(trainer, {"val/loss": 0.5})
+    assert steps() == [10, 20, 30] and steps("lr") == [10, 20, 30] and steps("val/loss") == [30]
+    assert [m.value for m in sorted(client.get_metric_history(run_id, "train/loss"), key=lambda m: m.step)] == [0.1, 0.2, 0.3]
+    trainer.state.step = 40
+    logger.on_log(trainer, {"train/loss": 0.4})
+    logger.on_error(trainer, RuntimeError("a failed step"))
+    assert steps() == [10, 20, 30, 40]
+    logger.send_every_s = 0  # sent as logged (to MLflow's logging thread)
+    trainer.state.step = 50
+    logger.on_log(trainer, {"train/loss": 0.5})
+    assert not logger.gathered and len(logger.pending) == 1
+    logger.on_end(trainer, False)
+    assert steps() == [10, 20, 30, 40, 50]

@@ -20,6 +20,8 @@ from fmolab.train.callbacks import Callback, default_callbacks
 from fmolab.train.collective import Collective
 from fmolab.train.state import Monitor, TrainState, animated
 
+log = logging.getLogger("fmolab.train")
+
 
 def animation(renders: torch.Tensor) -> torch.Tensor:
     """How much renders differ across time: mean temporal std of alpha, per sample.
@@ -153,6 +155,17 @@ class Trainer:
 
     # ---- the loop
     def fit(self, stream, resumed: bool = False) -> None:
+        try:
+            self._fit(stream, resumed)
+        except BaseException as exc:  # each callback saves what it holds; the error raised stays this one
+            for cb in self.callbacks:
+                try:
+                    cb.on_error(self, exc)
+                except Exception as inner:
+                    log.warning("%s could not save after the error: %s", type(cb).__name__, inner)
+            raise
+
+    def _fit(self, stream, resumed: bool) -> None:
         train_cfg = self.cfg.train
         self.started, self.start_step = time.time(), self.state.step
         self.emit("on_start", resumed)
