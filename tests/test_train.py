@@ -416,3 +416,10 @@ def test_training_logs_are_gathered_and_written_together_each_with_its_step(work
     assert not logger.gathered and len(logger.pending) == 1
     logger.on_end(trainer, False)
     assert steps() == [10, 20, 30, 40, 50]
+    logger.send_every_s = 3600
+    trainer.state.step = 60
+    logger.on_log(trainer, {"train/loss": 0.6})
+    logger.on_error(trainer, KeyboardInterrupt())  # Ctrl-C: handed to MLflow's thread, not waited for
+    assert not logger.gathered and len(logger.pending) == 1
+    logger.flush()
+    assert steps() == [10, 20, 30, 40, 50, 60]

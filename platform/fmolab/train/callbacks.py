@@ -134,8 +134,8 @@ class MLflowLogger(Callback):
         self.flush()
 
     def on_error(self, trainer, error):  # the steps logged before the error stay on the record
-        if self.enabled(trainer):
-            self.flush()
+        if self.enabled(trainer):  # waited for after a failure, not after Ctrl-C or SIGTERM (the store may be away)
+            self.flush() if isinstance(error, Exception) else self.send()
 
 
 class Progress(Callback):
