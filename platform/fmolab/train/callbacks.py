@@ -48,8 +48,8 @@ def fmt_seconds(s: float) -> str:
 class MLflowLogger(Callback):
     """Rank 0 logs through the client (no global active-run state inside Ray workers).
 
-    Training logs are gathered and written together at most every :attr:`send_every_s` (and before
-    every validation's and at the end): a write to a SQLite store costs ~15 ms of CPU, and at
+    Training logs are gathered and written together at most every :attr:`send_every_s`, and before
+    each validation, at the end and on an error: a write to a SQLite store costs ~15 ms of CPU, and at
     ``train.log_every`` 10 the small scale's four writes a second took ~15% of its 1-worker rate on 2
     cores (``benchmarks/train.py``). Each metric keeps its own step and time."""
 
