@@ -301,7 +301,7 @@ def train(out):  # where Ray Train runs the training function: a thread of the w
     for _ in range(3):
         step()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(8):
+    for _ in range(16):
         step()
     out += [resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, malloc_arenas()]
 out = []
@@ -329,8 +329,10 @@ def test_a_training_thread_keeps_its_freed_memory_with_the_workers_environment()
         return [int(x) for x in out.split()[-2:]]
 
     (default, arenas), (kept, one) = faults({}), faults(WORKER_ENV)
-    assert default > 20_000 and arenas >= 2, (default, arenas)  # ~39,000: every step's activations
-    assert kept < default / 5 and one == 1, (kept, one)  # 0-4,096 (the heap's top growing now and then)
+    # Default: 16,000-40,000 by machine (whole 16 MiB heaps unmapped and faulted again, ~2,000 a step);
+    # kept: 0-4,096 whatever the steps (the heap's top growing now and then).
+    assert default > 8_000 and arenas >= 2, (default, arenas)
+    assert kept < default / 4 and one == 1, (kept, one)
 
 
 def test_training_workers_start_with_one_malloc_arena(work, base, ray_local, make_config):
