@@ -32,6 +32,18 @@ from pathlib import Path
 import train as bench_train  # benchmarks/train.py: the same cases and synthetic data
 
 
+FEEDS = "one of premade, inline, prefetch, process, loop[N] (+frozen)"
+
+
+def feed_error(feed: str) -> str | None:
+    """What is wrong with ``--feeds`` entry ``feed``; None when it names a feed."""
+    name = feed.removesuffix("+frozen")
+    if name in ("premade", "inline", "prefetch", "process") or (
+            name.startswith("loop") and (name[4:] == "" or name[4:].isdigit() and int(name[4:]) > 0)):
+        return None
+    return f"--feeds {feed!r}: {FEEDS}"
+
+
 def measure(cfg_dict: dict, seconds: float, threads: int, feed: str, step_kind: str) -> dict:
     """One rung, in this process: ``seconds`` of training fed by ``feed`` with ``step_kind``'s step."""
     import gc
@@ -46,6 +58,8 @@ def measure(cfg_dict: dict, seconds: float, threads: int, feed: str, step_kind: 
     t = cfg.train
     ds, step = bench_train.plain_loop(cfg, threads)  # the bare loop's model, losses, optimizer and step
     stream = batch_stream(ds, t.batch_size, 0, 1, 0)
+    if feed_error(feed):
+        raise ValueError(feed_error(feed))
     feed, frozen = feed.removesuffix("+frozen"), feed.endswith("+frozen")
     if feed == "premade":
         made = [to_device(next(stream)[1], "cpu") for _ in range(8)]
@@ -57,12 +71,10 @@ def measure(cfg_dict: dict, seconds: float, threads: int, feed: str, step_kind: 
         converted = ((e, to_device(b, "cpu")) for e, b in stream)
         if feed == "prefetch":
             stream = prefetched(converted, 2)
-        elif feed.startswith("loop"):  # loop16: data.prefetch_in=loop, data.prefetch=16
-            stream = in_runs(converted, int(feed[4:] or 16))
         elif feed == "process":
             stream = child_batches(converted, 2)
-        else:
-            raise ValueError(f"--feeds {feed!r}: one of premade, inline, prefetch, process, loop[N] (+frozen)")
+        else:  # loop16: data.prefetch_in=loop, data.prefetch=16
+            stream = in_runs(converted, int(feed[4:] or 16))
     for _ in range(len(ds) // t.batch_size + 1):  # one epoch first: the row cache holds every row after it
         next(stream)
     if frozen:  # what set-up made (model, caches) is left out of the collector's passes
@@ -183,10 +195,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "loop_parts.json"))
     args = ap.parse_args()
     for feed in args.feeds:  # before any rung runs (an unknown one would fail in its own process)
-        name = feed.removesuffix("+frozen")
-        if name not in ("premade", "inline", "prefetch", "process") and not (
-                name.startswith("loop") and (name[4:] == "" or name[4:].isdigit() and int(name[4:]) > 0)):
-            ap.error(f"--feeds {feed!r}: one of premade, inline, prefetch, process, loop[N] (+frozen)")
+        if feed_error(feed):
+            ap.error(feed_error(feed))
     home = Path(tempfile.mkdtemp(prefix="fmb-", dir="/tmp"))
     data = bench_train.make_data(args.case, home)
     cfg = bench_train.case_config(args.case, home, data, args.seconds, ["train.workers=1", "train.cpus_per_worker=1",

@@ -347,8 +347,9 @@ def test_training_workers_start_with_one_malloc_arena(work, base, ray_local, mak
 
     from fmolab.train.launch import torch_trainer
 
-    run_config = ray.train.RunConfig(storage_path=str(work / "ray-train"))
-    torch_trainer(make_config(base), {}, run_config)  # sets the workers' environment on run_config
+    given = ray.train.RunConfig(storage_path=str(work / "ray-train"))
+    run_config = torch_trainer(make_config(base), {}, given).run_config  # with the workers' environment
+    assert not given.worker_runtime_env, "the caller's RunConfig is left as it was"
     out = work / "probe.json"
 
     def probe(config):

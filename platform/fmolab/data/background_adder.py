@@ -127,6 +127,11 @@ class BackgroundAdder:
         x = int(rng.integers(frames.shape[2] - width + 1))
         return frames[s:s + k, y:y + height, x:x + width]
 
+    @property
+    def checks_contrast(self) -> bool:
+        """Whether drawn backgrounds are tested for contrast (then :meth:`sample` needs the blurs' weights)."""
+        return self.min_contrast > 0
+
     def sample(self, blurs: np.ndarray, rng: np.random.Generator, weights: np.ndarray | None = None) -> np.ndarray:
         """Background frames ``[k,H,W,3]`` uint8 for ``k`` RGBA blurs ``[k,H,W,4]`` (frame j behind blur j).
 
@@ -135,7 +140,7 @@ class BackgroundAdder:
         """
         k = len(blurs)
         height, width = blurs[0].shape[:2]
-        if self.min_contrast > 0 and weights is None:
+        if self.checks_contrast and weights is None:
             weights = contrast_weights(blurs)
         best, best_c, tries = None, -1.0, 0
         for _ in range(self.max_tries * 4):  # corrupt/short clips do not count as tries
@@ -143,7 +148,7 @@ class BackgroundAdder:
             if bg is None:
                 continue
             tries += 1
-            c = mean_contrast(weights, bg) if self.min_contrast > 0 else 1.0
+            c = mean_contrast(weights, bg) if self.checks_contrast else 1.0
             if c > best_c:
                 best, best_c = bg, c
             if c >= self.min_contrast or tries >= self.max_tries:

@@ -99,19 +99,23 @@ class InputFormat:
             return np.zeros(shape, dtype=np.uint8)
         return adder.sample(blurs, rng, weights)
 
+    def _spans(self, row: Sequence) -> torch.Tensor:
+        """The row's blur spans ``[n_images, 2]``, kept with the row (shared by its items, like times)."""
+        return row.memo(("spans", self.blur_names), lambda: torch.tensor(
+            [row.span(n) for n in self.blur_names], dtype=torch.float32))
+
     def gather(self, rows: list[Sequence], adder, rng: np.random.Generator, count: int) -> dict:
         row = rows[0]
         idx, times = sample_times(row.num_frames, count)
         blurs = row.blurs(self.blur_names)
         weights = None  # the blurs' contrast weights, kept with the row (drawing a background needs them)
-        if self.uses_background and adder.min_contrast > 0:
+        if self.uses_background and adder.checks_contrast:
             weights = row.memo(("contrast", self.blur_names), lambda: contrast_weights(blurs))
         shape = (self.n_images, row.height, row.width, 3)
         layers = dict(
             blurs=blurs,
             backgrounds=self._backgrounds(adder, blurs, rng, shape, weights),
-            spans=row.memo(("spans", self.blur_names), lambda: torch.tensor(
-                [row.span(n) for n in self.blur_names], dtype=torch.float32)),  # shared, like times
+            spans=self._spans(row),
             times=times,
             frames=row.frames(idx),
             seq_id=row.seq_id,
@@ -188,7 +192,7 @@ class MultiObject(DoubleBlur):
         layers = dict(
             blurs=blurs,
             backgrounds=self._backgrounds(adder, contrast_src, rng, shape),
-            spans=torch.tensor([base.span(n) for n in self.blur_names], dtype=torch.float32),
+            spans=self._spans(base),
             times=times,
             frames=frames,
             object_frames=object_frames,  # uint8 [M,T,H,W,4]; padding slots stay transparent

@@ -39,7 +39,10 @@ def open_run(cfg: Config, tags: dict[str, str] | None = None, command: str = "tr
 
 
 def torch_trainer(cfg: Config, loop_config: dict, run_config):
-    """The ``TorchTrainer`` of :func:`fmolab.train.loop.train_loop` for ``cfg``."""
+    """The ``TorchTrainer`` of :func:`fmolab.train.loop.train_loop` for ``cfg`` (``run_config`` is
+    copied, not changed)."""
+    import copy
+
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -50,6 +53,7 @@ def torch_trainer(cfg: Config, loop_config: dict, run_config):
     if train_cfg.keep_freed_memory:  # the workers' malloc, set as their processes start (fmolab.train.heap)
         from fmolab.train.heap import with_worker_env
 
+        run_config = copy.copy(run_config)
         run_config.worker_runtime_env = with_worker_env(run_config.worker_runtime_env)
     datasets = None
     if cfg.data.pipeline == "ray_data":
