@@ -20,6 +20,7 @@ case's size stand in for rendered data (the loop cannot tell them apart). Writes
 
     python benchmarks/train.py                                  # demo + small double blur, 60 s each
     python benchmarks/train.py --cases demo --seconds 30
+    python benchmarks/train.py --rounds 3      # three brackets a variant: each ratio's median and range
     python benchmarks/train.py --variants data.prefetch=0 data.prefetch=2   # options side by side
     python benchmarks/train.py --variants "" train.channels_last=true
 
@@ -36,6 +37,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -168,6 +170,26 @@ def run_fmolab(cfg) -> dict:
             "steps": out["metrics"].get("step"), "wall_s": round(time.time() - started, 1)}
 
 
+RATIOS = ("efficiency", "efficiency_vs_steady", "efficiency_steady")
+
+
+def one_round(one, seconds: float, threads: int, home: Path) -> dict:
+    """fmolab at 1 worker bracketed by the bare loop (half of ``seconds`` before it, half after)."""
+    from fmolab.runtime import init_ray
+
+    before = run_bare(one, seconds / 2, threads)
+    init_ray("", 0, home)
+    mine = run_fmolab(one)
+    after = run_bare(one, seconds / 2, threads)
+    plain = {k: (before[k] + after[k]) / 2 for k in ("samples_per_s", "steady_samples_per_s")}
+    plain.update(threads=threads, runs=[before, after],
+                 drift=round(after["steady_samples_per_s"] / before["steady_samples_per_s"], 3))
+    return {"bare": plain, "fmolab_1_worker": mine,
+            "efficiency": round(mine["samples_per_s"] / plain["samples_per_s"], 3),
+            "efficiency_vs_steady": round(mine["samples_per_s"] / plain["steady_samples_per_s"], 3),
+            "efficiency_steady": round(mine["steady_samples_per_s"] / plain["steady_samples_per_s"], 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default=",".join(CASES), help=f"of {', '.join(CASES)}")
@@ -176,10 +198,14 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for every case")
     ap.add_argument("--variants", nargs="*", default=[""], metavar="K=V[,K=V]",
                     help="override sets measured side by side (\"\" = defaults)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="brackets per variant (bare, fmolab 1 worker, bare); ratios are their medians (odd: one round's)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.json"))
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error(f"--rounds {args.rounds}: at least 1")
 
-    from fmolab.runtime import init_ray, quiet_third_party
+    from fmolab.runtime import quiet_third_party
 
     quiet_third_party()  # our lines in the log, as the CLI's
     home = Path(tempfile.mkdtemp(prefix="fmb-", dir="/tmp"))
@@ -191,33 +217,36 @@ def main() -> None:
         data = make_data(name, home, args.set)
         for v, variant in enumerate(args.variants):
             extra = [*args.set, *[o for o in variant.split(",") if o]]
-            one = case_config(name, home, data, args.seconds, [*extra, "train.workers=1", "train.cpus_per_worker=1",
-                                                               f"train.threads={args.threads}",
-                                                               f"train.run_name=bench-{name}-{v}-1w"])
+            ones = [case_config(name, home, data, args.seconds, [*extra, "train.workers=1", "train.cpus_per_worker=1",
+                                                                 f"train.threads={args.threads}",
+                                                                 f"train.run_name=bench-{name}-{v}-1w-{k}"])
+                    for k in range(args.rounds)]  # a run each (the same name would resume the last)
+            one = ones[0]
             # the bare loop brackets fmolab's run (half the time before, half after): this machine's rates
-            # drift by up to 25% within minutes, so one bare run beside it made ratios drift with it
-            before = run_bare(one, args.seconds / 2, args.threads)
-            init_ray("", 0, home)
-            mine = run_fmolab(one)
-            after = run_bare(one, args.seconds / 2, args.threads)
-            plain = {k: (before[k] + after[k]) / 2 for k in ("samples_per_s", "steady_samples_per_s")}
-            plain.update(threads=args.threads, runs=[before, after],
-                         drift=round(after["steady_samples_per_s"] / before["steady_samples_per_s"], 3))
+            # drift by up to 25% within minutes, so one bare run beside it made ratios drift with it;
+            # --rounds repeats the bracket and gives each ratio's median (and its range)
+            rounds = [one_round(cfg, args.seconds, args.threads, home) for cfg in ones]
             configured = case_config(name, home, data, args.seconds, [*extra, f"train.run_name=bench-{name}-{v}"])
             as_configured = run_fmolab(configured)
+            ratios = {k: [r[k] for r in rounds] for k in RATIOS}
+            mid = sorted(rounds, key=lambda r: r["efficiency_steady"])[(len(rounds) - 1) // 2]  # the median round
+            plain, mine = mid["bare"], mid["fmolab_1_worker"]
             row = {"case": name, "variant": variant, "size": [base.render.width, base.render.height],
                    "batch_size": one.train.batch_size, "encoder": one.model.encoder, "format": one.data.format,
                    "precision": one.train.precision, "overrides": extra, "bare": plain, "fmolab_1_worker": mine,
-                   "efficiency": round(mine["samples_per_s"] / plain["samples_per_s"], 3),
-                   "efficiency_vs_steady": round(mine["samples_per_s"] / plain["steady_samples_per_s"], 3),
-                   "efficiency_steady": round(mine["steady_samples_per_s"] / plain["steady_samples_per_s"], 3),
+                   **{k: statistics.median(v) for k, v in ratios.items()},
+                   **{f"{k}_range": [min(v), max(v)] for k, v in ratios.items()}, "rounds": rounds,
                    "as_configured": {"workers": configured.train.workers, "threads": configured.train.threads,
                                      "cpus_per_worker": configured.train.cpus_per_worker, **as_configured}}
             rows.append(row)
+            spread = "" if len(rounds) == 1 else (
+                f" [median of {len(rounds)} rounds; whole {row['efficiency_range'][0]:.2f}-"
+                f"{row['efficiency_range'][1]:.2f}, steady {row['efficiency_steady_range'][0]:.2f}-"
+                f"{row['efficiency_steady_range'][1]:.2f}]")
             print(f"{name:18} {variant or 'defaults':24} bare {plain['samples_per_s']:6.1f}/s (after/before "
                   f"{plain['drift']:.2f})  fmolab 1w "
                   f"{mine['samples_per_s']:6.1f}/s = {row['efficiency']:.2f} of bare (steady "
-                  f"{mine['steady_samples_per_s']:.1f}/s = {row['efficiency_steady']:.2f}), data wait "
+                  f"{mine['steady_samples_per_s']:.1f}/s = {row['efficiency_steady']:.2f}){spread}, data wait "
                   f"{100 * mine['steady_data_wait_frac']:.1f}%  |  as configured ({configured.train.workers} "
                   f"workers): {as_configured['samples_per_s']:.1f}/s (steady "
                   f"{as_configured['steady_samples_per_s']:.1f}), data wait "
