@@ -199,7 +199,8 @@ def main() -> None:
     ap.add_argument("--variants", nargs="*", default=[""], metavar="K=V[,K=V]",
                     help="override sets measured side by side (\"\" = defaults)")
     ap.add_argument("--rounds", type=int, default=1,
-                    help="brackets per variant (bare, fmolab 1 worker, bare); ratios are their medians (odd: one round's)")
+                    help="brackets (bare, fmolab 1 worker, bare) per variant; each ratio is their median "
+                         "(odd: one round's)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.json"))
     args = ap.parse_args()
     if args.rounds < 1:
