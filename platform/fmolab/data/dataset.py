@@ -8,7 +8,9 @@ next good row.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import threading
 
 import numpy as np
 import torch
@@ -17,15 +19,29 @@ from torch.utils.data import Dataset
 from fmolab.data.augment import Augment
 from fmolab.data.background_adder import BackgroundAdder, build_adder
 from fmolab.data.formats import InputFormat, assemble, build_format, noise_draws
-from fmolab.data.loader import FMOLoader, RowError, Sequence, stable_key
+from fmolab.data.loader import FMOLoader, RowError, Sequence
 from fmolab.shards import ShardError
 
 log = logging.getLogger("fmolab.data")
 MAX_SUBSTITUTES = 32  # consecutive corrupt rows tolerated before an item fails loudly
 
 
+_local = threading.local()  # each thread's item generator (Ray Data, prefetch threads, validation)
+
+
 def item_rng(seed: int, epoch: int, seq_id: str) -> np.random.Generator:
-    return np.random.default_rng([seed, epoch, stable_key(seq_id)])
+    """The generator of item ``(seed, epoch, seq_id)``: PCG64 with its 128-bit state and increment
+    taken from a BLAKE2b hash of the three. It is this thread's one generator, reseeded: valid until
+    the next call in the thread (every item is drawn whole before the next starts). default_rng with
+    its SeedSequence cost 17 us an item, ~8% of a small-scale batch; this costs 3."""
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{seq_id}".encode(), digest_size=32).digest()
+    gen = getattr(_local, "gen", None)
+    if gen is None:
+        gen = _local.gen = np.random.Generator(np.random.PCG64())
+    gen.bit_generator.state = {"bit_generator": "PCG64", "has_uint32": 0, "uinteger": 0,
+                               "state": {"state": int.from_bytes(digest[:16], "little"),
+                                         "inc": int.from_bytes(digest[16:], "little") | 1}}  # odd, as PCG needs
+    return gen
 
 
 def gather_item(fmt: InputFormat, rows: list[Sequence], adder, augment: Augment, count: int,

@@ -300,8 +300,3 @@ class FMOLoader:
     def source(self, i: int) -> str:
         f, r = self.refs[i]
         return f"{storage.basename(f)}#{r}"
-
-
-def stable_key(text: str) -> int:
-    """A process-independent integer for seeding (Python's hash() is salted per process)."""
-    return int(hashlib.sha1(text.encode()).hexdigest()[:15], 16)
