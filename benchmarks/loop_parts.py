@@ -32,16 +32,13 @@ from pathlib import Path
 import train as bench_train  # benchmarks/train.py: the same cases and synthetic data
 
 
-FEEDS = "one of premade, inline, prefetch, process, loop[N] (+frozen)"
-
-
 def feed_error(feed: str) -> str | None:
     """What is wrong with ``--feeds`` entry ``feed``; None when it names a feed."""
     name = feed.removesuffix("+frozen")
     if name in ("premade", "inline", "prefetch", "process") or (
             name.startswith("loop") and (name[4:] == "" or name[4:].isdigit() and int(name[4:]) > 0)):
         return None
-    return f"--feeds {feed!r}: {FEEDS}"
+    return f"--feeds {feed!r}: one of premade, inline, prefetch, process, loop[N] (+frozen)"
 
 
 def measure(cfg_dict: dict, seconds: float, threads: int, feed: str, step_kind: str) -> dict:
@@ -54,12 +51,12 @@ def measure(cfg_dict: dict, seconds: float, threads: int, feed: str, step_kind: 
     from fmolab.data.prefetch import prefetched
     from fmolab.train.streams import batch_stream
 
+    if error := feed_error(feed):  # before the model and data are built
+        raise ValueError(error)
     cfg = config_from_dict(cfg_dict)
     t = cfg.train
     ds, step = bench_train.plain_loop(cfg, threads)  # the bare loop's model, losses, optimizer and step
     stream = batch_stream(ds, t.batch_size, 0, 1, 0)
-    if feed_error(feed):
-        raise ValueError(feed_error(feed))
     feed, frozen = feed.removesuffix("+frozen"), feed.endswith("+frozen")
     if feed == "premade":
         made = [to_device(next(stream)[1], "cpu") for _ in range(8)]
@@ -195,8 +192,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "loop_parts.json"))
     args = ap.parse_args()
     for feed in args.feeds:  # before any rung runs (an unknown one would fail in its own process)
-        if feed_error(feed):
-            ap.error(feed_error(feed))
+        if error := feed_error(feed):
+            ap.error(error)
     home = Path(tempfile.mkdtemp(prefix="fmb-", dir="/tmp"))
     data = bench_train.make_data(args.case, home)
     cfg = bench_train.case_config(args.case, home, data, args.seconds, ["train.workers=1", "train.cpus_per_worker=1",

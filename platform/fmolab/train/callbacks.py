@@ -134,8 +134,12 @@ class MLflowLogger(Callback):
         self.flush()
 
     def on_error(self, trainer, error):  # the steps logged before the error stay on the record
-        if self.enabled(trainer):  # waited for after a failure, not after Ctrl-C or SIGTERM (the store may be away)
-            self.flush() if isinstance(error, Exception) else self.send()
+        if not self.enabled(trainer):
+            return
+        if isinstance(error, Exception):  # a failure: wait until they are written
+            self.flush()
+        else:  # Ctrl-C or SIGTERM: hand them over only (the store may be away)
+            self.send()
 
 
 class Progress(Callback):
