@@ -382,6 +382,27 @@ def test_tuned_model_compiles_in_place_and_keeps_its_checkpoint_keys(make_config
     assert tuned(plain, cfg.train)._compiled_call_impl is None
 
 
+def test_the_loops_clock_starts_after_the_callbacks_set_up(make_config):
+    """Set-up in on_start (MLflow's import and store: ~1-2 s) counts neither in samples/s nor in the
+    time limit: the loop's clock starts once every callback is ready."""
+    import time
+
+    from fmolab.train.callbacks import Callback
+    from fmolab.train.loop import Trainer
+
+    class SlowStart(Callback):
+        def on_start(self, trainer, resumed):
+            time.sleep(0.2)
+            self.ready = time.time()
+
+    slow = SlowStart()
+    cfg = make_config()
+    trainer = Trainer(cfg, None, None, None, None, None, torch.device("cpu"), 0, 1, [slow])
+    trainer.state.step = cfg.train.steps  # no step to take: on_start, then on_end
+    trainer.fit(iter(()))
+    assert trainer.started >= slow.ready
+
+
 def test_training_logs_are_gathered_and_written_together_each_with_its_step(work):
     """MLflowLogger writes training logs at most every send_every_s (a SQLite write costs ~15 ms of a
     step's CPU); a validation, the end or an error puts every gathered one on record, each at its step."""
@@ -397,6 +418,8 @@ def test_training_logs_are_gathered_and_written_together_each_with_its_step(work
     trainer = SimpleNamespace(rank=0, state=SimpleNamespace(step=0))
     logger = MLflowLogger(run_id, uri)
     logger.send_every_s = 3600
+    logger.on_start(trainer, False)
+    assert logger._client is not None  # MLflow's import and store are set up before the loop's clock
 
     def steps(key="train/loss"):
         return sorted(m.step for m in client.get_metric_history(run_id, key))

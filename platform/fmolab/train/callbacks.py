@@ -111,7 +111,12 @@ class MLflowLogger(Callback):
             self.client().log_artifact(self.run_id, str(path), folder)
 
     def on_start(self, trainer, resumed):
-        if not (resumed and self.enabled(trainer)):
+        if not self.enabled(trainer):
+            return
+        # MLflow's import and its store's first query: ~1-2 s, which the first send made a stall of the
+        # loop (a tenth of the demo's first 10 s) and part of its rate
+        self.client().get_run(self.run_id)
+        if not resumed:
             return
         # A resume or a recovery after a lost worker: on the record, not only in a log. The steps
         # between the checkpoint and the last logged one run again; their first values stay.

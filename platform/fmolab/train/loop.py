@@ -167,8 +167,8 @@ class Trainer:
 
     def _fit(self, stream, resumed: bool) -> None:
         train_cfg = self.cfg.train
+        self.emit("on_start", resumed)  # set-up the callbacks need (MLflow's client): before the clock
         self.started, self.start_step = time.time(), self.state.step
-        self.emit("on_start", resumed)
         sums: dict[str, float] = {}
         count, waited, window_start = 0, 0.0, time.perf_counter()
         stopped = False
