@@ -14,7 +14,9 @@ For each case, side by side in one run:
 Both rates count from the first step (warm-up included, as the loop's own metric does), and each
 has a steady rate: the bare loop's after 3 steps, fmolab's over the last two thirds of its logs (the
 first epoch decodes what the row cache then holds; Ray's processes settle). ``efficiency = fmolab /
-bare``; ``efficiency_steady`` divides the steady rates. Synthetic shards at each
+bare``; ``efficiency_steady`` divides the steady rates. ``preempted_per_s`` (both loops: their process's
+involuntary context switches a second, the median of fmolab's logged windows) says how often the step's
+threads lost their cores to other processes (Ray's among them). Synthetic shards at each
 case's size stand in for rendered data (the loop cannot tell them apart). Writes
 ``benchmarks/results/train.json``.
 
@@ -118,11 +120,13 @@ def premade(ds, batch_size: int, count: int = 8) -> list[dict]:
 def bare(cfg_dict: dict, seconds: float, threads: int, queue) -> None:
     """The plain loop (in its own process: thread count and memory are its own)."""
     from fmolab.config import config_from_dict
+    from fmolab.train.loop import preemptions
 
     cfg = config_from_dict(cfg_dict)
     t = cfg.train
     ds, step = plain_loop(cfg, threads)
     batches = premade(ds, t.batch_size)
+    preempted = preemptions()
     steps, start, steady = 0, time.perf_counter(), None
     while time.perf_counter() - start < seconds:
         step(batches[steps % len(batches)], steps)
@@ -132,7 +136,8 @@ def bare(cfg_dict: dict, seconds: float, threads: int, queue) -> None:
     wall = time.perf_counter() - start
     rate = steps * t.batch_size / wall
     steady_rate = (steps - steady[1]) * t.batch_size / (start + wall - steady[0]) if steady else rate
-    queue.put({"samples_per_s": rate, "steady_samples_per_s": steady_rate, "steps": steps, "threads": threads})
+    queue.put({"samples_per_s": rate, "steady_samples_per_s": steady_rate, "steps": steps, "threads": threads,
+               "preempted_per_s": (preemptions() - preempted) / wall})
 
 
 def run_bare(cfg, seconds: float, threads: int) -> dict:
@@ -157,6 +162,8 @@ def run_fmolab(cfg) -> dict:
     client = mlflow.MlflowClient()
     history = sorted(client.get_metric_history(out["run_id"], "samples_per_s"), key=lambda m: m.step)
     waits = [m.value for m in sorted(client.get_metric_history(out["run_id"], "data_wait_frac"), key=lambda m: m.step)]
+    preempted = [m.value for m in sorted(client.get_metric_history(out["run_id"], "preempted_per_s"),
+                                         key=lambda m: m.step)][1:]  # the first window holds the start
     steady = float("nan")
     if len(history) >= 3:  # the last two thirds of the run, from the logs' own steps and times
         first, last = history[len(history) // 3], history[-1]
@@ -167,6 +174,7 @@ def run_fmolab(cfg) -> dict:
             "steady_samples_per_s": steady,
             "data_wait_frac": sum(waits[1:]) / len(waits[1:]) if len(waits) > 1 else float("nan"),  # warm-up left out
             "steady_data_wait_frac": sum(tail) / len(tail) if tail else float("nan"),
+            "preempted_per_s": statistics.median(preempted) if preempted else float("nan"),
             "steps": out["metrics"].get("step"), "wall_s": round(time.time() - started, 1)}
 
 
@@ -183,6 +191,7 @@ def one_round(one, seconds: float, threads: int, home: Path) -> dict:
     after = run_bare(one, seconds / 2, threads)
     plain = {k: (before[k] + after[k]) / 2 for k in ("samples_per_s", "steady_samples_per_s")}
     plain.update(threads=threads, runs=[before, after],
+                 preempted_per_s=(before["preempted_per_s"] + after["preempted_per_s"]) / 2,
                  drift=round(after["steady_samples_per_s"] / before["steady_samples_per_s"], 3))
     return {"bare": plain, "fmolab_1_worker": mine,
             "efficiency": round(mine["samples_per_s"] / plain["samples_per_s"], 3),
@@ -248,7 +257,8 @@ def main() -> None:
                   f"{plain['drift']:.2f})  fmolab 1w "
                   f"{mine['samples_per_s']:6.1f}/s = {row['efficiency']:.2f} of bare (steady "
                   f"{mine['steady_samples_per_s']:.1f}/s = {row['efficiency_steady']:.2f}){spread}, data wait "
-                  f"{100 * mine['steady_data_wait_frac']:.1f}%  |  as configured ({configured.train.workers} "
+                  f"{100 * mine['steady_data_wait_frac']:.1f}%, preempted {mine['preempted_per_s']:.0f}/s (bare "
+                  f"{plain['preempted_per_s']:.0f}/s)  |  as configured ({configured.train.workers} "
                   f"workers): {as_configured['samples_per_s']:.1f}/s (steady "
                   f"{as_configured['steady_samples_per_s']:.1f}), data wait "
                   f"{100 * as_configured['steady_data_wait_frac']:.1f}%", flush=True)

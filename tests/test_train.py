@@ -1,5 +1,7 @@
 """Ray Train with 2 CPU workers on a tiny synthetic dataset: learning, checkpoints, resume, registry."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -401,6 +403,68 @@ def test_the_loops_clock_starts_after_the_callbacks_set_up(make_config):
     trainer.state.step = cfg.train.steps  # no step to take: on_start, then on_end
     trainer.fit(iter(()))
     assert trainer.started >= slow.ready
+
+
+def _preempted_per_s(cfg, competitor: bool) -> float:
+    """``preempted_per_s`` as the loop logs it: 8 steps of ~20 ms of Python on CPU 0 (this thread
+    pinned there), with or without a process spinning on the same CPU."""
+    import subprocess
+    import sys
+    import time
+
+    from torch import nn
+
+    from fmolab.train.callbacks import Callback
+    from fmolab.train.loop import Trainer
+
+    class Spin(nn.Module):  # a step's work: the thread busy for 20 ms
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(()))
+
+        def forward(self, inputs, times, contrast=None):
+            until = time.perf_counter() + 0.02
+            while time.perf_counter() < until:
+                pass
+            return {"out": inputs.sum() * self.w}
+
+    logged = []
+
+    class Logged(Callback):
+        def on_log(self, trainer, means):
+            logged.append(means)
+
+    model = Spin()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    losses = lambda batch, out, step: (out["out"] ** 2, {"l2": out["out"].detach() ** 2})  # noqa: E731
+    trainer = Trainer(cfg, model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0), losses,
+                      None, torch.device("cpu"), 0, 1, [Logged()])
+    trainer.validate, trainer.checkpoint = (lambda: {}), (lambda metrics: None)
+    batch = {"inputs": torch.ones(2), "times": torch.zeros(2)}
+    cpus = os.sched_getaffinity(0)
+    spinner = subprocess.Popen([sys.executable, "-c", "import os; os.sched_setaffinity(0, {0})\nwhile True: pass"]) \
+        if competitor else None
+    try:
+        os.sched_setaffinity(0, {0})  # this thread only (Linux): it and the spinner share one core
+        time.sleep(0.2 if competitor else 0)
+        trainer.fit(iter([(0, batch)] * cfg.train.steps))
+    finally:
+        os.sched_setaffinity(0, cpus)
+        if spinner:
+            spinner.kill()
+            spinner.wait()
+    assert len(logged) == 1 and logged[0]["preempted_per_s"] >= 0
+    return logged[0]["preempted_per_s"]
+
+
+def test_the_loop_logs_how_often_its_threads_lose_their_cores(make_config):
+    """``preempted_per_s`` (involuntary context switches of the worker process per second of the log
+    window) says when a loop's threads share their cores: a process spinning on the same CPU takes it
+    from the step many times a second."""
+    cfg = make_config({"train.steps": 8, "train.log_every": 8})
+    alone = _preempted_per_s(cfg, competitor=False)
+    shared = _preempted_per_s(cfg, competitor=True)
+    assert shared > 20 and shared > alone, (alone, shared)
 
 
 def test_training_logs_are_gathered_and_written_together_each_with_its_step(work):

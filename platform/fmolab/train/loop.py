@@ -8,6 +8,7 @@ import gc
 import logging
 import math
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +22,12 @@ from fmolab.train.collective import Collective
 from fmolab.train.state import Monitor, TrainState, animated
 
 log = logging.getLogger("fmolab.train")
+
+
+def preemptions() -> int:
+    """This process's involuntary context switches so far (all its threads): a thread taken off its core
+    for another. A step's threads work in lockstep, so one preempted thread stalls the others."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
 
 
 def animation(renders: torch.Tensor) -> torch.Tensor:
@@ -170,7 +177,7 @@ class Trainer:
         self.emit("on_start", resumed)  # set-up the callbacks need (MLflow's client): before the clock
         self.started, self.start_step = time.time(), self.state.step
         sums: dict[str, float] = {}
-        count, waited, window_start = 0, 0.0, time.perf_counter()
+        count, waited, window_start, preempted = 0, 0.0, time.perf_counter(), preemptions()
         stopped = False
         while self.state.step < train_cfg.steps and not stopped:
             values, wait = self.step(stream)
@@ -184,8 +191,11 @@ class Trainer:
                 window = max(time.perf_counter() - window_start, 1e-9)
                 # data wait: the share of the window spent waiting for batches (> ~0.1: data-bound)
                 skipped = len(self.unreadable_rows())
+                # preempted_per_s: how often the step's threads lost their cores (to Ray's processes, to
+                # other workers or jobs): a loop that is neither data-bound nor fast is often this
                 means = self.ranks.mean({**{f"train/{k}": v / max(1, count) for k, v in sums.items()},
-                                         "data_wait_frac": waited / window, "data/skipped_rows": skipped})
+                                         "data_wait_frac": waited / window, "data/skipped_rows": skipped,
+                                         "preempted_per_s": (preemptions() - preempted) / window})
                 means["data/skipped_rows"] *= self.ranks.world  # each rank reads its own rows
                 rate = (step - self.start_step) * train_cfg.batch_size * train_cfg.grad_accum * self.ranks.world
                 means.update(lr=self.scheduler.get_last_lr()[0], nan_skipped=self.state.nan_skipped,
@@ -193,7 +203,7 @@ class Trainer:
                              global_batch=train_cfg.batch_size * train_cfg.grad_accum * self.ranks.world,
                              samples_per_s=rate / max(time.time() - self.started, 1e-9))
                 self.emit("on_log", means)
-                sums, count, waited, window_start = {}, 0, 0.0, time.perf_counter()
+                sums, count, waited, window_start, preempted = {}, 0, 0.0, time.perf_counter(), preemptions()
             validate = step % train_cfg.val_every == 0 or last
             if validate or step % train_cfg.ckpt_every == 0:
                 val = self.validate() if validate else {}
