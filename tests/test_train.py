@@ -406,7 +406,7 @@ def test_the_loops_clock_starts_after_the_callbacks_set_up(make_config):
 
 
 def _preempted_per_s(cfg, competitor: bool) -> float:
-    """``preempted_per_s`` as the loop logs it: 8 steps of ~20 ms of Python on CPU 0 (this thread
+    """``preempted_per_s`` as the loop logs it: 8 steps of ~20 ms of Python on one CPU (this thread
     pinned there), with or without a process spinning on the same CPU."""
     import subprocess
     import sys
@@ -442,10 +442,11 @@ def _preempted_per_s(cfg, competitor: bool) -> float:
     trainer.validate, trainer.checkpoint = (lambda: {}), (lambda metrics: None)
     batch = {"inputs": torch.ones(2), "times": torch.zeros(2)}
     cpus = os.sched_getaffinity(0)
-    spinner = subprocess.Popen([sys.executable, "-c", "import os; os.sched_setaffinity(0, {0})\nwhile True: pass"]) \
-        if competitor else None
+    cpu = min(cpus)
+    spin = f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"
+    spinner = subprocess.Popen([sys.executable, "-c", spin]) if competitor else None
     try:
-        os.sched_setaffinity(0, {0})  # this thread only (Linux): it and the spinner share one core
+        os.sched_setaffinity(0, {cpu})  # this thread only (Linux): it and the spinner share one core
         time.sleep(0.2 if competitor else 0)
         trainer.fit(iter([(0, batch)] * cfg.train.steps))
     finally:
