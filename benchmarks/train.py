@@ -160,10 +160,13 @@ def run_fmolab(cfg) -> dict:
     started = time.time()
     out = train(cfg, register=False)
     client = mlflow.MlflowClient()
-    history = sorted(client.get_metric_history(out["run_id"], "samples_per_s"), key=lambda m: m.step)
-    waits = [m.value for m in sorted(client.get_metric_history(out["run_id"], "data_wait_frac"), key=lambda m: m.step)]
-    preempted = [m.value for m in sorted(client.get_metric_history(out["run_id"], "preempted_per_s"),
-                                         key=lambda m: m.step)][1:]  # the first window holds the start
+
+    def logged(key: str) -> list:  # the run's logs of ``key`` in step order
+        return sorted(client.get_metric_history(out["run_id"], key), key=lambda m: m.step)
+
+    history = logged("samples_per_s")
+    waits = [m.value for m in logged("data_wait_frac")]
+    preempted = [m.value for m in logged("preempted_per_s")][1:]  # the first window holds the start
     steady = float("nan")
     if len(history) >= 3:  # the last two thirds of the run, from the logs' own steps and times
         first, last = history[len(history) // 3], history[-1]
