@@ -21,7 +21,7 @@ test-all: setup browser  ## everything, including slow tests (multi-node, long t
 	$(BIN)/python -m pytest -q
 
 bench: setup
-	$(BIN)/python benchmarks/loader.py && $(BIN)/python benchmarks/model.py && $(BIN)/python benchmarks/train.py && $(BIN)/python benchmarks/render.py && $(BIN)/python benchmarks/storage.py && $(BIN)/python benchmarks/inference.py
+	$(BIN)/python benchmarks/loader.py && $(BIN)/python benchmarks/model.py && $(BIN)/python benchmarks/train.py && $(BIN)/python benchmarks/train_paired.py && $(BIN)/python benchmarks/render.py && $(BIN)/python benchmarks/storage.py && $(BIN)/python benchmarks/inference.py
 
 clean:
 	rm -rf fmolab-work benchmarks/results

@@ -18,7 +18,8 @@ bare``; ``efficiency_steady`` divides the steady rates. ``preempted_per_s`` (bot
 involuntary context switches a second, the median of fmolab's logged windows) says how often the step's
 threads lost their cores to other processes (Ray's among them). Synthetic shards at each
 case's size stand in for rendered data (the loop cannot tell them apart). Writes
-``benchmarks/results/train.json``.
+``benchmarks/results/train.json``. ``train_paired.py`` measures the 1-worker ratio in alternating turns
+of one run instead, free of the machine's drift between brackets.
 
     python benchmarks/train.py                                  # demo + small double blur, 60 s each
     python benchmarks/train.py --cases demo --seconds 30
