@@ -54,20 +54,21 @@ def bare_forever(cfg_dict: dict, threads: int, steps, ready) -> None:
         steps.value = k
 
 
-def train_worker_pid(timeout: float = 300.0) -> int:
-    """The process of this job's Ray Train worker (one worker), from Ray's actor table."""
+def train_worker_pid(runner: threading.Thread, timeout: float = 300.0) -> int:
+    """The process of this job's Ray Train worker (one worker), from Ray's actor table, while ``runner``
+    (the thread training) lives."""
     import ray
     from ray._private import state
 
     job = ray.JobID.from_hex(ray.get_runtime_context().get_job_id())
     end = time.monotonic() + timeout
-    while time.monotonic() < end:
+    while time.monotonic() < end and runner.is_alive():
         alive = state.actors(job_id=job, actor_state_name="ALIVE").values()
         pids = [a["Pid"] for a in alive if a["ActorClassName"] == "RayTrainWorker" and a["Pid"]]
         if pids:
             return pids[0]
         time.sleep(0.5)
-    raise TimeoutError("no Ray Train worker came up")
+    raise TimeoutError("no Ray Train worker came up (the run's error, if any, is above)")
 
 
 def slice_rate(history: list, start: float, end: float, samples_per_step: int) -> float | None:
@@ -94,36 +95,45 @@ def one_case(cfg, threads: int, pairs: int, phase: float, warmup: float, home: P
     os.kill(plain.pid, signal.SIGSTOP)  # before fmolab starts: a busy start-up makes Ray's requests time out
     init_ray("", 0, home)
     out: dict = {}
-    runner = threading.Thread(target=lambda: out.update(train(cfg, register=False)))
+
+    def run() -> None:
+        try:
+            out.update(train(cfg, register=False))
+        except BaseException as e:  # re-raised below, after the bare loop is gone
+            out["error"] = e
+
+    runner = threading.Thread(target=run)
     runner.start()
-    worker = train_worker_pid()
+    worker = train_worker_pid(runner)
     time.sleep(warmup)
     turns = []  # (who, start, end, bare steps done in it)
     try:
-        for _ in range(pairs):
-            for who, go, halt in (("bare", plain.pid, worker), ("fmolab", worker, plain.pid)):
-                os.kill(halt, signal.SIGSTOP)
-                before, start = steps.value, time.time()
-                os.kill(go, signal.SIGCONT)
-                time.sleep(phase)
-                os.kill(go, signal.SIGSTOP)
-                turns.append((who, start, time.time(), steps.value - before))
-        os.kill(plain.pid, signal.SIGSTOP)  # a last bare turn closes the last fmolab one
-        before, start = steps.value, time.time()
-        os.kill(worker, signal.SIGSTOP)
-        os.kill(plain.pid, signal.SIGCONT)
-        time.sleep(phase)
-        turns.append(("bare", start, time.time(), steps.value - before))
+        for who in ["bare", "fmolab"] * pairs + ["bare"]:  # each fmolab turn between two bare ones
+            go, halt = (plain.pid, worker) if who == "bare" else (worker, plain.pid)
+            os.kill(halt, signal.SIGSTOP)
+            before, start = steps.value, time.time()
+            os.kill(go, signal.SIGCONT)
+            time.sleep(phase)
+            os.kill(go, signal.SIGSTOP)
+            turns.append((who, start, time.time(), steps.value - before))
     finally:
         plain.kill()
-        os.kill(worker, signal.SIGCONT)
+        try:
+            os.kill(worker, signal.SIGCONT)  # the run goes on to its time limit
+        except ProcessLookupError:
+            pass
     runner.join()
+    if "error" in out:
+        raise out["error"]
     history = sorted(mlflow.MlflowClient().get_metric_history(out["run_id"], "samples_per_s"), key=lambda m: m.step)
     per_step = cfg.train.batch_size * cfg.train.grad_accum
     rates = [(who, n * per_step / (end - start) if who == "bare" else slice_rate(history, start, end, per_step))
              for who, start, end, n in turns]
     ratios = [mine / ((rates[i - 1][1] + rates[i + 1][1]) / 2)
               for i, (who, mine) in enumerate(rates) if who == "fmolab" and mine]
+    if not ratios:
+        raise RuntimeError(f"no fmolab turn had two logs inside it: raise --phase (now {phase} s) or lower "
+                           "train.log_every")
     q = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [float("nan")] * 3
     bare_rates = [r for who, r in rates if who == "bare"]
     mine_rates = [r for who, r in rates if who == "fmolab" and r]
