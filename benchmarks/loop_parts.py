@@ -196,8 +196,7 @@ def main() -> None:
             ap.error(error)
     home = Path(tempfile.mkdtemp(prefix="fmb-", dir="/tmp"))
     data = bench_train.make_data(args.case, home)
-    cfg = bench_train.case_config(args.case, home, data, args.seconds, ["train.workers=1", "train.cpus_per_worker=1",
-                                                                        f"train.threads={args.threads}"])
+    cfg = bench_train.case_config(args.case, home, data, args.seconds, bench_train.one_worker(args.threads))
     if "ray_train" in args.where:
         import os
 

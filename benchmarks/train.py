@@ -64,6 +64,20 @@ def case_config(name: str, home: Path, data: Path, seconds: float, extra: list[s
         "tracking.experiment=bench-train", *overrides, *extra])
 
 
+def one_worker(threads: int) -> list[str]:
+    """The overrides of fmolab's 1-worker run, the one compared with the bare loop (one CPU of Ray's, so
+    it never waits behind other work; ``threads`` torch threads, as the bare loop's)."""
+    return ["train.workers=1", "train.cpus_per_worker=1", f"train.threads={threads}"]
+
+
+def case_names(ap: argparse.ArgumentParser, text: str) -> list[str]:
+    """``--cases``' names, each one of :data:`CASES` (else a usage error, before any work)."""
+    names = text.split(",")
+    if unknown := [n for n in names if n not in CASES]:
+        ap.error(f"--cases {text}: no case {', '.join(unknown)} (cases: {', '.join(CASES)})")
+    return names
+
+
 def make_data(name: str, home: Path, extra: list[str] = ()) -> Path:
     """Synthetic shards at the case's size (the loop cannot tell them from rendered ones)."""
     from fmolab.data.synthetic import write_synthetic_dataset
@@ -218,6 +232,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.rounds < 1:
         ap.error(f"--rounds {args.rounds}: at least 1")
+    cases = case_names(ap, args.cases)
 
     from fmolab.runtime import quiet_third_party
 
@@ -226,13 +241,12 @@ def main() -> None:
     os.environ["FMOLAB_HOME"] = str(home)
     os.environ.setdefault("FMOLAB_PROGRESS", "0")
     rows = []
-    for name in args.cases.split(","):
+    for name in cases:
         base = case_config(name, home, home / "none", args.seconds, args.set)
         data = make_data(name, home, args.set)
         for v, variant in enumerate(args.variants):
             extra = [*args.set, *[o for o in variant.split(",") if o]]
-            ones = [case_config(name, home, data, args.seconds, [*extra, "train.workers=1", "train.cpus_per_worker=1",
-                                                                 f"train.threads={args.threads}",
+            ones = [case_config(name, home, data, args.seconds, [*extra, *one_worker(args.threads),
                                                                  f"train.run_name=bench-{name}-{v}-1w-{k}"])
                     for k in range(args.rounds)]  # a run each (the same name would resume the last)
             one = ones[0]

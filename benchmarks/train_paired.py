@@ -34,7 +34,7 @@ import threading
 import time
 from pathlib import Path
 
-from train import CASES, case_config, make_data, plain_loop, premade
+from train import CASES, case_config, case_names, make_data, one_worker, plain_loop, premade
 
 
 def bare_forever(cfg_dict: dict, threads: int, steps, ready) -> None:
@@ -154,6 +154,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.pairs < 2 or args.phase < 1:
         ap.error("--pairs >= 2 and --phase >= 1 (a turn needs several of fmolab's log windows)")
+    cases = case_names(ap, args.cases)
 
     from fmolab.runtime import quiet_third_party
 
@@ -162,11 +163,10 @@ def main() -> None:
     os.environ["FMOLAB_HOME"] = str(home)
     os.environ.setdefault("FMOLAB_PROGRESS", "0")
     rows = []
-    for name in args.cases.split(","):
+    for name in cases:
         data = make_data(name, home, args.set)
         seconds = args.warmup + (2 * args.pairs + 1) * args.phase + 15  # the loop's time limit: past the turns
-        cfg = case_config(name, home, data, seconds, [*args.set, "train.workers=1", "train.cpus_per_worker=1",
-                                                     f"train.threads={args.threads}", f"train.run_name=paired-{name}"])
+        cfg = case_config(name, home, data, seconds, [*args.set, *one_worker(args.threads), f"train.run_name=paired-{name}"])
         row = {"case": name, "batch_size": cfg.train.batch_size, "threads": args.threads,
                **one_case(cfg, args.threads, args.pairs, args.phase, args.warmup, home)}
         rows.append(row)
