@@ -308,7 +308,8 @@ def train(out):  # where Ray Train runs the training function: a thread of the w
     faulted, held = pages()
     for _ in range(16):
         step()
-    out += [pages()[0] - faulted, pages()[1] - held, malloc_arenas()]
+    faulted_now, held_now = pages()
+    out += [faulted_now - faulted, held_now - held, malloc_arenas()]
 out = []
 t = threading.Thread(target=train, args=(out,))
 t.start()
