@@ -222,8 +222,11 @@ def test_bad_video_is_one_line_and_leaves_no_output(case, bb_model, tmp_path, ca
 
 @pytest.mark.parametrize("size", [(240, 320), (241, 317)])
 def test_a_sub_frame_converts_only_its_part_and_encodes_as_the_whole_frame_would(size, tmp_path, monkeypatch):
-    """An Overlay's planes are exactly the whole frame's yuv420p conversion (odd sizes, parts on every
-    edge, one pixel, the whole frame), so its mp4 is byte for byte the one written from full frames."""
+    """What the threaded writer encodes for an Overlay (odd sizes, parts on every edge, one pixel, the
+    whole frame) is exactly the whole frame's yuv420p conversion: its mp4, lossless (crf 0), decodes to
+    those planes. Lossless rather than two lossy mp4s compared byte for byte: with a second x264
+    encoder at work in the process, x264 wrote a different (valid) stream from the same frames in
+    15 of 3,604 runs under load, which failed CI once."""
     from fmolab.media import containers
     from fmolab.media.containers import Mp4Writer, Overlay, yuv420
 
@@ -234,20 +237,18 @@ def test_a_sub_frame_converts_only_its_part_and_encodes_as_the_whole_frame_would
     base = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
     places = [(3, 5, 30, 41), (H - 30, W - 41, 30, 41), (0, 0, 7, 9), (10, 11, 1, 1), (0, 0, H, W)]
     places += [(int(rng.integers(0, H - h)), int(rng.integers(0, W - w)), h, w) for h, w in rng.integers(1, 60, (20, 2))]
-    overlays = [Overlay(base, y, x, rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for y, x, h, w in places]
-    probe_writer = Mp4Writer(tmp_path / "probe.mp4", 24)
-    probe_writer.size = (H + H % 2, W + W % 2)
-    for ov in overlays:
-        whole = np.pad(ov.rgb(), ((0, H % 2), (0, W % 2), (0, 0)), mode="edge")
-        got = [np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width]
-               for p in probe_writer._overlaid(ov).planes]
-        assert all(np.array_equal(g, want) for g, want in zip(got, yuv420(whole))), (ov.y, ov.x, ov.part.shape)
-    with Mp4Writer(tmp_path / "parts.mp4", 24, threaded=True, threads=1) as parts, \
-            Mp4Writer(tmp_path / "whole.mp4", 24, threads=1) as whole:
-        for k, ov in enumerate(overlays + [Overlay(base)]):
+    frames = [Overlay(base, y, x, rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for y, x, h, w in places]
+    frames.append(Overlay(base))
+    with Mp4Writer(tmp_path / "parts.mp4", 24, crf=0, threaded=True, threads=1) as parts:
+        for k, ov in enumerate(frames):
             parts.write(ov, k / 24)
-            whole.write(ov.rgb(), k / 24)
-    assert (tmp_path / "parts.mp4").read_bytes() == (tmp_path / "whole.mp4").read_bytes()
+    with av.open(str(tmp_path / "parts.mp4")) as container:
+        decoded = [f for f in container.decode(video=0)]
+    assert len(decoded) == len(frames) and {f.format.name for f in decoded} == {"yuv420p"}
+    for frame, ov in zip(decoded, frames):
+        got = [np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width] for p in frame.planes]
+        whole = np.pad(ov.rgb(), ((0, H % 2), (0, W % 2), (0, 0)), mode="edge")
+        assert all(np.array_equal(g, want) for g, want in zip(got, yuv420(whole))), (ov.y, ov.x, None if ov.part is None else ov.part.shape)
 
 
 def test_the_side_by_side_reduces_only_the_part_and_shows_input_beside_result():
