@@ -243,12 +243,13 @@ def test_a_sub_frame_converts_only_its_part_and_encodes_as_the_whole_frame_would
         for k, ov in enumerate(frames):
             parts.write(ov, k / 24)
     with av.open(str(tmp_path / "parts.mp4")) as container:
-        decoded = [f for f in container.decode(video=0)]
+        decoded = list(container.decode(video=0))
     assert len(decoded) == len(frames) and {f.format.name for f in decoded} == {"yuv420p"}
     for frame, ov in zip(decoded, frames):
         got = [np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width] for p in frame.planes]
         whole = np.pad(ov.rgb(), ((0, H % 2), (0, W % 2), (0, 0)), mode="edge")
-        assert all(np.array_equal(g, want) for g, want in zip(got, yuv420(whole))), (ov.y, ov.x, None if ov.part is None else ov.part.shape)
+        where = (ov.y, ov.x, None if ov.part is None else ov.part.shape)
+        assert all(np.array_equal(g, want) for g, want in zip(got, yuv420(whole))), where
 
 
 def test_the_side_by_side_reduces_only_the_part_and_shows_input_beside_result():
